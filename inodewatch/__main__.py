@@ -1,0 +1,5 @@
+"""`python -m inodewatch` is the same as the `inodewatch` command."""
+
+from inodewatch.cli import main
+
+raise SystemExit(main())
