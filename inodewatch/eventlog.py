@@ -1,0 +1,167 @@
+"""The event log: structlog set up to write one safe JSON object (or console line) per event.
+
+File names come from untrusted users.  Before any renderer sees an event, `paths_to_text`
+turns every `bytes` value into valid Unicode text (non-UTF-8 bytes as ``\\xNN``) and adds a
+lossless ``<key>_bytes`` hex field when the name was not UTF-8; the console renderer also gets
+`escape_control` so no escape sequence reaches a terminal raw.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import IO, Any
+
+import structlog
+
+LEVEL_ORDER = ("timestamp", "level", "event", "pid")
+
+
+def safe_text(raw: bytes) -> str:
+    """A file name as text: UTF-8 where it is, ``\\xNN`` for every byte that is not."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def escape_control(text: str) -> str:
+    """Escape control and format characters (ESC, newline, bidi overrides) for a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+        for ch in text
+    )
+
+
+def _to_text(value: Any, key: str, out: MutableMapping[str, Any]) -> Any:
+    if isinstance(value, bytes):
+        if not _is_utf8(value):
+            out[f"{key}_bytes"] = value.hex()
+        return safe_text(value)
+    if isinstance(value, dict):
+        converted: dict[str, Any] = {}
+        for k, v in value.items():
+            converted[k] = _to_text(v, k, converted)
+        return converted
+    if isinstance(value, (list, tuple)):
+        return [_to_text(v, key, {}) for v in value]
+    return value
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def paths_to_text(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: every bytes value becomes text, losslessly (see module doc)."""
+    for key in list(event):
+        event[key] = _to_text(event[key], key, event)
+    return event
+
+
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_control(value)
+    if isinstance(value, dict):
+        return {k: _escape_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_all(v) for v in value]
+    return value
+
+
+def escape_for_terminal(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor for the console renderer: no raw control character survives."""
+    for key in list(event):
+        event[key] = _escape_all(event[key])
+    return event
+
+
+def order_keys(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """timestamp, level, event, pid first: what a human scanning the log reads first."""
+    ordered = {k: event[k] for k in LEVEL_ORDER if k in event}
+    ordered.update((k, v) for k, v in event.items() if k not in ordered)
+    return ordered
+
+
+class LogSink:
+    """Where rendered lines go: stdout or an append-only file that SIGHUP can reopen.
+
+    A write that fails (disk full, file gone, closed stdout) is reported once on stderr and
+    the daemon keeps watching: losing log lines must not stop the watch.
+    """
+
+    def __init__(self, path: str | None = None, stream: IO[str] | None = None) -> None:
+        self.path = path
+        self._stream: IO[str] = stream if stream is not None else sys.stdout
+        self._failing = False
+        if path is not None:
+            self._stream = self._open(path)
+
+    @staticmethod
+    def _open(path: str) -> IO[str]:
+        # O_NOFOLLOW: never write through a symlink planted where the log file should be.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """After logrotate moved the file away: continue in a new file at the same path."""
+        if self.path is None:
+            return
+        try:
+            new = self._open(self.path)
+        except OSError as exc:
+            self._report(exc)
+            return
+        old, self._stream = self._stream, new
+        old.close()
+
+    def msg(self, line: str) -> None:
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            self._report(exc)
+        else:
+            self._failing = False
+
+    info = warning = error = critical = debug = msg
+
+    def _report(self, exc: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                reason = "no space left on device"
+            print(f"inodewatch: cannot write the event log: {reason}; still watching",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._stream.close()
+
+
+def choose_format(fmt: str, stream: IO[str]) -> str:
+    """"auto" means console on a terminal, JSON everywhere else (files, pipes, journald)."""
+    if fmt != "auto":
+        return fmt
+    return "console" if stream.isatty() else "json"
+
+
+def make_logger(sink: LogSink, fmt: str) -> Any:
+    """A structlog logger writing to `sink`; fmt is "json" or "console"."""
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        paths_to_text,
+    ]
+    if fmt == "console":
+        processors += [escape_for_terminal, structlog.dev.ConsoleRenderer(colors=False)]
+    else:
+        processors += [order_keys, structlog.processors.JSONRenderer(serializer=json.dumps)]
+    return structlog.wrap_logger(sink, processors=processors, cache_logger_on_first_use=True)

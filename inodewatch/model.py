@@ -1,0 +1,180 @@
+"""Plain data about a process's files, and the pure comparison that finds divergence.
+
+Nothing here does I/O: `procfs` reads the kernel's view, the callers stat the disk, and
+`find_divergence` compares the two.  Paths are `bytes` throughout, exactly as the kernel
+reports them; turning them into text is the renderers' job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+# Names the kernel gives to files that were never reachable through a path: shared memory,
+# memfd, SysV segments, DRM buffers.  They always read "(deleted)" and are never a stale
+# shared object.  Everything under /dev/ is IPC or a device, not code on disk (as needrestart).
+PSEUDO_PREFIXES: tuple[bytes, ...] = (
+    b"/memfd:",
+    b"/SYSV",
+    b"/dev/",
+    b"/anon_hugepage",
+    b"/[aio]",
+    b"/drm mm object",
+    b"/i915",
+    b"/kfd",
+    b"/dmabuf:",
+    b"/proc/",
+    b"/sys/",
+)
+
+DELETED_SUFFIX = b" (deleted)"
+
+
+@dataclass(frozen=True, order=True)
+class FileId:
+    """An inode: the pair the kernel uses to tell files apart."""
+
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileId:
+        return cls(st.st_dev, st.st_ino)
+
+    @property
+    def dev_text(self) -> str:
+        """The device as /proc/PID/maps prints it, e.g. "fe:00"."""
+        return f"{os.major(self.dev):02x}:{os.minor(self.dev):02x}"
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """One file mapped by a process: all its VMAs grouped into one (dev, inode)."""
+
+    path: bytes  # the kernel's current name for it, without a " (deleted)" it added
+    file: FileId
+    perms: tuple[str, ...]  # every distinct permission string, e.g. ("r--p", "r-xp")
+    deleted: bool  # the inode has no link left on disk
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """One regular file held open by a process."""
+
+    fd: int
+    path: bytes
+    file: FileId
+    deleted: bool
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One way in which what a process holds differs from what is on disk.
+
+    kind is "deleted" (the held inode has no link left), "replaced" (the path names another
+    inode), "missing" (nothing is at the path, but the inode still has links elsewhere) or
+    "renamed" (the inode now lives under new_path).  subject is "mapping" or "fd".
+    """
+
+    subject: str
+    kind: str
+    path: bytes
+    mapped: FileId
+    disk: FileId | None = None
+    new_path: bytes | None = None
+    perms: tuple[str, ...] = ()
+    fd: int | None = None
+
+    @property
+    def event(self) -> str:
+        return f"{self.subject}.{self.kind}"
+
+    def fields(self) -> dict[str, object]:
+        """The event fields of DESIGN.md for this finding (paths still as bytes)."""
+        out: dict[str, object] = {"path": self.path}
+        if self.fd is not None:
+            out["fd"] = self.fd
+        if self.new_path is not None:
+            out["new_path"] = self.new_path
+        out["mapped_dev"] = self.mapped.dev_text
+        out["mapped_ino"] = self.mapped.ino
+        if self.disk is not None:
+            out["disk_dev"] = self.disk.dev_text
+            out["disk_ino"] = self.disk.ino
+        if self.perms:
+            out["perms"] = ",".join(self.perms)
+        return out
+
+
+def is_pseudo_path(path: bytes) -> bool:
+    """True for names that are not files on a real file system (never reported)."""
+    return not path.startswith(b"/") or path.startswith(PSEUDO_PREFIXES)
+
+
+def same_file(held: FileId, on_disk: FileId) -> bool:
+    """Whether the inode on disk is the one held.
+
+    A device-only difference with the same inode number is treated as the same file:
+    overlayfs before Linux 6.8 and btrfs subvolumes report different st_dev for one file,
+    and calling that "replaced" is the peers' most common false positive.
+    """
+    return held.ino == on_disk.ino
+
+
+DiskLookup = Callable[[bytes], FileId | None]
+
+
+def compare(
+    subject: str,
+    path: bytes,
+    held: FileId,
+    deleted: bool,
+    disk: FileId | None,
+    *,
+    perms: tuple[str, ...] = (),
+    fd: int | None = None,
+    first_path: bytes | None = None,
+) -> list[Finding]:
+    """Compare one held file with what is on disk at the path it was opened from.
+
+    `path` is the kernel's current name; `first_path` the name the file had when we first
+    saw it (the daemon knows it; a one-shot scan does not), and `disk` what is now at that
+    first path (or at `path`, without one).
+    """
+    expected = first_path if first_path is not None else path
+    common = {"mapped": held, "perms": perms, "fd": fd}
+    still_there = disk is not None and same_file(held, disk)
+    found: list[Finding] = []
+    if deleted:
+        found.append(Finding(subject, "deleted", expected, **common))
+    elif expected != path and not still_there:
+        found.append(Finding(subject, "renamed", expected, new_path=path, **common))
+    if disk is not None and not still_there:
+        found.append(Finding(subject, "replaced", expected, disk=disk, **common))
+    elif disk is None and not deleted and expected == path:
+        found.append(Finding(subject, "missing", expected, **common))
+    return found
+
+
+def find_divergence(
+    mapped: Iterable[MappedFile],
+    open_files: Iterable[OpenFile],
+    disk: DiskLookup,
+    first_paths: dict[FileId, bytes] | None = None,
+) -> list[Finding]:
+    """Every finding for one process; `disk` says what inode a path names now."""
+    first_paths = first_paths or {}
+    found: list[Finding] = []
+    for m in mapped:
+        expected = first_paths.get(m.file, m.path)
+        found += compare(
+            "mapping", m.path, m.file, m.deleted, disk(expected),
+            perms=m.perms, first_path=expected,
+        )
+    for f in open_files:
+        expected = first_paths.get(f.file, f.path)
+        found += compare("fd", f.path, f.file, f.deleted, disk(expected), fd=f.fd, first_path=expected)
+    return found

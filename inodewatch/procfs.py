@@ -1,0 +1,312 @@
+"""Read a process's files from /proc: its maps, its fd table, its identity.
+
+Parsing (`parse_maps`, `parse_stat`, `group_mappings`, `strip_deleted`) is pure and works on
+captured text; the `read_*` functions do the I/O and handle every race the kernel allows: a
+process that exits, a mapping that goes away, an fd closed between listing and stat.
+
+Facts this module relies on (fs/proc/task_mmu.c, fs/seq_file.c):
+- maps escapes only the newline in a path, as ``\\012``; spaces and backslashes are raw, so
+  the path is everything after the fifth field and its padding.
+- " (deleted)" is appended by d_path() to an unlinked dentry and is only a hint: a file may
+  really be named "x (deleted)".  The link count of the mapped inode, from
+  /proc/PID/map_files/START-END, is the truth.
+- Paths are resolved under /proc/PID/root so a target in another mount namespace is judged
+  against its own view of the file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path
+
+PROC = b"/proc"
+
+# Bit in /proc/PID/stat's flags field marking a kernel thread (include/linux/sched.h).
+PF_KTHREAD = 0x00200000
+
+
+class ProcError(Exception):
+    """A process could not be read."""
+
+    def __init__(self, pid: int, message: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ProcessGone(ProcError):
+    """The process no longer exists (or never did)."""
+
+
+class AccessDenied(ProcError):
+    """We may not read the process: the message names the missing capability."""
+
+
+class MapsParseError(ValueError):
+    """A line of /proc/PID/maps is not in the kernel's format."""
+
+
+@dataclass(frozen=True)
+class MapsEntry:
+    """One line of /proc/PID/maps, the path unescaped but " (deleted)" still attached."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: int  # as os.makedev(major, minor)
+    inode: int
+    path: bytes
+
+    @property
+    def range_name(self) -> str:
+        """The entry's name under /proc/PID/map_files/."""
+        return f"{self.start:x}-{self.end:x}"
+
+
+@dataclass(frozen=True)
+class MappingGroup:
+    """All the VMAs of one (dev, inode), before the disk is consulted."""
+
+    path: bytes
+    file: FileId
+    perms: tuple[str, ...]
+    first: MapsEntry
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A process as a pid plus its start time, so a reused pid is never taken for it."""
+
+    pid: int
+    start_time: int  # clock ticks after boot, field 22 of /proc/PID/stat
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    comm: bytes
+    state: str
+    ppid: int
+    flags: int
+    start_time: int
+
+    @property
+    def is_kernel_thread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+
+# --- pure parsing -------------------------------------------------------------------------
+
+
+def unescape_path(raw: bytes) -> bytes:
+    """Undo maps' only escape, the newline written as \\012."""
+    return raw.replace(b"\\012", b"\n")
+
+
+def parse_maps_line(line: bytes) -> MapsEntry:
+    fields = line.split(None, 5)
+    if len(fields) < 5:
+        raise MapsParseError(f"too few fields in maps line: {line[:80]!r}")
+    try:
+        start_s, _, end_s = fields[0].partition(b"-")
+        major_s, _, minor_s = fields[3].partition(b":")
+        return MapsEntry(
+            start=int(start_s, 16),
+            end=int(end_s, 16),
+            perms=fields[1].decode("ascii"),
+            offset=int(fields[2], 16),
+            dev=os.makedev(int(major_s, 16), int(minor_s, 16)),
+            inode=int(fields[4]),
+            path=unescape_path(fields[5]) if len(fields) == 6 else b"",
+        )
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise MapsParseError(f"bad maps line: {line[:80]!r}") from exc
+
+
+def parse_maps(data: bytes) -> list[MapsEntry]:
+    """Parse the whole text of /proc/PID/maps."""
+    return [parse_maps_line(line) for line in data.split(b"\n") if line]
+
+
+def group_mappings(entries: Iterable[MapsEntry]) -> list[MappingGroup]:
+    """One group per mapped file, skipping anonymous and pseudo mappings."""
+    groups: dict[FileId, tuple[bytes, set[str], MapsEntry]] = {}
+    for e in entries:
+        if e.inode == 0 or is_pseudo_path(e.path):
+            continue
+        key = FileId(e.dev, e.inode)
+        if key in groups:
+            groups[key][1].add(e.perms)
+        else:
+            groups[key] = (e.path, {e.perms}, e)
+    return [MappingGroup(path, fid, tuple(sorted(perms)), first)
+            for fid, (path, perms, first) in groups.items()]
+
+
+def strip_deleted(name: bytes, nlink: int | None, name_is_this_file: bool) -> tuple[bytes, bool]:
+    """Tell a " (deleted)" added by the kernel from one that is part of the file's name.
+
+    Returns (path, deleted).  `nlink` is the held inode's link count (None when unknown) and
+    `name_is_this_file` whether the full name, suffix included, resolves to that inode.
+    """
+    if nlink == 0:
+        return (name.removesuffix(DELETED_SUFFIX), True)
+    if not name.endswith(DELETED_SUFFIX) or name_is_this_file:
+        return (name, False)
+    # The kernel unhashed the name: with links left the inode lives on elsewhere (a hard
+    # link); with the link count unknown, the kernel's hint is all we have.
+    return (name.removesuffix(DELETED_SUFFIX), nlink is None)
+
+
+def parse_stat(data: bytes) -> ProcStat:
+    """Parse /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')'."""
+    left = data.find(b"(")
+    right = data.rfind(b")")
+    if left < 0 or right < left:
+        raise ValueError("malformed /proc/PID/stat")
+    rest = data[right + 2:].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3].
+    return ProcStat(
+        comm=data[left + 1:right],
+        state=rest[0].decode("ascii", "replace"),
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        start_time=int(rest[19]),
+    )
+
+
+# --- I/O ----------------------------------------------------------------------------------
+
+
+def proc_path(pid: int, *parts: bytes) -> bytes:
+    return b"/".join((PROC, str(pid).encode(), *parts))
+
+
+def _error(pid: int, exc: OSError, what: str) -> ProcError:
+    if exc.errno in (errno.ENOENT, errno.ESRCH):
+        return ProcessGone(pid, f"no such process: {pid}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(
+            pid, f"permission denied reading {what} of pid {pid}: "
+                 "run as root or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+    return ProcError(pid, f"cannot read {what} of pid {pid}: {exc.strerror}")
+
+
+def read_proc_file(pid: int, name: bytes) -> bytes:
+    """Read a whole /proc/PID file, mapping errors to ProcessGone / AccessDenied."""
+    try:
+        fd = os.open(proc_path(pid, name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _error(pid, exc, name.decode()) from None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 17):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _error(pid, exc, name.decode()) from None
+    finally:
+        os.close(fd)
+
+
+def read_stat(pid: int) -> ProcStat:
+    return parse_stat(read_proc_file(pid, b"stat"))
+
+
+def read_identity(pid: int) -> ProcessId:
+    return ProcessId(pid, read_stat(pid).start_time)
+
+
+def stat_in_root(pid: int, path: bytes) -> os.stat_result | None:
+    """stat a path as the process sees it (its mount namespace and root), None if absent."""
+    try:
+        return os.stat(proc_path(pid, b"root") + path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or exc.errno == errno.ENAMETOOLONG:
+            return None
+        raise
+
+
+def disk_file(pid: int, path: bytes) -> FileId | None:
+    """What inode `path` names now, for the process `pid`.  A vanished process looks like
+    an absent file, and the caller learns of the exit on its own."""
+    try:
+        st = stat_in_root(pid, path)
+    except OSError:
+        return None
+    return FileId.of(st) if st is not None else None
+
+
+def _held_stat(link: bytes) -> os.stat_result | None:
+    """stat through a map_files / fd magic link; None if it vanished meanwhile."""
+    try:
+        return os.stat(link)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _resolve_name(pid: int, name: bytes, held: FileId, nlink: int | None) -> tuple[bytes, bool]:
+    """(path, deleted) for a held file; looks at the disk only when the name is ambiguous."""
+    name_is_this_file = False
+    if name.endswith(DELETED_SUFFIX) and nlink != 0:
+        on_disk = disk_file(pid, name)
+        name_is_this_file = on_disk is not None and on_disk.ino == held.ino
+    return strip_deleted(name, nlink, name_is_this_file)
+
+
+def read_mapped_files(pid: int) -> list[MappedFile]:
+    """Every file `pid` maps, one entry per inode, pseudo files left out."""
+    groups = group_mappings(parse_maps(read_proc_file(pid, b"maps")))
+    files: list[MappedFile] = []
+    can_read_map_files = True
+    for g in groups:
+        st = None
+        if can_read_map_files:
+            try:
+                st = _held_stat(proc_path(pid, b"map_files", g.first.range_name.encode()))
+            except PermissionError:
+                # needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; fall back to the maps fields
+                can_read_map_files = False
+            if can_read_map_files and st is None:
+                continue  # unmapped between the two reads
+        held = FileId.of(st) if st is not None else g.file
+        path, deleted = _resolve_name(pid, g.path, held, st.st_nlink if st is not None else None)
+        files.append(MappedFile(path, held, g.perms, deleted,
+                                st.st_size if st is not None else None))
+    return files
+
+
+def read_open_files(pid: int) -> list[OpenFile]:
+    """Every regular file `pid` holds open (sockets, pipes, devices and memfds left out)."""
+    fd_dir = proc_path(pid, b"fd")
+    try:
+        names = os.listdir(fd_dir)
+    except OSError as exc:
+        raise _error(pid, exc, "fd") from None
+    files: list[OpenFile] = []
+    for name in names:
+        link = fd_dir + b"/" + name
+        try:
+            target = os.readlink(link)
+            st = _held_stat(link)
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        except PermissionError as exc:
+            raise _error(pid, exc, "fd") from None
+        if st is None or not stat.S_ISREG(st.st_mode) or is_pseudo_path(target):
+            continue
+        held = FileId.of(st)
+        path, deleted = _resolve_name(pid, target, held, st.st_nlink)
+        files.append(OpenFile(int(name), path, held, deleted, st.st_size))
+    files.sort(key=lambda f: f.fd)
+    return files
+
+
+def list_pids() -> list[int]:
+    return sorted(int(n) for n in os.listdir(PROC) if n.isdigit())
