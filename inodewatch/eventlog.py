@@ -17,27 +17,14 @@ from typing import IO, Any
 
 import structlog
 
+from inodewatch.text import escape_control, is_utf8, safe_text
+
 LEVEL_ORDER = ("timestamp", "level", "event", "pid")
-
-
-def safe_text(raw: bytes) -> str:
-    """A file name as text: UTF-8 where it is, ``\\xNN`` for every byte that is not."""
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def escape_control(text: str) -> str:
-    """Escape control and format characters (ESC, newline, bidi overrides) for a terminal."""
-    if text.isprintable():
-        return text
-    return "".join(
-        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
 
 
 def _to_text(value: Any, key: str, out: MutableMapping[str, Any]) -> Any:
     if isinstance(value, bytes):
-        if not _is_utf8(value):
+        if not is_utf8(value):
             out[f"{key}_bytes"] = value.hex()
         return safe_text(value)
     if isinstance(value, dict):
@@ -48,14 +35,6 @@ def _to_text(value: Any, key: str, out: MutableMapping[str, Any]) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_text(v, key, {}) for v in value]
     return value
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def paths_to_text(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

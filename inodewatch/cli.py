@@ -1,0 +1,102 @@
+"""Command line: argument parsing, exit codes, one-line error messages.
+
+Exit codes: 0 nothing diverged / clean stop, 1 a scan found divergence, 2 usage or
+environment error.  Every error is one line on stderr, never a traceback.  Modules are
+imported per command, because every `scan` pays the start-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from inodewatch import __version__
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Tell which version of a shared object a running process really runs.
+
+Watch mode (the default) follows the target's /proc/PID/maps and fd table together with
+inotify events on the files it maps, and logs one JSON line per state change: a mapped
+file deleted, replaced, renamed or overwritten in place, the target reloading it, and how
+the target died.
+
+  inodewatch --pid 38314                 watch until the target exits
+  inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if any)
+  inodewatch scan --all --json           the same for every process, as JSON lines
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def pid_arg(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return pid
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="inodewatch", description=DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"inodewatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    scan = commands.add_parser(
+        "scan", help="one pass over processes, no watching",
+        description="Report, once, every mapped or open file that no longer matches the "
+                    "file on disk at its path. Exit 0 if none, 1 if some, 2 on error.")
+    who = scan.add_mutually_exclusive_group(required=True)
+    who.add_argument("--pid", type=pid_arg, action="append", metavar="PID",
+                     help="process to scan (repeatable)")
+    who.add_argument("--all", action="store_true",
+                     help="every process (kernel threads and unreadable ones are skipped and counted)")
+    scan.add_argument("--json", action="store_true",
+                      help="print the findings as the watch mode's JSON event lines")
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"inodewatch: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from inodewatch import procfs, render
+    from inodewatch.scan import scan_all, scan_pids
+
+    try:
+        summary = scan_all() if args.all else scan_pids(args.pid)
+    except procfs.ProcError as exc:
+        return fail(str(exc))
+    if args.json:
+        render.print_scan_events(summary)
+    else:
+        render.print_scan_table(summary)
+    return EXIT_DIVERGED if summary.diverged else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "scan":
+            return run_scan(args)
+        build_parser().print_help()
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `inodewatch scan --all | head`: the reader is gone; nothing more to say.
+        sys.stderr.close()
+        return EXIT_OK

@@ -1,0 +1,322 @@
+"""Exit status and lifecycle events of processes that are not our children.
+
+A non-parent cannot wait() for a process, so the cause of death has to come
+from the kernel's proc connector (NETLINK_CONNECTOR, CN_IDX_PROC), which
+multicasts fork/exec/exit events carrying the raw wait status.  When the
+connector is unavailable, a pidfd still tells *that* a process exited, but
+not how.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import struct
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "ConnectorUnavailable",
+    "ExitStatus",
+    "PidWatch",
+    "ProcConnector",
+    "ProcEvent",
+    "ProcessExec",
+    "ProcessExit",
+    "ProcessFork",
+    "decode_wait_status",
+    "parse_proc_events",
+]
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = 1
+CN_VAL_PROC = 1
+NLMSG_DONE = 3
+PROC_CN_MCAST_LISTEN = 1
+PROC_CN_MCAST_IGNORE = 2
+
+PROC_EVENT_NONE = 0x00000000
+PROC_EVENT_FORK = 0x00000001
+PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_EXIT = 0x80000000
+
+# Layouts from linux/netlink.h, linux/connector.h and linux/cn_proc.h.  None
+# of them has internal padding (proc_event's u64 timestamp already sits at
+# offset 8), so "=" with explicit sizes matches the native layout exactly.
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
+_PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
+_FORK = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
+_EXEC = struct.Struct("=ii")  # process_pid, process_tgid
+# process_pid, process_tgid, exit_code, exit_signal.  Newer kernels append
+# parent_pid/parent_tgid; we need neither, so requiring only these fields
+# also accepts older kernels' shorter event.
+_EXIT = struct.Struct("=iiII")
+_OP = struct.Struct("=I")
+
+# One connector datagram is 16 + 20 + 40 bytes; this leaves ample headroom.
+_RECV_SIZE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    """A task exited.
+
+    The kernel reports this for every thread; the process itself is gone
+    when the event with ``pid == tgid`` arrives (callers filter on that).
+    ``wait_status`` is the raw wait status (e.g. 139 = SIGSEGV + core).
+    """
+
+    pid: int
+    tgid: int
+    wait_status: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFork:
+    """A task was created; ``child_pid != child_tgid`` means a new thread."""
+
+    parent_tgid: int
+    child_pid: int
+    child_tgid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExec:
+    """A task called execve(); its mappings were replaced."""
+
+    pid: int
+    tgid: int
+
+
+ProcEvent = ProcessExit | ProcessFork | ProcessExec
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+def decode_wait_status(status: int) -> tuple[int | None, str | None, bool]:
+    """Split a raw wait status into (exit_code, signal_name, core_dumped)."""
+    # Only the low 16 bits are defined; masking also keeps arbitrary input
+    # from overflowing the C int behind os.WIFEXITED and friends.
+    status &= 0xFFFF
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None, False
+    if os.WIFSIGNALED(status):
+        return None, _signal_name(os.WTERMSIG(status)), bool(status & 0x80)
+    # Stopped/continued statuses never describe an exit.
+    return None, None, False
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended, as far as ``source`` could tell.
+
+    ``source`` is "proc_connector" (full status) or "pidfd", where the
+    kernel reveals nothing to a non-parent: ``ExitStatus(None, None, None,
+    "pidfd")``.
+    """
+
+    exit_code: int | None
+    signal: str | None
+    core_dumped: bool | None
+    source: str
+
+    @classmethod
+    def from_wait_status(cls, status: int, source: str = "proc_connector") -> ExitStatus:
+        exit_code, signal_name, core_dumped = decode_wait_status(status)
+        return cls(exit_code, signal_name, core_dumped, source)
+
+
+def _parse_event(payload: bytes) -> ProcEvent | None:
+    if len(payload) < _PROC_EVENT.size:
+        return None
+    what = _PROC_EVENT.unpack_from(payload)[0]
+    body = payload[_PROC_EVENT.size :]
+    if what == PROC_EVENT_FORK and len(body) >= _FORK.size:
+        _, parent_tgid, child_pid, child_tgid = _FORK.unpack_from(body)
+        return ProcessFork(parent_tgid, child_pid, child_tgid)
+    if what == PROC_EVENT_EXEC and len(body) >= _EXEC.size:
+        return ProcessExec(*_EXEC.unpack_from(body))
+    if what == PROC_EVENT_EXIT and len(body) >= _EXIT.size:
+        # exit_signal is what the parent gets (usually SIGCHLD), not the
+        # cause of death; the cause is in the wait status.
+        pid, tgid, wait_status, _exit_signal = _EXIT.unpack_from(body)
+        return ProcessExit(pid, tgid, wait_status)
+    # PROC_EVENT_NONE (the ack to our LISTEN), uid/gid/sid/comm/... and
+    # truncated bodies carry nothing we use.
+    return None
+
+
+def parse_proc_events(data: bytes) -> list[ProcEvent]:
+    """Parse the netlink messages of one proc connector datagram.
+
+    Never raises: truncated or foreign messages are skipped, so bad input
+    only yields fewer events.
+    """
+    events: list[ProcEvent] = []
+    offset = 0
+    while len(data) - offset >= _NLMSGHDR.size:
+        nl_len, nl_type = _NLMSGHDR.unpack_from(data, offset)[:2]
+        if nl_len < _NLMSGHDR.size or nl_len > len(data) - offset:
+            break  # cannot find the next message reliably
+        message = data[offset + _NLMSGHDR.size : offset + nl_len]
+        offset += (nl_len + 3) & ~3  # NLMSG_ALIGN
+        if nl_type != NLMSG_DONE or len(message) < _CN_MSG.size:
+            continue  # the connector sends every event as NLMSG_DONE
+        idx, val, _seq, _ack, cn_len, _flags = _CN_MSG.unpack_from(message)
+        if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
+            continue
+        event = _parse_event(message[_CN_MSG.size : _CN_MSG.size + cn_len])
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _control_message(op: int, port_id: int) -> bytes:
+    payload = _OP.pack(op)
+    cn_msg = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0)
+    size = _NLMSGHDR.size + len(cn_msg) + len(payload)
+    return _NLMSGHDR.pack(size, NLMSG_DONE, 0, 0, port_id) + cn_msg + payload
+
+
+class ConnectorUnavailable(Exception):
+    """The proc connector cannot be used; ``reason`` says why, for humans."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EPERM:
+        return "needs CAP_NET_ADMIN"
+    if exc.errno in (errno.EPROTONOSUPPORT, errno.ENOENT):
+        return "kernel has no proc connector (CONFIG_PROC_EVENTS)"
+    if exc.errno == errno.ECONNREFUSED:
+        # The connector's kernel socket exists only in the initial netns.
+        return "not in the initial network namespace"
+    return exc.strerror or str(exc)
+
+
+class ProcConnector:
+    """A non-blocking subscription to the kernel's process events.
+
+    Needs CAP_NET_ADMIN and only works from the initial network (and pid /
+    user) namespace; elsewhere the kernel refuses or silently ignores the
+    subscription.
+
+    If the socket buffer fills, the kernel drops events and recv() fails
+    with ENOBUFS.  ``read()`` then sets ``overrun`` to True instead of
+    raising; exits may have been missed, so the caller should re-check the
+    processes it watches and reset ``overrun`` to False.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.overrun = False
+
+    @classmethod
+    def open(cls) -> Self:
+        """Subscribe to process events, or raise ConnectorUnavailable."""
+        try:
+            # Python sockets are already close-on-exec (non-inheritable).
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError as exc:
+            raise ConnectorUnavailable(_reason(exc)) from exc
+        try:
+            sock.setblocking(False)
+            # Port id 0 lets the kernel pick a unique one, so several
+            # instances can coexist in one process; the groups bitmask
+            # 1 << (CN_IDX_PROC - 1) joins the proc events multicast group.
+            sock.bind((0, 1 << (CN_IDX_PROC - 1)))
+            port_id = sock.getsockname()[0]
+            sock.sendto(_control_message(PROC_CN_MCAST_LISTEN, port_id), (0, 0))
+        except OSError as exc:
+            sock.close()
+            raise ConnectorUnavailable(_reason(exc)) from exc
+        return cls(sock)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self) -> list[ProcEvent]:
+        """Drain all pending datagrams and return their events."""
+        events: list[ProcEvent] = []
+        while True:
+            try:
+                data, (sender, _groups) = self._sock.recvfrom(_RECV_SIZE)
+            except BlockingIOError:
+                return events
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.overrun = True
+                continue
+            # Any local process may unicast to our port id; only the kernel
+            # (port 0) is trusted to report deaths.
+            if sender == 0:
+                events.extend(parse_proc_events(data))
+
+    def close(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        try:
+            # The kernel keeps emitting events while its listener count is
+            # non-zero, and a closed socket does not decrement it.
+            port_id = self._sock.getsockname()[0]
+            self._sock.sendto(_control_message(PROC_CN_MCAST_IGNORE, port_id), (0, 0))
+        except OSError:
+            pass  # best effort: closing must not fail
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PidWatch:
+    """A pidfd that becomes readable (POLLIN) when the process exits.
+
+    The fallback when the proc connector is unavailable: it reveals that the
+    process died, never how (``ExitStatus(None, None, None, "pidfd")``).
+    Raises ProcessLookupError if the process is already gone.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        # pidfds are always close-on-exec.
+        self._fd = os.pidfd_open(pid)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,63 @@
+"""What `inodewatch scan` prints: a readable table, or the daemon's JSON event lines."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from inodewatch.model import Finding
+from inodewatch.scan import ScanSummary
+from inodewatch.text import terminal_text
+
+
+def describe(f: Finding) -> str:
+    """One short human sentence of what a finding means."""
+    held = f"inode {f.mapped.ino}"
+    if f.kind == "deleted":
+        return f"{held} has no link left: the process runs a deleted file"
+    if f.kind == "replaced":
+        return f"{held} held, path now names inode {f.disk.ino if f.disk else '?'}"
+    if f.kind == "renamed":
+        return f"{held} now lives at {terminal_text(f.new_path or b'')}"
+    return f"{held} held, nothing at the path"
+
+
+def summary_line(summary: ScanSummary) -> str:
+    scanned = len(summary.reports)
+    findings = sum(len(r.findings) for r in summary.reports)
+    skipped = []
+    if summary.kernel_threads:
+        skipped.append(f"{summary.kernel_threads} kernel threads")
+    if summary.unreadable:
+        skipped.append(f"{summary.unreadable} unreadable")
+    if summary.exited:
+        skipped.append(f"{summary.exited} exited meanwhile")
+    line = (f"scanned {scanned} processes: {len(summary.diverged)} diverged, "
+            f"{findings} findings")
+    return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
+
+
+def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
+    rows = [
+        (str(r.pid), terminal_text(r.comm), f.event,
+         terminal_text(f.path) + (f" (fd {f.fd})" if f.fd is not None else ""),
+         describe(f) + (f" [{','.join(f.perms)}]" if f.perms else ""))
+        for r in summary.reports for f in r.findings
+    ]
+    if rows:
+        header = ("PID", "COMM", "EVENT", "PATH", "DETAIL")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4], file=out)
+    print(summary_line(summary), file=out)
+
+
+def print_scan_events(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
+    """The findings as JSON lines of the same schema the daemon logs; the summary to stderr."""
+    from inodewatch.eventlog import LogSink, make_logger
+
+    log = make_logger(LogSink(stream=out), "json")
+    for r in summary.reports:
+        for f in r.findings:
+            log.warning(f.event, pid=r.pid, comm=r.comm, **f.fields())
+    print(summary_line(summary), file=sys.stderr)
