@@ -1,0 +1,139 @@
+"""Shared fixtures: the real C demo, started in a temporary directory, and event waiting.
+
+Nothing here sleeps for a fixed time: every wait is on a condition, with a generous
+deadline, because the CI machine is shared and has two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CSRC = REPO / "csrc"
+TIMEOUT = 20.0  # seconds: generous, the machine is noisy
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = TIMEOUT, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+@pytest.fixture(scope="session")
+def demo_build() -> Path:
+    """Build the demo once per test session (make is a no-op when it is up to date)."""
+    subprocess.run(["make", "-s", "-C", str(CSRC)], check=True)
+    return CSRC
+
+
+class Demo:
+    """The seed's reload program running in its own directory, loading `lib`."""
+
+    def __init__(self, build: Path, workdir: Path, mode: str, interval_ms: int, lib: bytes) -> None:
+        self.dir = workdir
+        for name in ("so1.so", "so2.so"):
+            shutil.copy(build / name, workdir / name)
+        self.lib = os.path.join(os.fsencode(workdir), lib)
+        shutil.copyfile(build / "so1.so", self.lib)
+        self.proc = subprocess.Popen(
+            [str(build / "reload"), "--mode", mode, "--interval-ms", str(interval_ms),
+             "--lib", self.lib],
+            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_no_core_dumps)
+        self.pid = self.proc.pid
+        self._buffer = b""
+        self.lines: list[str] = []
+
+    def read_output(self) -> None:
+        """Take in whatever the demo has printed so far, without blocking."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._buffer += chunk
+        *done, self._buffer = self._buffer.split(b"\n")
+        self.lines += [line.decode() for line in done]
+
+    def wait_for_line(self, text: str, after: int = 0) -> int:
+        """Wait until a line containing `text` appears at index >= after; return its index."""
+        def found() -> int | None:
+            self.read_output()
+            for i in range(after, len(self.lines)):
+                if text in self.lines[i]:
+                    return i + 1
+            return None
+        return wait_for(found, what=f"demo output {text!r}") - 1
+
+    def copy_lib(self, source: str, dest: bytes | None = None) -> None:
+        shutil.copyfile(self.dir / source, dest or self.lib)
+
+    def wait_exit(self) -> int:
+        return self.proc.wait(timeout=TIMEOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+def _no_core_dumps() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+@pytest.fixture
+def start_demo(demo_build: Path, tmp_path: Path) -> Iterator[Callable[..., Demo]]:
+    """Factory: start_demo(mode="leak", interval_ms=50, lib=b"so.so") -> a running Demo
+    that has printed its first line, so its library is mapped."""
+    demos: list[Demo] = []
+
+    def start(mode: str = "leak", interval_ms: int = 50, lib: bytes = b"so.so") -> Demo:
+        workdir = tmp_path / f"demo{len(demos)}"
+        workdir.mkdir()
+        demo = Demo(demo_build, workdir, mode, interval_ms, lib)
+        demos.append(demo)
+        demo.wait_for_line("so1: version 1")
+        return demo
+
+    yield start
+    for demo in demos:
+        demo.stop()
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real command line, as an operator would."""
+    return subprocess.run([sys.executable, "-m", "inodewatch", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:
+    """`inodewatch scan --pid PID --json`: its exit code and its event objects."""
+    result = run_cli("scan", "--pid", str(pid), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]
