@@ -8,6 +8,7 @@ imported per command, because every `scan` pays the start-up time.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -47,10 +48,32 @@ def pid_arg(text: str) -> int:
     return pid
 
 
+def interval_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.01 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"not an interval between 0.01 and 3600 seconds: {text!r}")
+    return value
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="inodewatch", description=DESCRIPTION,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"inodewatch {__version__}")
+    watch = parser.add_argument_group("watch mode (the default command)")
+    watch.add_argument("--pid", type=pid_arg, action="append", metavar="PID",
+                       help="process to watch (repeatable); runs until every target has exited")
+    watch.add_argument("--watch", type=os.fsencode, action="append", metavar="PATH",
+                       help="only these files get attention, e.g. /opt/app/so.so (repeatable); "
+                            "default: every file the target maps or holds open")
+    watch.add_argument("--interval", type=interval_arg, default=1.0, metavar="SECONDS",
+                       help="fallback re-read of maps and fds (default: 1.0)")
+    watch.add_argument("--log-file", metavar="FILE",
+                       help="append JSON lines to FILE (reopened on SIGHUP); default: stdout")
+    watch.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                       help="auto (default): console on a terminal, JSON otherwise")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     scan = commands.add_parser(
@@ -87,13 +110,34 @@ def run_scan(args: argparse.Namespace) -> int:
     return EXIT_DIVERGED if summary.diverged else EXIT_OK
 
 
+def run_watch(args: argparse.Namespace) -> int:
+    from inodewatch.daemon import AttachError, Daemon, Options
+    from inodewatch.eventlog import LogSink, choose_format, make_logger
+
+    try:
+        sink = LogSink(path=args.log_file)
+    except OSError as exc:
+        return fail(f"cannot open log file {args.log_file}: {exc.strerror}")
+    log = make_logger(sink, choose_format(args.log_format, sink.stream))
+    options = Options(pids=args.pid, interval=args.interval,
+                      watch_paths=set(map(os.path.abspath, args.watch)) if args.watch else None)
+    try:
+        return Daemon(log, sink, options).run()
+    except AttachError as exc:
+        return fail(str(exc))
+    finally:
+        sink.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.command == "scan":
             return run_scan(args)
-        build_parser().print_help()
-        return EXIT_USAGE
+        if args.pid:
+            return run_watch(args)
+        parser.error("nothing to watch: give --pid PID, or a command such as scan")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

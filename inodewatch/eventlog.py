@@ -77,10 +77,10 @@ class LogSink:
 
     def __init__(self, path: str | None = None, stream: IO[str] | None = None) -> None:
         self.path = path
-        self._stream: IO[str] = stream if stream is not None else sys.stdout
+        self.stream: IO[str] = stream if stream is not None else sys.stdout
         self._failing = False
         if path is not None:
-            self._stream = self._open(path)
+            self.stream = self._open(path)
 
     @staticmethod
     def _open(path: str) -> IO[str]:
@@ -97,13 +97,13 @@ class LogSink:
         except OSError as exc:
             self._report(exc)
             return
-        old, self._stream = self._stream, new
+        old, self.stream = self.stream, new
         old.close()
 
     def msg(self, line: str) -> None:
         try:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            self.stream.write(line + "\n")
+            self.stream.flush()
         except (OSError, ValueError) as exc:
             self._report(exc)
         else:
@@ -122,7 +122,7 @@ class LogSink:
 
     def close(self) -> None:
         if self.path is not None:
-            self._stream.close()
+            self.stream.close()
 
 
 def choose_format(fmt: str, stream: IO[str]) -> str:

@@ -57,6 +57,7 @@ class MappedFile:
     perms: tuple[str, ...]  # every distinct permission string, e.g. ("r--p", "r-xp")
     deleted: bool  # the inode has no link left on disk
     size: int | None = None
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)

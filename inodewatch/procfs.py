@@ -243,6 +243,20 @@ def disk_file(pid: int, path: bytes) -> FileId | None:
     return FileId.of(st) if st is not None else None
 
 
+class DiskView:
+    """What paths name on disk for one process, each path stat'ed once per pass (a library
+    is mapped by several VMAs and often held by several processes)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seen: dict[bytes, FileId | None] = {}
+
+    def __call__(self, path: bytes) -> FileId | None:
+        if path not in self.seen:
+            self.seen[path] = disk_file(self.pid, path)
+        return self.seen[path]
+
+
 def _held_stat(link: bytes) -> os.stat_result | None:
     """stat through a map_files / fd magic link; None if it vanished meanwhile."""
     try:
@@ -278,7 +292,8 @@ def read_mapped_files(pid: int) -> list[MappedFile]:
         held = FileId.of(st) if st is not None else g.file
         path, deleted = _resolve_name(pid, g.path, held, st.st_nlink if st is not None else None)
         files.append(MappedFile(path, held, g.perms, deleted,
-                                st.st_size if st is not None else None))
+                                st.st_size if st is not None else None,
+                                st.st_mtime_ns if st is not None else None))
     return files
 
 

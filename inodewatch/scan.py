@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from inodewatch import procfs
-from inodewatch.model import FileId, Finding, find_divergence
+from inodewatch.model import Finding, find_divergence
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,7 @@ def process_findings(pid: int) -> list[Finding]:
     """Every divergence of one process.  Raises procfs.ProcError."""
     mapped = procfs.read_mapped_files(pid)
     open_files = procfs.read_open_files(pid)
-    seen: dict[bytes, FileId | None] = {}
-
-    def disk(path: bytes) -> FileId | None:  # a library mapped by many VMAs or fds is stat'ed once
-        if path not in seen:
-            seen[path] = procfs.disk_file(pid, path)
-        return seen[path]
-
-    return find_divergence(mapped, open_files, disk)
+    return find_divergence(mapped, open_files, procfs.DiskView(pid))
 
 
 def scan_process(pid: int) -> ProcessReport:

@@ -1,0 +1,390 @@
+"""The watch daemon: one poll loop, no threads.
+
+It polls four kinds of fd: the inotify fd (files the targets map and hold, and their
+directories), one pidfd per target (the exit, never missed), the proc connector socket (how
+the target died), and a signal wake-up pipe (SIGTERM, SIGINT, SIGHUP); plus a timer for the
+periodic re-read that catches whatever inotify cannot see (a write through a shared mmap).
+
+Every inotify event only says "look again": the truth always comes from re-reading the
+target's /proc and the disk, compared by the pure core (model, diff).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from inodewatch import __version__, procfs
+from inodewatch.diff import Event, TargetHistory
+from inodewatch.exits import ConnectorUnavailable, ExitStatus, PidWatch, ProcConnector, ProcessExit
+from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
+from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher, WatchLimitReached
+
+# After a watched file is opened (dlopen in progress) the mapping appears a moment later:
+# look again at these delays so a reload is seen in milliseconds, not at the next tick.
+RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
+# A new file at a diverged path being opened, then closed once mapped: the dlopen.
+RELOAD_KINDS = {"opened", "closed"}
+
+Lookup = Callable[[bytes], FileId | None]
+
+
+@dataclass
+class Options:
+    pids: list[int]
+    watch_paths: set[bytes] | None = None  # --watch: only these files get attention
+    interval: float = 1.0
+
+
+@dataclass
+class Target:
+    ident: procfs.ProcessId
+    pidwatch: PidWatch
+    history: TargetHistory = field(default_factory=TargetHistory)
+    mapped: dict[FileId, MappedFile] = field(default_factory=dict)
+    open_files: list[OpenFile] = field(default_factory=list)
+    watch_masks: dict[bytes, int] = field(default_factory=dict)  # what this target needs watched
+    follow_ups: list[float] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.ident.pid
+
+
+class AttachError(Exception):
+    """A target named on the command line cannot be watched (message is one line)."""
+
+
+def describe_process(pid: int) -> dict[str, Any]:
+    """comm, exe, cmdline and start time for target.attached, through psutil."""
+    proc = psutil.Process(pid)
+    with proc.oneshot():
+        info: dict[str, Any] = {"comm": proc.name()}
+        try:
+            info["exe"] = os.fsencode(proc.exe())
+            info["cmdline"] = [os.fsencode(a) for a in proc.cmdline()]
+        except psutil.AccessDenied:
+            pass
+        started = time.gmtime(proc.create_time())
+        info["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", started)
+    return info
+
+
+class Daemon:
+    def __init__(self, log: Any, sink: Any, options: Options) -> None:
+        self.log = log
+        self.sink = sink
+        self.options = options
+        self.targets: dict[int, Target] = {}
+        self.watcher = FileWatcher()
+        self.path_masks: dict[bytes, dict[int, int]] = {}  # path -> pid -> events it needs
+        self.dir_refs: Counter[bytes] = Counter()
+        self.watch_state: dict[bytes, tuple[FileId, int]] = {}  # path -> (inode, mask) watched
+        self.degraded = False
+        self.connector: ProcConnector | None = None
+        self.exit_statuses: dict[int, int] = {}
+        self.poller = select.poll()
+        self.fd_owner: dict[int, int] = {}  # pidfd -> pid
+        self.stop_reason: str | None = None
+        self.reopen_log = False
+
+    # --- events out -------------------------------------------------------------------
+
+    def emit(self, event: Event, pid: int | None = None) -> None:
+        fields = dict(event.fields)
+        if pid is not None:
+            fields = {"pid": pid, **fields}
+        getattr(self.log, event.level)(event.name, **fields)
+
+    # --- start and stop ---------------------------------------------------------------
+
+    def prepare(self, pid: int) -> Target:
+        """Check that `pid` can be watched; raise AttachError with one clear line if not."""
+        try:
+            ident = procfs.read_identity(pid)
+            procfs.read_proc_file(pid, b"maps")  # fail early, with the capability named
+            pidwatch = PidWatch(pid)
+            if procfs.read_identity(pid) != ident:  # the pid was reused in between
+                pidwatch.close()
+                raise ProcessLookupError
+        except ProcessLookupError:
+            raise AttachError(f"no such process: {pid}") from None
+        except procfs.ProcError as exc:
+            raise AttachError(str(exc)) from None
+        return Target(ident, pidwatch)
+
+    def attach(self, target: Target) -> None:
+        """Start watching a prepared target; report divergence that already exists."""
+        try:
+            info = describe_process(target.pid)
+        except psutil.Error:
+            info = {}  # it exited already: the pidfd is readable and says so at once
+        self.targets[target.pid] = target
+        self.fd_owner[target.pidwatch.fileno()] = target.pid
+        self.poller.register(target.pidwatch.fileno(), select.POLLIN)
+        self.log.info("target.attached", pid=target.pid, **info)
+        self.rescan(target)
+
+    def open_exit_source(self) -> None:
+        try:
+            self.connector = ProcConnector.open()
+        except ConnectorUnavailable as exc:
+            self.log.warning("watch.degraded", detail=(
+                f"proc connector unavailable ({exc.reason}): exits are seen through pidfds, "
+                "without their status"))
+            return
+        self.poller.register(self.connector.fileno(), select.POLLIN)
+
+    def install_signals(self) -> socket.socket:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._signal_writer = writer  # keep it open as long as the reader
+
+        def on_stop(signum: int, _frame: Any) -> None:
+            self.stop_reason = signal.Signals(signum).name
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            self.reopen_log = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        return reader
+
+    # --- watches ----------------------------------------------------------------------
+
+    def wanted_watches(self, target: Target, disk: Lookup) -> dict[bytes, int]:
+        """Path -> inotify events this target needs there, by what the file is to it."""
+        history = target.history
+        wanted: dict[bytes, int] = {}
+        for f in target.open_files:
+            wanted[history.first_paths.get(f.file, f.path)] = NAME_EVENTS
+        for m in target.mapped.values():
+            wanted[history.first_paths.get(m.file, m.path)] = NAME_EVENTS | WRITE_EVENTS
+        for path in history.awaiting_reload:  # its next open is the reload
+            wanted[path] = wanted.get(path, NAME_EVENTS) | OPEN_EVENTS
+        if self.options.watch_paths is not None:
+            wanted = {p: m for p, m in wanted.items() if p in self.options.watch_paths}
+        for path in wanted:
+            disk(path)
+        return wanted
+
+    def sync_watches(self, target: Target, wanted: dict[bytes, int], disk: dict[bytes, FileId | None]) -> None:
+        """Make the watches match what every target needs: each file at the inode now on
+        disk, with the union of the targets' event masks, and its directory."""
+        pid = target.pid
+        for path in target.watch_masks.keys() - wanted.keys():
+            del self.path_masks[path][pid]
+            if not self.path_masks[path]:
+                del self.path_masks[path]
+                self.watch_state.pop(path, None)
+                self.watcher.unwatch(path)
+                self._release_directory(os.path.dirname(path))
+        for path, mask in wanted.items():
+            users = self.path_masks.setdefault(path, {})
+            if not users:
+                directory = os.path.dirname(path)
+                self.dir_refs[directory] += 1
+                if self.dir_refs[directory] == 1:
+                    self._add_watch(self.watcher.watch_directory, directory)
+            users[pid] = mask
+        target.watch_masks = wanted
+        for path in wanted:
+            self._apply_watch(path, disk.get(path))
+
+    def _apply_watch(self, path: bytes, on_disk: FileId | None) -> None:
+        if on_disk is None:
+            return  # nothing there now: the directory watch says when something appears
+        mask = 0
+        for m in self.path_masks[path].values():
+            mask |= m
+        current = self.watch_state.get(path)
+        if current == (on_disk, mask):
+            return
+        if current is not None and current[0] != on_disk:
+            self.watcher.unwatch(path)  # a new file at the path: watch it instead
+        if self._add_watch(self.watcher.watch_file, path, mask):
+            self.watch_state[path] = (on_disk, mask)
+
+    def _release_directory(self, directory: bytes) -> None:
+        self.dir_refs[directory] -= 1
+        if self.dir_refs[directory] <= 0:
+            del self.dir_refs[directory]
+            self.watcher.unwatch(directory)
+
+    def _add_watch(self, add: Any, *args: Any) -> bool:
+        try:
+            add(*args)
+            return True
+        except WatchLimitReached as exc:
+            if not self.degraded:
+                self.degraded = True
+                self.log.warning("watch.degraded", detail=f"{exc}; polling every "
+                                 f"{self.options.interval:g} s instead")
+        except OSError:
+            pass  # gone meanwhile; the next re-read sees why
+        return False
+
+    # --- looking again ----------------------------------------------------------------
+
+    def read_snapshot(self, target: Target) -> tuple[list[MappedFile], list[OpenFile]] | None:
+        """The target's files now, or None when it is exiting (then the pidfd tells)."""
+        pid = target.pid
+        try:
+            mapped = procfs.read_mapped_files(pid)
+            open_files = procfs.read_open_files(pid)
+            after = procfs.read_stat(pid)
+        except procfs.ProcError:
+            return None
+        # A dying process's maps read empty: a snapshot taken across the exit is no news.
+        if after.start_time != target.ident.start_time or after.state in ("Z", "X", "x"):
+            return None
+        if self.options.watch_paths is not None:
+            keep = self.options.watch_paths
+            mapped = [m for m in mapped if target.history.first_paths.get(m.file, m.path) in keep]
+            open_files = [f for f in open_files if target.history.first_paths.get(f.file, f.path) in keep]
+        return mapped, open_files
+
+    def rescan(self, target: Target) -> None:
+        snapshot = self.read_snapshot(target)
+        if snapshot is None:
+            return
+        mapped, open_files = snapshot
+        history = target.history
+        history.learn(mapped, [(f.file, f.path) for f in open_files])
+        disk = procfs.DiskView(target.pid)
+        findings = find_divergence(mapped, open_files, disk, history.first_paths)
+        for event in history.update(mapped, findings):
+            self.emit(event, target.pid)
+        target.mapped = {m.file: m for m in mapped}
+        target.open_files = open_files
+        self.sync_watches(target, self.wanted_watches(target, disk), disk.seen)
+
+    def on_file_events(self, events: list[FileEvent]) -> None:
+        touched: set[int] = set()
+        reloading: set[int] = set()
+        for ev in events:
+            if ev.kind == "ignored":
+                self.watch_state.pop(ev.path, None)  # the kernel dropped it: re-add at next sync
+            for pid in self.path_masks.get(ev.path, ()):
+                target = self.targets[pid]
+                if ev.kind in ("modified", "written"):
+                    self.overwritten(target, ev.path)
+                if ev.kind in RELOAD_KINDS:
+                    reloading.add(pid)
+                touched.add(pid)
+        for pid in touched:
+            self.rescan(self.targets[pid])
+        now = time.monotonic()
+        for pid in reloading:
+            self.targets[pid].follow_ups = [now + d for d in RELOAD_FOLLOW_UP]
+
+    def overwritten(self, target: Target, path: bytes) -> None:
+        """A watched file was written.  If it is the very inode the target maps, that is the
+        in-place overwrite that crashes it: log it now, before the crash can."""
+        watched = self.watch_state.get(path, (None, 0))[0]
+        if watched is None or watched not in target.mapped:
+            return
+        try:
+            st = procfs.stat_in_root(target.pid, path)
+        except OSError:
+            st = None
+        size = st.st_size if st is not None and FileId.of(st).ino == watched.ino else None
+        event = target.history.overwrite(watched, size)
+        if event is not None:
+            self.emit(event, target.pid)
+
+    # --- exits ------------------------------------------------------------------------
+
+    def read_connector(self) -> None:
+        assert self.connector is not None
+        for ev in self.connector.read():
+            if isinstance(ev, ProcessExit) and ev.pid == ev.tgid and ev.pid in self.targets:
+                self.exit_statuses[ev.pid] = ev.wait_status
+
+    def on_exit(self, pid: int) -> None:
+        target = self.targets.pop(pid)
+        if self.connector is not None:
+            self.read_connector()  # the kernel queues the status before it wakes the pidfd
+        wait_status = self.exit_statuses.pop(pid, None)
+        status = (ExitStatus.from_wait_status(wait_status) if wait_status is not None
+                  else ExitStatus(None, None, None, "pidfd"))
+        fields = {"exit_code": status.exit_code, "signal": status.signal,
+                  "core_dumped": status.core_dumped, "status_source": status.source,
+                  "stale": target.history.stale()}
+        level = "warning" if status.signal else "info"
+        self.emit(Event(level, "target.exited", fields), pid)
+        self.poller.unregister(target.pidwatch.fileno())
+        del self.fd_owner[target.pidwatch.fileno()]
+        target.pidwatch.close()
+        self.sync_watches(target, {}, {})
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        prepared = [self.prepare(pid) for pid in self.options.pids]
+        wake = self.install_signals()
+        self.log.info("daemon.started", version=__version__, targets=self.options.pids)
+        self.open_exit_source()
+        self.poller.register(self.watcher.fileno(), select.POLLIN)
+        self.poller.register(wake.fileno(), select.POLLIN)
+        for target in prepared:
+            self.attach(target)
+        next_tick = time.monotonic() + self.options.interval
+        while self.targets and self.stop_reason is None:
+            now = time.monotonic()
+            due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups)])
+            ready = self.poller.poll(max(0.0, due - now) * 1000)
+            exited = []
+            for fd, _mask in ready:
+                if fd == wake.fileno():
+                    _drain(wake)
+                elif fd == self.watcher.fileno():
+                    events = self.watcher.read()
+                    if self.watcher.overflowed:
+                        self.log.warning("watch.overflow", detail="inotify queue overflowed; "
+                                         "re-reading every target")
+                        for target in self.targets.values():
+                            self.rescan(target)
+                    self.on_file_events(events)
+                elif self.connector is not None and fd == self.connector.fileno():
+                    self.read_connector()
+                elif fd in self.fd_owner:
+                    exited.append(self.fd_owner[fd])
+            for pid in exited:
+                self.on_exit(pid)
+            if self.reopen_log:
+                self.reopen_log = False
+                self.sink.reopen()
+            now = time.monotonic()
+            for target in list(self.targets.values()):
+                if target.follow_ups and target.follow_ups[0] <= now:
+                    while target.follow_ups and target.follow_ups[0] <= now:
+                        target.follow_ups.pop(0)
+                    self.rescan(target)
+            if now >= next_tick:
+                next_tick = now + self.options.interval
+                for target in list(self.targets.values()):
+                    self.rescan(target)
+        reason = self.stop_reason or "all targets exited"
+        self.log.info("daemon.stopped", reason=reason, targets=sorted(self.targets))
+        return 0
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,99 @@
+"""From successive snapshots of one target to events: state changes only, each logged once.
+
+`TargetHistory` remembers what the daemon has seen of a target (the first name of each file,
+its size and mtime then, the divergences now live) and turns each new snapshot into the
+DESIGN.md events.  No I/O: the daemon feeds it snapshots and findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from inodewatch.model import FileId, Finding, MappedFile
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the event log, paths still as bytes."""
+
+    level: str
+    name: str
+    fields: dict[str, Any]
+
+
+FindingKey = tuple[str, str, bytes, int | None, FileId]
+
+
+def finding_key(f: Finding) -> FindingKey:
+    return (f.subject, f.kind, f.path, f.fd, f.mapped)
+
+
+def finding_event(f: Finding) -> Event:
+    return Event("warning", f.event, f.fields())
+
+
+@dataclass
+class TargetHistory:
+    """What the daemon knows of one target across snapshots."""
+
+    first_paths: dict[FileId, bytes] = field(default_factory=dict)
+    contents: dict[FileId, tuple[int | None, int | None]] = field(default_factory=dict)  # size, mtime
+    live: dict[FindingKey, Finding] = field(default_factory=dict)
+    overwritten: dict[FileId, Event] = field(default_factory=dict)
+    # path -> the inode the target held there when it diverged, until it maps the new one
+    awaiting_reload: dict[bytes, FileId] = field(default_factory=dict)
+
+    def learn(self, mapped: Iterable[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
+        """Record the first name and the contents' stamp of every file not seen before."""
+        for m in mapped:
+            self.first_paths.setdefault(m.file, m.path)
+            self.contents.setdefault(m.file, (m.size, m.mtime_ns))
+        for file, path in paths:
+            self.first_paths.setdefault(file, path)
+
+    def overwrite(self, m: MappedFile | FileId, size_after: int | None) -> Event | None:
+        """The held inode was written in place: the crash case.  Logged once per inode."""
+        file = m.file if isinstance(m, MappedFile) else m
+        if file in self.overwritten or file not in self.contents:
+            return None
+        event = Event("critical", "mapping.overwritten", {
+            "path": self.first_paths[file],
+            "mapped_dev": file.dev_text,
+            "mapped_ino": file.ino,
+            "size_before": self.contents[file][0],
+            "size_after": size_after,
+        })
+        self.overwritten[file] = event
+        return event
+
+    def update(self, mapped: list[MappedFile], findings: list[Finding]) -> list[Event]:
+        """The events that this snapshot's findings mean, given what was seen before."""
+        events: list[Event] = []
+        for m in mapped:
+            if m.file in self.contents and (m.size, m.mtime_ns) != self.contents[m.file]:
+                if (event := self.overwrite(m, m.size)) is not None:
+                    events.append(event)
+        current = {finding_key(f): f for f in findings}
+        for key, f in current.items():
+            if key not in self.live:
+                events.append(finding_event(f))
+                if f.subject == "mapping":
+                    self.awaiting_reload.setdefault(f.path, f.mapped)
+        self.live = current
+        diverged_paths = {f.path for f in findings if f.subject == "mapping"}
+        for m in mapped:
+            path = self.first_paths.get(m.file, m.path)
+            old = self.awaiting_reload.get(path)
+            if old is not None and m.file != old and path not in diverged_paths:
+                del self.awaiting_reload[path]
+                events.append(Event("info", "mapping.reloaded",
+                                    {"path": path, "old_ino": old.ino, "new_ino": m.file.ino}))
+        return events
+
+    def stale(self) -> list[dict[str, Any]]:
+        """The divergences live now, for target.exited."""
+        out = [{"event": f.event, **f.fields()} for f in self.live.values()]
+        out += [{"event": e.name, **e.fields} for e in self.overwritten.values()]
+        return out

@@ -1,0 +1,230 @@
+"""Inotify adapter: watch files and directories by their raw bytes paths.
+
+The daemon owns the event loop: it polls ``fileno()`` and calls ``read()``,
+which never blocks.  pyinotify 0.9.6 owns the inotify fd and adds and removes
+the watches, but only its ``WatchManager`` is used, because the rest is unsafe
+in a root monitor that anyone can feed file names:
+
+* ``Notifier.read_events`` decodes entry names as strict UTF-8, so one file
+  named ``b"\\xff"`` in a watched directory raises and loses the whole batch;
+  on an empty queue it blocks in ``os.read``; and a ``Notifier`` without a
+  ``default_proc_fun`` prints every event to stdout.  So the raw
+  ``struct inotify_event`` records are read and parsed here instead, and no
+  ``Notifier`` is ever created.
+* ``WatchManager.add_watch`` takes only ``str`` (it silently returns wd -3
+  for ``bytes``) and encodes it strictly, so a non-UTF-8 path cannot be
+  passed at all.  Each path is therefore opened here with ``O_PATH`` and
+  pyinotify is handed the ASCII magic link ``/proc/self/fd/N``, which the
+  kernel resolves to exactly the inode opened: any bytes path works, and the
+  watch lands on the inode checked rather than on whatever the path names a
+  moment later.
+* ``add_watch`` reports failure as wd -1 plus a log line on stderr; its
+  logger is silenced below and every failure is raised instead.
+"""
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import stat
+import struct
+import termios
+import warnings
+from dataclasses import dataclass
+from typing import NoReturn
+
+with warnings.catch_warnings():
+    # pyinotify imports asyncore, deprecated in 3.11 (pyasyncore replaces it
+    # from 3.12 on): the warning is about pyinotify, not something to act on.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import pyinotify
+
+# pyinotify installs its own stderr handler at import time; a daemon's output
+# must come from the daemon's own logging only.
+_pyinotify_log = logging.getLogger("pyinotify")
+for _handler in list(_pyinotify_log.handlers):
+    _pyinotify_log.removeHandler(_handler)
+_pyinotify_log.addHandler(logging.NullHandler())
+_pyinotify_log.propagate = False
+
+# Event groups a caller combines per file: a file held only through an fd (a busy log) needs
+# NAME_EVENTS alone; a mapped file adds WRITE_EVENTS (the in-place overwrite); a new file
+# waiting to be loaded adds OPEN_EVENTS (its open and close are the dlopen).
+NAME_EVENTS = pyinotify.IN_ATTRIB | pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF
+WRITE_EVENTS = pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE
+OPEN_EVENTS = pyinotify.IN_OPEN | pyinotify.IN_CLOSE_NOWRITE
+FILE_MASK = NAME_EVENTS | WRITE_EVENTS | OPEN_EVENTS
+# Only entries appearing or leaving: IN_OPEN or IN_MODIFY on a busy /usr/lib
+# would flood the queue.
+DIRECTORY_MASK = (
+    pyinotify.IN_CREATE
+    | pyinotify.IN_MOVED_TO
+    | pyinotify.IN_MOVED_FROM
+    | pyinotify.IN_ONLYDIR
+)
+
+_KINDS = (
+    (pyinotify.IN_MODIFY, "modified"),
+    (pyinotify.IN_CLOSE_WRITE, "written"),
+    (pyinotify.IN_ATTRIB, "attrib"),
+    (pyinotify.IN_OPEN, "opened"),
+    (pyinotify.IN_CLOSE_NOWRITE, "closed"),
+    (pyinotify.IN_CREATE, "created"),
+    (pyinotify.IN_MOVED_TO, "created"),
+    (pyinotify.IN_MOVED_FROM, "moved_from"),
+    (pyinotify.IN_DELETE_SELF, "deleted_self"),
+    (pyinotify.IN_MOVE_SELF, "moved_self"),
+    (pyinotify.IN_IGNORED, "ignored"),
+)
+
+# struct inotify_event: int wd; uint32_t mask, cookie, len; char name[len].
+_HEADER = struct.Struct("iIII")
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """One thing that happened to a watched path."""
+
+    path: bytes
+    kind: str
+    name: bytes | None = None
+
+
+class WatchLimitReached(Exception):
+    """The user's inotify watch budget is spent.
+
+    Deliberately not an OSError: a caller skipping unwatchable paths with
+    ``except OSError`` must not silently stop watching everything else.
+    """
+
+
+class FileWatcher:
+    """Inotify watches on bytes paths, read without blocking."""
+
+    def __init__(self) -> None:
+        self._wm = pyinotify.WatchManager()
+        self._fd = self._wm.get_fd()
+        # pyinotify uses inotify_init(), not inotify_init1(IN_CLOEXEC |
+        # IN_NONBLOCK): without this every child we spawn inherits the fd,
+        # and a read on an empty queue would block the daemon's loop.
+        os.set_inheritable(self._fd, False)
+        os.set_blocking(self._fd, False)
+        self._wd_of: dict[bytes, int] = {}
+        self._mask_of: dict[bytes, int] = {}
+        # Several paths can name one inode (/lib -> usr/lib): the kernel then
+        # returns the same wd, so a wd maps to every path registered for it.
+        self._paths_of: dict[int, tuple[bytes, ...]] = {}
+        self._closed = False
+        self.overflowed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def watch_file(self, path: bytes, mask: int = FILE_MASK) -> bool:
+        """Watch a file for the events in `mask` (the *_EVENTS groups); False if it was
+        already watched with that mask.  A new mask replaces the old one."""
+        return self._watch(path, mask)
+
+    def watch_directory(self, path: bytes) -> bool:
+        """Watch a directory for entries created or moved; False if already watched."""
+        return self._watch(path, DIRECTORY_MASK)
+
+    def unwatch(self, path: bytes) -> None:
+        self._mask_of.pop(path, None)
+        wd = self._wd_of.pop(path, None)
+        if wd is None:
+            return
+        others = tuple(p for p in self._paths_of.pop(wd) if p != path)
+        if others:
+            self._paths_of[wd] = others
+            return
+        try:
+            self._wm.rm_watch(wd, quiet=False)
+        except pyinotify.WatchManagerError:
+            # The kernel already dropped it (file gone, fs unmounted); its
+            # IN_IGNORED may still be queued and is skipped as an unknown wd.
+            self._wm.del_watch(wd)
+
+    def watched(self) -> set[bytes]:
+        return set(self._wd_of)
+
+    def read(self) -> list[FileEvent]:
+        """Decode whatever events are queued right now; [] if none."""
+        self.overflowed = False
+        pending = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0" * 4))[0]
+        if not pending:
+            return []
+        buf = os.read(self._fd, pending)
+        events: list[FileEvent] = []
+        offset = 0
+        while offset + _HEADER.size <= len(buf):
+            wd, mask, _cookie, length = _HEADER.unpack_from(buf, offset)
+            start = offset + _HEADER.size
+            offset = start + length
+            if mask & pyinotify.IN_Q_OVERFLOW:
+                self.overflowed = True
+                continue
+            # Names are NUL-padded to alignment and can hold any other byte.
+            name = buf[start:offset].split(b"\0", 1)[0] or None
+            paths = self._paths_of.get(wd, ())
+            for bit, kind in _KINDS:
+                if mask & bit:
+                    events.extend(
+                        FileEvent(p + b"/" + name if name else p, kind, name) for p in paths
+                    )
+            if mask & pyinotify.IN_IGNORED and paths:
+                self._forget(wd)
+        return events
+
+    def close(self) -> None:
+        # Idempotent: closing the fd number twice could close someone else's.
+        if self._closed:
+            return
+        self._closed = True
+        self._wm.close()
+        self._wd_of.clear()
+        self._mask_of.clear()
+        self._paths_of.clear()
+
+    def _watch(self, path: bytes, mask: int) -> bool:
+        if self._mask_of.get(path) == mask:
+            return False
+        directory = mask == DIRECTORY_MASK
+        # O_PATH opens nothing for I/O: no FIFO blocks, no device is touched.
+        # Errors (FileNotFoundError, NotADirectoryError...) carry the real path.
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0))
+        try:
+            if not directory and stat.S_ISDIR(os.fstat(fd).st_mode):
+                # The file mask on a directory would report every open in it.
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            magic = f"/proc/self/fd/{fd}"
+            try:
+                wd = self._wm.add_watch(magic, mask, quiet=False)[magic]
+            except pyinotify.WatchManagerError:
+                # pyinotify calls libc through ctypes.CDLL(use_errno=True), so
+                # the failed call's errno is in ctypes' thread-local copy.
+                self._raise_add_error(path, ctypes.get_errno())
+        finally:
+            os.close(fd)
+        self._mask_of[path] = mask
+        if self._wd_of.get(path) != wd:
+            self._wd_of[path] = wd
+            self._paths_of[wd] = self._paths_of.get(wd, ()) + (path,)
+        return True
+
+    @staticmethod
+    def _raise_add_error(path: bytes, err: int) -> NoReturn:
+        if err == errno.ENOSPC:  # inotify's code for "max_user_watches spent"
+            raise WatchLimitReached(
+                f"cannot watch {path!r}: inotify watch limit reached; "
+                "raise the fs.inotify.max_user_watches sysctl"
+            )
+        raise OSError(err, os.strerror(err), path)
+
+    def _forget(self, wd: int) -> None:
+        for path in self._paths_of.pop(wd):
+            del self._wd_of[path]
+            self._mask_of.pop(path, None)
+        if self._wm.get_watch(wd) is not None:
+            self._wm.del_watch(wd)
