@@ -137,3 +137,68 @@ def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:
     result = run_cli("scan", "--pid", str(pid), "--json")
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+class EventLog:
+    """The daemon's JSON log file, read as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events: list[dict[str, Any]] = []
+        self._offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            self._offset += len(complete)
+            self.events += [json.loads(line) for line in complete.splitlines()]
+        return self.events
+
+    def find(self, name: str, **fields: Any) -> dict[str, Any] | None:
+        for event in self.read():
+            if event["event"] == name and all(event.get(k) == v for k, v in fields.items()):
+                return event
+        return None
+
+    def wait(self, name: str, timeout: float = TIMEOUT, **fields: Any) -> dict[str, Any]:
+        return wait_for(lambda: self.find(name, **fields), timeout, what=f"event {name} {fields}")
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.read()]
+
+
+class Watcher:
+    """`inodewatch --pid ...` running as a real process, logging JSON lines to a file."""
+
+    def __init__(self, log_path: Path, pids: list[int], extra: list[str]) -> None:
+        args = [a for pid in pids for a in ("--pid", str(pid))]
+        self.log = EventLog(log_path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inodewatch", *args, "--log-file", str(log_path), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for pid in pids:
+            self.log.wait("target.attached", pid=pid)
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out, err = self.proc.communicate(timeout=TIMEOUT)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def start_watcher(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
+    """Factory: start_watcher(pid, ..., extra=[...]) -> a daemon that has attached to all."""
+    watchers: list[Watcher] = []
+
+    def start(*pids: int, extra: list[str] | None = None) -> Watcher:
+        watcher = Watcher(tmp_path / f"events{len(watchers)}.json", list(pids), extra or [])
+        watchers.append(watcher)
+        return watcher
+
+    yield start
+    for watcher in watchers:
+        watcher.stop()

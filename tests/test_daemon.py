@@ -1,0 +1,179 @@
+"""The watch daemon against the real demo: real files replaced, real events read from its log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import TIMEOUT, run_cli, wait_for
+
+pytestmark = pytest.mark.integration
+
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS")
+
+
+def test_cp_in_place_is_overwritten_then_the_crash(start_demo, start_watcher):
+    demo = start_demo("leak", interval_ms=200)
+    watcher = start_watcher(demo.pid)
+    demo.copy_lib("so2.so")
+    overwritten = watcher.log.wait("mapping.overwritten", pid=demo.pid)
+    assert overwritten["level"] == "critical"
+    assert overwritten["path"] == os.fsdecode(demo.lib)
+    assert overwritten["size_before"] == os.path.getsize(demo.dir / "so1.so")
+    exited = watcher.log.wait("target.exited", pid=demo.pid)
+    assert exited["signal"] in CRASH_SIGNALS and exited["level"] == "warning"
+    assert exited["status_source"] == "proc_connector"
+    assert exited["core_dumped"] is False and exited["exit_code"] is None
+    assert [s["event"] for s in exited["stale"]] == ["mapping.overwritten"]
+    assert -demo.wait_exit() in (signal.SIGSEGV, signal.SIGBUS)
+    # the last target is gone: the daemon stops by itself, cleanly
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0
+    names = watcher.log.names()
+    assert names.index("mapping.overwritten") < names.index("target.exited") < names.index("daemon.stopped")
+    assert names.count("mapping.overwritten") == 1
+
+
+def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, start_watcher):
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    os.unlink(demo.lib)
+    deleted = watcher.log.wait("mapping.deleted", pid=demo.pid)
+    demo.copy_lib("so2.so")
+    replaced = watcher.log.wait("mapping.replaced", pid=demo.pid)
+    assert deleted["mapped_ino"] == replaced["mapped_ino"] != replaced["disk_ino"]
+    assert replaced["disk_ino"] == os.stat(demo.lib).st_ino
+    demo.wait_for_line("so1: version 1", after=len(demo.lines))
+    assert demo.proc.poll() is None
+    code, _out, err = watcher.stop()
+    assert code == 0 and err == ""
+    assert watcher.log.find("daemon.stopped", reason="SIGTERM")
+    # each state change once, not at every poll
+    assert watcher.log.names().count("mapping.replaced") == 1
+
+
+def test_hold_mode_mv_over_is_replaced_then_reloaded(start_demo, start_watcher):
+    demo = start_demo("hold", interval_ms=200)
+    watcher = start_watcher(demo.pid)
+    demo.copy_lib("so2.so", demo.lib + b".new")
+    os.rename(demo.lib + b".new", demo.lib)
+    replaced = watcher.log.wait("mapping.replaced", pid=demo.pid)
+    reloaded = watcher.log.wait("mapping.reloaded", pid=demo.pid)
+    assert reloaded["level"] == "info"
+    assert (reloaded["old_ino"], reloaded["new_ino"]) == (replaced["mapped_ino"], replaced["disk_ino"])
+    demo.wait_for_line("so2: version 2")
+
+
+def test_reopen_mode_cp_in_place_is_harmless(start_demo, start_watcher):
+    demo = start_demo("reopen", interval_ms=50)
+    watcher = start_watcher(demo.pid)
+    demo.copy_lib("so2.so")
+    demo.wait_for_line("so2: version 2")
+    assert demo.proc.poll() is None
+    code, _out, _err = watcher.stop()
+    assert code == 0
+    assert "mapping.overwritten" not in watcher.log.names()
+    assert "target.exited" not in watcher.log.names()
+
+
+def test_fd_held_on_a_deleted_log_file(tmp_path, start_watcher):
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        holder = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        watcher = start_watcher(holder.pid)
+        log.unlink()
+        event = watcher.log.wait("fd.deleted", pid=holder.pid)
+        assert (event["fd"], event["path"]) == (1, str(log))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_kill_9_is_reported_as_sigkill(start_demo, start_watcher):
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    os.kill(demo.pid, signal.SIGKILL)
+    exited = watcher.log.wait("target.exited", pid=demo.pid)
+    assert exited["signal"] == "SIGKILL" and exited["stale"] == []
+
+
+def test_divergence_present_at_attach_is_reported(start_demo, start_watcher):
+    demo = start_demo("leak")
+    os.unlink(demo.lib)
+    demo.copy_lib("so2.so")
+    watcher = start_watcher(demo.pid)
+    watcher.log.wait("mapping.deleted", pid=demo.pid)
+    watcher.log.wait("mapping.replaced", pid=demo.pid)
+
+
+def test_rename_away_is_seen_by_the_daemon(start_demo, start_watcher):
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    os.rename(demo.lib, demo.lib + b".old")
+    renamed = watcher.log.wait("mapping.renamed", pid=demo.pid)
+    assert (renamed["path"], renamed["new_path"]) == (os.fsdecode(demo.lib), os.fsdecode(demo.lib + b".old"))
+    demo.copy_lib("so2.so")
+    watcher.log.wait("mapping.replaced", pid=demo.pid)
+
+
+def test_a_non_utf8_name_in_a_watched_directory_does_not_blind_it(start_demo, start_watcher):
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    hostile = os.path.join(os.fsencode(demo.dir), b"evil\xff\x1b[31m\n.so")
+    with open(hostile, "wb"):
+        pass
+    os.unlink(demo.lib)
+    demo.copy_lib("so2.so")
+    watcher.log.wait("mapping.replaced", pid=demo.pid)
+    code, out, err = watcher.stop()
+    assert (code, out, err) == (0, "", "")  # and nothing stray from pyinotify
+
+
+def test_watch_limit_exhausted_degrades_to_polling(start_demo, start_watcher):
+    limit = "/proc/sys/fs/inotify/max_user_watches"
+    if not os.access(limit, os.W_OK):
+        pytest.skip("needs root to lower fs.inotify.max_user_watches")
+    demo = start_demo("leak")
+    original = open(limit).read()
+    try:
+        with open(limit, "w") as f:
+            f.write("1")
+        watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
+        degraded = watcher.log.wait("watch.degraded")
+        assert "max_user_watches" in degraded["detail"]
+    finally:
+        with open(limit, "w") as f:
+            f.write(original)
+    os.unlink(demo.lib)
+    demo.copy_lib("so2.so")
+    watcher.log.wait("mapping.replaced", pid=demo.pid)
+    code, _out, err = watcher.stop()
+    assert code == 0 and err == ""
+    assert watcher.log.names().count("watch.degraded") == 1
+
+
+def test_sighup_reopens_the_log_file(start_demo, start_watcher, tmp_path):
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    rotated = tmp_path / "rotated.json"
+    os.rename(watcher.log.path, rotated)
+    watcher.proc.send_signal(signal.SIGHUP)
+    wait_for(watcher.log.path.exists, what="the log file reopened")
+    os.unlink(demo.lib)
+    fresh = type(watcher.log)(watcher.log.path)
+    fresh.wait("mapping.deleted", pid=demo.pid)
+
+
+def test_bad_pid_and_bad_log_file_are_one_line_errors(start_demo, tmp_path):
+    result = run_cli("--pid", "999999999")
+    assert (result.returncode, result.stderr) == (2, "inodewatch: no such process: 999999999\n")
+    demo = start_demo("leak")
+    result = run_cli("--pid", str(demo.pid), "--log-file", str(tmp_path / "no" / "such" / "dir.json"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("inodewatch: cannot open log file") and result.stderr.count("\n") == 1
+    result = run_cli()
+    assert result.returncode == 2 and "nothing to watch" in result.stderr
