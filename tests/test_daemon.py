@@ -177,3 +177,57 @@ def test_bad_pid_and_bad_log_file_are_one_line_errors(start_demo, tmp_path):
     assert result.stderr.startswith("inodewatch: cannot open log file") and result.stderr.count("\n") == 1
     result = run_cli()
     assert result.returncode == 2 and "nothing to watch" in result.stderr
+
+
+def test_queue_overflow_is_logged_and_a_full_reread_finds_the_change(start_demo, start_watcher):
+    queued = "/proc/sys/fs/inotify/max_queued_events"
+    if not os.access(queued, os.W_OK):
+        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    demo = start_demo("leak")
+    original = open(queued).read()
+    try:
+        with open(queued, "w") as f:
+            f.write("4")  # read when the daemon creates its inotify instance
+        watcher = start_watcher(demo.pid, extra=["--interval", "60"])  # no timer to hide behind
+    finally:
+        with open(queued, "w") as f:
+            f.write(original)
+    watcher.proc.send_signal(signal.SIGSTOP)  # let the queue fill while it cannot read
+    try:
+        for i in range(20):
+            open(demo.dir / f"noise{i}", "w").close()
+        os.unlink(demo.lib)
+        demo.copy_lib("so2.so")
+    finally:
+        watcher.proc.send_signal(signal.SIGCONT)
+    watcher.log.wait("watch.overflow")
+    watcher.log.wait("mapping.replaced", pid=demo.pid)
+
+
+def test_without_the_proc_connector_exits_are_seen_through_pidfds(start_demo, tmp_path):
+    """The connector works only from the initial network namespace: a daemon in its own
+    (as under systemd's PrivateNetwork=yes) falls back to pidfds and says so."""
+    import shutil
+    import sys
+
+    from conftest import EventLog
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (util-linux)")
+    demo = start_demo("leak")
+    log = EventLog(tmp_path / "events.json")
+    daemon = subprocess.Popen(
+        ["unshare", "--net", sys.executable, "-m", "inodewatch", "--pid", str(demo.pid), "--log-file", str(log.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log.wait("target.attached", pid=demo.pid)
+        degraded = log.wait("watch.degraded")
+        assert "network namespace" in degraded["detail"]
+        os.kill(demo.pid, signal.SIGKILL)
+        exited = log.wait("target.exited", pid=demo.pid)
+        assert exited["status_source"] == "pidfd" and exited["signal"] is None
+        assert daemon.wait(timeout=TIMEOUT) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.communicate()
