@@ -206,7 +206,25 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-class ProcConnector:
+class _Closing:
+    """`with` support for the fd holders below: leave the block, close the fd."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ProcConnector(_Closing):
     """A non-blocking subscription to the kernel's process events.
 
     Needs CAP_NET_ADMIN and only works from the initial network (and pid /
@@ -277,19 +295,8 @@ class ProcConnector:
             pass  # best effort: closing must not fail
         self._sock.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class PidWatch:
+class PidWatch(_Closing):
     """A pidfd that becomes readable (POLLIN) when the process exits.
 
     The fallback when the proc connector is unavailable: it reveals that the
@@ -309,14 +316,3 @@ class PidWatch:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

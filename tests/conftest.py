@@ -6,6 +6,7 @@ deadline, because the CI machine is shared and has two cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -38,6 +39,21 @@ def wait_for(predicate: Callable[[], T], timeout: float = TIMEOUT, what: str = "
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+@contextlib.contextmanager
+def lowered_sysctl(name: str, value: int) -> Iterator[None]:
+    """Set /proc/sys/fs/inotify/<name> for the block; always restore it."""
+    knob = Path("/proc/sys/fs/inotify") / name
+    try:
+        original = knob.read_text()
+        knob.write_text(f"{value}\n")
+    except OSError as exc:
+        pytest.skip(f"cannot write {knob}: {exc}")
+    try:
+        yield
+    finally:
+        knob.write_text(original)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import TIMEOUT, run_cli, wait_for
+from conftest import TIMEOUT, lowered_sysctl, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -134,20 +134,11 @@ def test_a_non_utf8_name_in_a_watched_directory_does_not_blind_it(start_demo, st
 
 
 def test_watch_limit_exhausted_degrades_to_polling(start_demo, start_watcher):
-    limit = "/proc/sys/fs/inotify/max_user_watches"
-    if not os.access(limit, os.W_OK):
-        pytest.skip("needs root to lower fs.inotify.max_user_watches")
     demo = start_demo("leak")
-    original = open(limit).read()
-    try:
-        with open(limit, "w") as f:
-            f.write("1")
+    with lowered_sysctl("max_user_watches", 1):
         watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
         degraded = watcher.log.wait("watch.degraded")
         assert "max_user_watches" in degraded["detail"]
-    finally:
-        with open(limit, "w") as f:
-            f.write(original)
     os.unlink(demo.lib)
     demo.copy_lib("so2.so")
     watcher.log.wait("mapping.replaced", pid=demo.pid)
@@ -180,18 +171,10 @@ def test_bad_pid_and_bad_log_file_are_one_line_errors(start_demo, tmp_path):
 
 
 def test_queue_overflow_is_logged_and_a_full_reread_finds_the_change(start_demo, start_watcher):
-    queued = "/proc/sys/fs/inotify/max_queued_events"
-    if not os.access(queued, os.W_OK):
-        pytest.skip("needs root to lower fs.inotify.max_queued_events")
     demo = start_demo("leak")
-    original = open(queued).read()
-    try:
-        with open(queued, "w") as f:
-            f.write("4")  # read when the daemon creates its inotify instance
+    # the kernel reads the limit when the daemon creates its inotify instance
+    with lowered_sysctl("max_queued_events", 4):
         watcher = start_watcher(demo.pid, extra=["--interval", "60"])  # no timer to hide behind
-    finally:
-        with open(queued, "w") as f:
-            f.write(original)
     watcher.proc.send_signal(signal.SIGSTOP)  # let the queue fill while it cannot read
     try:
         for i in range(20):

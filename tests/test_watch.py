@@ -1,6 +1,5 @@
 """Tests for inodewatch.watch against real inotify on files under tmp_path."""
 
-import contextlib
 import mmap
 import os
 import select
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import lowered_sysctl
 from inodewatch.watch import FileEvent, FileWatcher, WatchLimitReached
 
 HOSTILE = b"bad\xff\x1b[31mname\n"
@@ -51,21 +51,6 @@ def make_file(path: bytes, data: bytes = b"\x7fELF" + b"\0" * 4092) -> bytes:
     with open(path, "wb") as f:
         f.write(data)
     return path
-
-
-@contextlib.contextmanager
-def lowered_sysctl(name: str, value: int) -> Iterator[None]:
-    """Set /proc/sys/fs/inotify/<name> for the block; always restore it."""
-    knob = Path("/proc/sys/fs/inotify") / name
-    try:
-        original = knob.read_text()
-        knob.write_text(f"{value}\n")
-    except OSError as exc:
-        pytest.skip(f"cannot write {knob}: {exc}")
-    try:
-        yield
-    finally:
-        knob.write_text(original)
 
 
 def test_in_place_write_reports_modified_and_written(watcher: FileWatcher, tmp_path: Path) -> None:
