@@ -144,6 +144,14 @@ class Daemon:
             return
         self.poller.register(self.connector.fileno(), select.POLLIN)
 
+    def follow_exits(self, pids: list[int]) -> None:
+        """Let the kernel pass us only our targets' exits (see exits.exit_filter)."""
+        if self.connector is not None:
+            try:
+                self.connector.follow(pids)
+            except OSError:
+                pass  # unfiltered still works, at a higher cost on a busy host
+
     def install_signals(self) -> socket.socket:
         reader, writer = socket.socketpair()
         reader.setblocking(False)
@@ -329,6 +337,7 @@ class Daemon:
         del self.fd_owner[target.pidwatch.fileno()]
         target.pidwatch.close()
         self.sync_watches(target, {}, {})
+        self.follow_exits(list(self.targets))
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -339,6 +348,7 @@ class Daemon:
         self.open_exit_source()
         self.poller.register(self.watcher.fileno(), select.POLLIN)
         self.poller.register(wake.fileno(), select.POLLIN)
+        self.follow_exits([t.pid for t in prepared])
         for target in prepared:
             self.attach(target)
         next_tick = time.monotonic() + self.options.interval

@@ -395,3 +395,31 @@ def test_pidwatch_missing_process() -> None:
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     with pytest.raises(ProcessLookupError):
         PidWatch(pid_max)
+
+
+def test_exit_filter_program_shape() -> None:
+    program = exits.exit_filter([300, 200, 200])
+    # load `what`, drop all but exits, load the pid, one compare-and-accept per pid, drop
+    assert len(program) == 4 + 2 * 2 + 1
+    assert all(jt <= 1 and jf <= 1 for _code, jt, jf, _k in program)
+    assert program[-1] == (exits._BPF_RET_K, 0, 0, 0)
+    too_many = exits.exit_filter(range(1, 5000))
+    assert len(too_many) == 4 and too_many[-1][3] == 0xFFFFFFFF  # every exit, no pid check
+
+
+def test_followed_exits_pass_and_others_do_not(connector: ProcConnector) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    followed = subprocess.Popen(["sleep", "60"])
+    connector.follow([followed.pid])
+    connector.read()  # what was queued before the filter
+    other.kill()
+    other.wait()
+    for _ in range(5):
+        subprocess.run(["true"], check=True)  # forks, execs and exits to filter out
+    followed.kill()
+    seen: list[ProcEvent] = []
+    try:
+        wait_for_exit(connector, followed.pid, seen)
+    finally:
+        followed.wait()
+    assert seen == [ProcessExit(followed.pid, followed.pid, signal.SIGKILL)]
