@@ -28,6 +28,7 @@ the target died.
   inodewatch --pid 38314                 watch until the target exits
   inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if any)
   inodewatch scan --all --json           the same for every process, as JSON lines
+  inodewatch report events.json*         post-mortem: per target a timeline and a verdict
 """
 
 
@@ -87,6 +88,15 @@ def build_parser() -> Parser:
                      help="every process (kernel threads and unreadable ones are skipped and counted)")
     scan.add_argument("--json", action="store_true",
                       help="print the findings as the watch mode's JSON event lines")
+
+    report = commands.add_parser(
+        "report", help="post-mortem: per target a timeline and a verdict, from JSON logs",
+        description="Read the daemon's JSON logs (plain or .gz, rotated files in any order; bad "
+                    "lines are counted and skipped) and print, per target, a timeline and a "
+                    "verdict, e.g. which overwritten file preceded a SIGSEGV.")
+    from inodewatch import report as report_module
+
+    report_module.add_arguments(report)
     return parser
 
 
@@ -108,6 +118,15 @@ def run_scan(args: argparse.Namespace) -> int:
     else:
         render.print_scan_table(summary)
     return EXIT_DIVERGED if summary.diverged else EXIT_OK
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from inodewatch import report
+
+    try:
+        return report.run(args)
+    except report.ReportError as exc:
+        return fail(str(exc))
 
 
 def run_watch(args: argparse.Namespace) -> int:
@@ -135,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "scan":
             return run_scan(args)
+        if args.command == "report":
+            return run_report(args)
         if args.pid:
             return run_watch(args)
         parser.error("nothing to watch: give --pid PID, or a command such as scan")

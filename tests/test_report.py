@@ -1,0 +1,373 @@
+"""`inodewatch report`: hand-written log lines for each verdict, damaged and rotated logs,
+hostile names, filters, JSON; and one real crash logged by the real daemon."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import TIMEOUT
+from inodewatch.report import (
+    ReportError,
+    add_arguments,
+    build_timelines,
+    parse_lines,
+    read_events,
+    run,
+    select,
+    verdict,
+)
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+SO = "/opt/demo/so.so"
+ATTACH = {"comm": "reload", "exe": "/opt/demo/reload", "cmdline": ["/opt/demo/reload"],
+          "start_time": "2026-01-02T03:00:00Z"}
+
+
+def stamp(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def line(seconds: float, event: str, pid: int | None = 38314, level: str = "info", **fields: Any) -> str:
+    obj: dict[str, Any] = {"timestamp": stamp(seconds), "level": level, "event": event}
+    if pid is not None:
+        obj["pid"] = pid
+    return json.dumps({**obj, **fields})
+
+
+def attached(seconds: float, pid: int = 38314, **fields: Any) -> str:
+    return line(seconds, "target.attached", pid, **{**ATTACH, **fields})
+
+
+def exited(seconds: float, pid: int = 38314, signal: str | None = None, exit_code: int | None = None,
+           stale: list[dict[str, Any]] | None = None, source: str = "proc_connector") -> str:
+    return line(seconds, "target.exited", pid, "warning" if signal else "info", exit_code=exit_code,
+                signal=signal, core_dumped=False, status_source=source, stale=stale or [])
+
+
+OVERWRITTEN = {"path": SO, "mapped_dev": "fe:00", "mapped_ino": 2146358, "size_before": 15472,
+               "size_after": 23696}
+DELETED = {"path": SO, "mapped_dev": "fe:00", "mapped_ino": 2146358, "perms": "r--p,r-xp,rw-p"}
+REPLACED = {**DELETED, "disk_dev": "fe:00", "disk_ino": 2146377}
+
+
+def verdicts(*lines: str) -> list[str]:
+    events, bad = parse_lines(x.encode() for x in lines)
+    assert bad == 0
+    return [verdict(t).text for t in build_timelines(events)]
+
+
+def write(path: Path, lines: list[str], compress: bool = False) -> Path:
+    data = "".join(x + "\n" for x in lines).encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def report(*argv: str) -> str:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = io.StringIO()
+    assert run(parser.parse_args(argv), out) == 0
+    return out.getvalue()
+
+
+# --- verdicts ------------------------------------------------------------------------------
+
+
+def test_killed_after_overwrite_names_the_file_the_delay_and_the_mapping():
+    stale = [{"event": "mapping.overwritten", **OVERWRITTEN, "perms": "r-xp"}]
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN),
+                    exited(2.2, signal="SIGSEGV", stale=stale)) == [
+        "pid 38314 (reload) was killed by SIGSEGV 1.2 s after /opt/demo/so.so "
+        "(inode 2146358, mapped r-xp) was overwritten in place"]
+
+
+def test_overwrite_perms_come_from_an_earlier_mapping_event_or_are_left_out():
+    # the daemon's own overwrite events carry no perms, nor does its stale entry
+    stale = [{"event": "mapping.overwritten", **OVERWRITTEN}]
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN),
+                    exited(1.05, signal="SIGBUS", stale=stale)) == [
+        "pid 38314 (reload) was killed by SIGBUS 0.050 s after /opt/demo/so.so (inode 2146358) "
+        "was overwritten in place"]
+    other = {**OVERWRITTEN, "path": "/opt/demo/b.so", "mapped_ino": 7}
+    text, = verdicts(attached(0), line(0.5, "mapping.deleted", **{**DELETED, "perms": "r-xp"}),
+                     line(1, "mapping.overwritten", **other),
+                     line(1.5, "mapping.overwritten", **OVERWRITTEN),
+                     exited(2, signal="SIGSEGV", stale=[{"event": "mapping.overwritten", **other}]))
+    # the last overwrite before the death is named; the other one is still listed
+    assert text == ("pid 38314 (reload) was killed by SIGSEGV 0.500 s after /opt/demo/so.so "
+                    "(inode 2146358, mapped r-xp) was overwritten in place, while running 1 stale "
+                    "file: /opt/demo/b.so (overwritten in place)")
+
+
+def test_killed_without_overwrite_lists_what_it_was_running():
+    stale = [{"event": "mapping.deleted", **DELETED}, {"event": "mapping.replaced", **REPLACED},
+             {"event": "fd.deleted", "fd": 3, "path": "/var/log/app.log", "mapped_ino": 9}]
+    assert verdicts(attached(0), exited(5, signal="SIGKILL", stale=stale),
+                    attached(6, pid=7, comm="nginx"), exited(7, pid=7, signal="SIGTERM")) == [
+        "pid 38314 (reload) was killed by SIGKILL, while running 2 stale files: "
+        "/opt/demo/so.so (deleted, replaced), /var/log/app.log (fd 3, deleted)",
+        "pid 7 (nginx) was killed by SIGTERM"]
+
+
+def test_normal_and_unknown_exits():
+    assert verdicts(attached(0), exited(1, exit_code=0),
+                    attached(0, pid=8), exited(1, pid=8, exit_code=3,
+                                               stale=[{"event": "mapping.deleted", **DELETED}]),
+                    attached(0, pid=9), exited(1, pid=9, source="pidfd")) == [
+        "pid 38314 (reload) exited with status 0",
+        "pid 8 (reload) exited with status 3, while running 1 stale file: /opt/demo/so.so (deleted)",
+        "pid 9 (reload) exited with an unknown status "
+        "(seen through a pidfd, without the proc connector)"]
+
+
+def test_still_running_old_code_at_the_end_of_the_log():
+    assert verdicts(attached(0), line(1, "mapping.deleted", **DELETED),
+                    line(1.01, "mapping.replaced", **REPLACED)) == [
+        "pid 38314 (reload) was still running old code at the end of the log: "
+        f"/opt/demo/so.so (deleted, replaced at {stamp(1.01)})"]
+    assert verdicts(attached(0), line(1, "fd.deleted", fd=1, path="/tmp/app.log", mapped_ino=4)) == [
+        "pid 38314 (reload) was still holding stale files open at the end of the log: "
+        f"/tmp/app.log (fd 1, deleted at {stamp(1)})"]
+
+
+def test_reloaded_after_it_was_replaced():
+    assert verdicts(attached(0), line(1, "mapping.replaced", **REPLACED),
+                    line(1.3, "mapping.reloaded", path=SO, old_ino=2146358, new_ino=2146377)) == [
+        "pid 38314 (reload) reloaded /opt/demo/so.so (inode 2146358 -> 2146377) 0.300 s after it "
+        "was replaced; still running at the end of the log"]
+
+
+def test_nothing_diverged_and_a_reattach_reports_afresh():
+    assert verdicts(attached(0)) == [
+        "pid 38314 (reload) was still running at the end of the log; nothing diverged"]
+    # the daemon restarted and no longer saw the divergence: it is gone
+    assert verdicts(attached(0), line(1, "mapping.deleted", **DELETED), attached(2))[0].endswith(
+        "nothing diverged")
+
+
+def test_pid_reuse_starts_a_new_life():
+    lives = build_timelines(parse_lines(x.encode() for x in [
+        attached(0), exited(1, signal="SIGKILL"), attached(2, comm="other"),
+        attached(3, comm="third", start_time="2026-01-02T04:00:00Z"),
+        attached(4, comm="third", start_time="2026-01-02T04:00:00Z")])[0])
+    assert [(t.pid, t.comm, len(t.events)) for t in lives] == [
+        (38314, "reload", 2), (38314, "other", 1), (38314, "third", 2)]
+    assert [verdict(t).outcome for t in lives] == ["killed", "running", "running"]
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def test_rotated_files_in_any_order_are_read_oldest_first(tmp_path):
+    oldest = write(tmp_path / "events.json.2.gz", [line(0, "daemon.started", None), attached(1)],
+                   compress=True)
+    older = write(tmp_path / "events.json.1", [line(2, "mapping.deleted", **DELETED),
+                                               line(3, "mapping.replaced", **REPLACED)])
+    # the same microsecond at both sides of a rotation keeps the files' order
+    current = write(tmp_path / "events.json", [line(3, "mapping.overwritten", **OVERWRITTEN),
+                                               exited(4, signal="SIGSEGV")])
+    names = ["daemon.started", "target.attached", "mapping.deleted", "mapping.replaced",
+             "mapping.overwritten", "target.exited"]
+    paths = [str(p) for p in (oldest, older, current)]
+    for order in ([2, 1, 0], [0, 2, 1], [1, 0, 2]):
+        events, skipped = read_events([paths[i] for i in order])
+        assert ([e.name for e in events], skipped) == (names, 0)
+    out = report(*reversed(paths))
+    assert "killed by SIGSEGV 1.0 s after /opt/demo/so.so" in out
+    assert out.endswith("read 3 files, 6 events, skipped 0 bad lines\n")
+
+
+def test_bad_lines_are_counted_and_skipped(tmp_path):
+    good = [attached(0), exited(2, exit_code=0)]
+    bad = [
+        line(1, "mapping.deleted", **DELETED)[:40],  # truncated
+        "garbage \x00 here",
+        "[1, 2, 3]",
+        '"just a string"',
+        json.dumps({"timestamp": stamp(1), "level": "info"}),  # no event
+        json.dumps({"event": "mapping.deleted", "pid": 1}),  # no timestamp
+        json.dumps({"event": "x", "timestamp": "yesterday"}),
+        json.dumps({"event": "x", "timestamp": 17}),
+        json.dumps({"event": "x", "timestamp": stamp(1), "pid": "38314"}),
+        json.dumps({"event": "x", "timestamp": stamp(1), "pid": True}),
+        '{"event": "x", "timestamp": "%s", "size_after": NaN}' % stamp(1),
+        "[" * 100_000,
+    ]
+    data = b"\n".join([good[0].encode(), *(b.encode() for b in bad),
+                       b'{"event": "mapping.deleted", "path": "/opt/\xff\xfe.so"}',  # not UTF-8
+                       b"\xc3\x28 \x80\x81", b"", b"   ", good[1].encode(), b'{"event": "cut'])
+    log = tmp_path / "events.json"
+    log.write_bytes(data)
+    events, skipped = read_events([str(log)])
+    assert [e.name for e in events] == ["target.attached", "target.exited"]
+    assert skipped == len(bad) + 3  # blank lines are not bad lines
+    assert report(str(log)).endswith(f"read 1 file, 2 events, skipped {skipped} bad lines\n")
+
+
+def test_a_truncated_gzip_keeps_its_lines_and_counts_the_damage(tmp_path):
+    lines = [attached(i / 100) for i in range(2000)]
+    whole = gzip.compress("".join(x + "\n" for x in lines).encode())
+    log = tmp_path / "events.json.1.gz"
+    log.write_bytes(whole[:len(whole) // 2])
+    events, skipped = read_events([str(log)])
+    assert 0 < len(events) < len(lines) and skipped == 1
+    assert [e.fields for e in events] == [json.loads(x) for x in lines[:len(events)]]
+    log.write_bytes(b"\x1f\x8b" + bytes(random.Random(1).randrange(256) for _ in range(500)))
+    assert read_events([str(log)]) == ([], 1)
+
+
+def test_a_missing_or_unreadable_log_is_a_one_line_error(tmp_path):
+    for path, reason in ((tmp_path / "nope.json", "No such file or directory"),
+                         (tmp_path, "Is a directory")):
+        with pytest.raises(ReportError) as err:
+            report(str(path))
+        assert str(err.value) == f"cannot read {path}: {reason}"
+    log = write(tmp_path / "events.json", [attached(0)])
+    with pytest.raises(ReportError, match="--since is after --until"):
+        report(str(log), "--since", stamp(5), "--until", stamp(1))
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+HOSTILE = "/opt/\x1b[31mred\x1b]0;title\x07\n\u202e.so"
+
+
+def test_control_characters_from_the_log_are_escaped_in_text(tmp_path):
+    evil = {**DELETED, "path": HOSTILE, "path_bytes": HOSTILE.encode().hex()}
+    log = write(tmp_path / "events.json", [
+        attached(0, comm="re\x1bload", cmdline=["/opt/x\n", "--lib", HOSTILE]),
+        line(1, "mapping.deleted", **evil),
+        line(1.5, "mapping.renamed", path=HOSTILE, new_path=HOSTILE + ".old", mapped_ino=1),
+        line(1.6, "mapping.overwritten", **{**OVERWRITTEN, "path": HOSTILE}),
+        line(1.7, "watch.degraded", None, "warning", detail="limit\x1b[2J"),
+        exited(2, signal="SIG\x1bSEGV", stale=[{"event": "mapping.deleted", **evil}]),
+        line(3, "x\x1b.y", 5, weird="\x9b\u2067", nested={"k": ["\x07"]})])
+    out = report(str(log))
+    assert all(ch.isprintable() or ch == "\n" for ch in out), repr(out)
+    assert "\\x1b[31mred\\x1b]0;title\\x07\\x0a\\u202e.so" in out
+    assert "pid 38314 (re\\x1bload) was killed by SIG\\x1bSEGV 0.400 s after" in out
+    assert "limit\\x1b[2J" in out and "\\x9b\\u2067" in out
+
+
+def test_pid_since_and_until_filter_the_report(tmp_path):
+    log = write(tmp_path / "events.json", [
+        attached(0), attached(0, pid=7), line(1, "mapping.replaced", **REPLACED),
+        line(2, "mapping.replaced", pid=7, **REPLACED),
+        line(3, "mapping.overwritten", **OVERWRITTEN), exited(4, signal="SIGSEGV"),
+        line(5, "daemon.stopped", None, reason="SIGTERM", targets=[7])])
+    out = report(str(log), "--pid", "7")
+    assert "pid 7 (reload)" in out and "pid 38314" not in out
+    # --since trims the timeline, not the history: the target is still judged on it all
+    out = report(str(log), "--since", stamp(2.5))
+    assert "pid 7" not in out and "target.attached" not in out
+    assert "was killed by SIGSEGV 1.0 s after /opt/demo/so.so" in out
+    assert out.count("mapping.") == 1
+    # --until judges the targets as they were then; naive times are UTC, offsets are understood
+    until = (T0 + timedelta(seconds=1.5)).astimezone(timezone(timedelta(hours=2)))
+    out = report(str(log), "--until", until.isoformat())
+    assert ("verdict: pid 38314 (reload) was still running old code at "
+            f"{stamp(1.5)}: /opt/demo/so.so (replaced at {stamp(1)})") in out
+    assert "verdict: pid 7 (reload) was still running at " + stamp(1.5) in out
+    naive = (T0 + timedelta(seconds=1.5)).replace(tzinfo=None).isoformat()
+    assert report(str(log), "--until", naive) == out
+    assert report(str(log), "--since", stamp(6)).startswith("no target events\n")
+
+
+def test_a_bad_time_is_a_usage_error(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["x.json", "--since", "last tuesday"])
+    assert "not an ISO 8601 time: 'last tuesday'" in capsys.readouterr().err
+    midnight = T0.replace(hour=0, minute=0, second=0)
+    assert parser.parse_args(["x.json", "--since", "2026-01-02"]).since == midnight
+
+
+def test_json_is_one_target_per_line_then_a_summary(tmp_path):
+    log = write(tmp_path / "events.json", [
+        attached(0), line(0.5, "watch.degraded", None, "warning", detail="polling"),
+        line(1, "mapping.overwritten", **{**OVERWRITTEN, "path": HOSTILE}), exited(2, signal="SIGSEGV"),
+        attached(3, pid=7), "not json"])
+    out = report(str(log), "--json")
+    out.encode("ascii")
+    first, second, summary = map(json.loads, out.splitlines())
+    assert first["type"] == "target" and first["pid"] == 38314 and first["comm"] == "reload"
+    assert first["outcome"] == "crashed_after_overwrite"
+    assert "SIGSEGV" in first["verdict"] and "\\x1b" in first["verdict"]
+    assert [e["event"] for e in first["timeline"]] == ["target.attached", "mapping.overwritten",
+                                                       "target.exited"]
+    assert first["timeline"][1]["path"] == HOSTILE  # the timeline is the log, lossless
+    assert (second["pid"], second["outcome"]) == (7, "running")
+    assert summary == {"type": "summary", "files": 1, "events": 5, "skipped": 1, "targets": 2,
+                       "warnings": [json.loads(line(0.5, "watch.degraded", None, "warning",
+                                                         detail="polling"))]}
+
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),  # the daemon never logs NaN: not JSON
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+names = st.sampled_from(["target.attached", "target.exited", "mapping.deleted", "mapping.replaced",
+                         "mapping.renamed", "mapping.overwritten", "mapping.reloaded", "fd.deleted",
+                         "watch.degraded", "x"])
+keys = st.sampled_from(["path", "new_path", "fd", "mapped_ino", "old_ino", "new_ino", "perms", "comm",
+                        "cmdline", "signal", "exit_code", "core_dumped", "status_source", "stale",
+                        "start_time", "level", "detail"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), names, st.none() | st.integers(1, 3),
+                          st.dictionaries(keys, values, max_size=6)), max_size=8))
+def test_any_well_formed_event_with_any_fields_never_crashes_the_report(entries):
+    lines = [json.dumps({**fields, "timestamp": stamp(t), "event": name}
+                        | ({"pid": pid} if pid is not None else {})) for t, name, pid, fields in entries]
+    events, bad = parse_lines(x.encode() for x in lines)
+    assert bad == 0
+    for r in select(events):
+        assert r.verdict.text.isprintable()
+
+
+# --- a real crash --------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp_path):
+    demo = start_demo("leak", interval_ms=200)
+    watcher = start_watcher(demo.pid)
+    demo.copy_lib("so2.so")
+    watcher.log.wait("target.exited", pid=demo.pid)
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0  # the last target gone, the daemon stopped
+    # rotate the real log: the first half compressed, as logrotate would leave it
+    lines = watcher.log.path.read_bytes().splitlines(keepends=True)
+    rotated = tmp_path / "events.json.1.gz"
+    rotated.write_bytes(gzip.compress(b"".join(lines[:2])))
+    watcher.log.path.write_bytes(b"".join(lines[2:]))
+    paths = [str(watcher.log.path), str(rotated)]
+
+    out = report(*paths, "--pid", str(demo.pid))
+    verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+    assert verdict_line.startswith(f"  verdict: pid {demo.pid} (reload) was killed by SIG")
+    assert any(f"killed by {sig} " in verdict_line for sig in ("SIGSEGV", "SIGBUS"))
+    assert f"after {os.fsdecode(demo.lib)} (inode {os.stat(demo.lib).st_ino}" in verdict_line
+    assert verdict_line.endswith("was overwritten in place")
+    assert out.endswith(f"read 2 files, {len(lines)} events, skipped 0 bad lines\n")
+
+    target, summary = map(json.loads, report(*paths, "--json").splitlines())
+    assert (target["pid"], target["outcome"]) == (demo.pid, "crashed_after_overwrite")
+    assert [e["event"] for e in target["timeline"]] == [
+        "target.attached", "mapping.overwritten", "target.exited"]
+    assert (summary["files"], summary["skipped"], summary["targets"]) == (2, 0, 1)
