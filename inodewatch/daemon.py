@@ -322,9 +322,9 @@ class Daemon:
                 self.exit_statuses[ev.pid] = ev.wait_status
 
     def on_exit(self, pid: int) -> None:
-        target = self.targets.pop(pid)
         if self.connector is not None:
             self.read_connector()  # the kernel queues the status before it wakes the pidfd
+        target = self.targets.pop(pid)
         wait_status = self.exit_statuses.pop(pid, None)
         status = (ExitStatus.from_wait_status(wait_status) if wait_status is not None
                   else ExitStatus(None, None, None, "pidfd"))

@@ -112,9 +112,8 @@ def main() -> int:
 
     say(f"what inodewatch logged ({log}):")
     sys.stdout.write(log.read_text())
-    if (REPO / "inodewatch" / "report.py").exists():
-        say("inodewatch report:")
-        subprocess.run([sys.executable, "-m", "inodewatch", "report", str(log)])
+    say(f"inodewatch report {log}:")
+    subprocess.run([sys.executable, "-m", "inodewatch", "report", str(log)], check=True)
     return 0
 
 

@@ -214,3 +214,14 @@ def test_without_the_proc_connector_exits_are_seen_through_pidfds(start_demo, tm
         if daemon.poll() is None:
             daemon.kill()
         daemon.communicate()
+
+
+def test_targets_dying_together_each_get_their_status(start_demo, start_watcher):
+    demos = [start_demo("leak") for _ in range(3)]
+    watcher = start_watcher(*(d.pid for d in demos))
+    for d in demos:
+        os.kill(d.pid, signal.SIGKILL)
+    for d in demos:
+        exited = watcher.log.wait("target.exited", pid=d.pid)
+        assert (exited["signal"], exited["status_source"]) == ("SIGKILL", "proc_connector")
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0
