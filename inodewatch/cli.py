@@ -26,6 +26,7 @@ file deleted, replaced, renamed or overwritten in place, the target reloading it
 the target died.
 
   inodewatch --pid 38314                 watch until the target exits
+  inodewatch --exe /usr/sbin/nginx       watch every nginx, re-attach when it restarts
   inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if any)
   inodewatch scan --all --json           the same for every process, as JSON lines
   inodewatch report events.json*         post-mortem: per target a timeline and a verdict
@@ -65,7 +66,18 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"inodewatch {__version__}")
     watch = parser.add_argument_group("watch mode (the default command)")
     watch.add_argument("--pid", type=pid_arg, action="append", metavar="PID",
-                       help="process to watch (repeatable); runs until every target has exited")
+                       help="process to watch (repeatable); without a selector below, runs "
+                            "until every target has exited")
+    watch.add_argument("--exe", action="append", default=[], metavar="PATH",
+                       help="watch every process running this executable, now and when it "
+                            "starts again (repeatable); runs until stopped")
+    watch.add_argument("--name", action="append", default=[], metavar="COMM",
+                       help="watch every process with this name (as in ps -o comm; repeatable)")
+    watch.add_argument("--unit", action="append", default=[], metavar="NAME.service",
+                       help="watch the processes of this systemd unit (repeatable)")
+    watch.add_argument("--cgroup", action="append", default=[], metavar="PATH",
+                       help="watch the processes in this cgroup or below it, e.g. "
+                            "/sys/fs/cgroup/system.slice/app.service (repeatable)")
     watch.add_argument("--watch", type=os.fsencode, action="append", metavar="PATH",
                        help="only these files get attention, e.g. /opt/app/so.so (repeatable); "
                             "default: every file the target maps or holds open")
@@ -132,14 +144,16 @@ def run_report(args: argparse.Namespace) -> int:
 def run_watch(args: argparse.Namespace) -> int:
     from inodewatch.daemon import AttachError, Daemon, Options
     from inodewatch.eventlog import LogSink, choose_format, make_logger
+    from inodewatch.selectors import make_selector
 
     try:
         sink = LogSink(path=args.log_file)
     except OSError as exc:
         return fail(f"cannot open log file {args.log_file}: {exc.strerror}")
     log = make_logger(sink, choose_format(args.log_format, sink.stream))
-    options = Options(pids=args.pid, interval=args.interval,
-                      watch_paths=set(map(os.path.abspath, args.watch)) if args.watch else None)
+    options = Options(pids=args.pid or [], interval=args.interval,
+                      watch_paths=set(map(os.path.abspath, args.watch)) if args.watch else None,
+                      selector=make_selector(args.exe, args.name, args.cgroup, args.unit))
     try:
         return Daemon(log, sink, options).run()
     except AttachError as exc:
@@ -156,9 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_scan(args)
         if args.command == "report":
             return run_report(args)
-        if args.pid:
+        if args.pid or args.exe or args.name or args.unit or args.cgroup:
             return run_watch(args)
-        parser.error("nothing to watch: give --pid PID, or a command such as scan")
+        parser.error("nothing to watch: give --pid, --exe, --name, --unit or --cgroup, "
+                     "or a command such as scan")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -25,13 +25,26 @@ import psutil
 
 from inodewatch import __version__, procfs
 from inodewatch.diff import Event, TargetHistory
-from inodewatch.exits import ConnectorUnavailable, ExitStatus, PidWatch, ProcConnector, ProcessExit
+from inodewatch.exits import (
+    ConnectorUnavailable,
+    ExitStatus,
+    PidWatch,
+    ProcConnector,
+    ProcessExec,
+    ProcessExit,
+    ProcessFork,
+)
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
+from inodewatch.selectors import Selector, read_facts
 from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher, WatchLimitReached
 
 # After a watched file is opened (dlopen in progress) the mapping appears a moment later:
 # look again at these delays so a reload is seen in milliseconds, not at the next tick.
 RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
+# With a working proc connector, new processes announce themselves; the /proc walk that finds
+# them otherwise is then only a rare safety net.
+DISCOVERY_WITH_CONNECTOR = 30.0
+
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
 
@@ -43,6 +56,7 @@ class Options:
     pids: list[int]
     watch_paths: set[bytes] | None = None  # --watch: only these files get attention
     interval: float = 1.0
+    selector: Selector = field(default_factory=Selector)  # --exe, --name, --unit, --cgroup
 
 
 @dataclass
@@ -54,6 +68,7 @@ class Target:
     open_files: list[OpenFile] = field(default_factory=list)
     watch_masks: dict[bytes, int] = field(default_factory=dict)  # what this target needs watched
     follow_ups: list[float] = field(default_factory=list)
+    term: tuple[str, bytes] | None = None  # the selector term it matched, if any
 
     @property
     def pid(self) -> int:
@@ -95,6 +110,9 @@ class Daemon:
         self.poller = select.poll()
         self.fd_owner: dict[int, int] = {}  # pidfd -> pid
         self.stop_reason: str | None = None
+        self.selector = options.selector
+        self.newborn: set[int] = set()  # pids the connector announced, to match
+        self.gone_terms: set[tuple[str, bytes]] = set()  # terms whose target has exited
         self.reopen_log = False
 
     # --- events out -------------------------------------------------------------------
@@ -128,11 +146,36 @@ class Daemon:
             info = describe_process(target.pid)
         except psutil.Error:
             info = {}  # it exited already: the pidfd is readable and says so at once
+        if target.term is not None:
+            info["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
+            info["reattached"] = target.term in self.gone_terms
         self.targets[target.pid] = target
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
         self.log.info("target.attached", pid=target.pid, **info)
         self.rescan(target)
+
+    def consider(self, pids: list[int]) -> None:
+        """Attach to those of `pids` that the selector matches (and we can read)."""
+        attached = False
+        for pid in pids:
+            if pid in self.targets or pid == os.getpid():
+                continue
+            try:
+                term = self.selector.match(read_facts(pid))
+                if term is None:
+                    continue
+                target = self.prepare(pid)
+            except (procfs.ProcError, AttachError):
+                continue  # gone, a kernel thread, or not ours to read
+            target.term = term
+            self.attach(target)
+            attached = True
+        if attached:
+            self.follow_exits()
+
+    def discover(self) -> None:
+        self.consider(procfs.list_pids())
 
     def open_exit_source(self) -> None:
         try:
@@ -144,11 +187,13 @@ class Daemon:
             return
         self.poller.register(self.connector.fileno(), select.POLLIN)
 
-    def follow_exits(self, pids: list[int]) -> None:
-        """Let the kernel pass us only our targets' exits (see exits.exit_filter)."""
+    def follow_exits(self, pids: list[int] | None = None) -> None:
+        """Let the kernel pass us only our targets' exits, and births when a selector may
+        match them (see exits.exit_filter)."""
         if self.connector is not None:
             try:
-                self.connector.follow(pids)
+                self.connector.follow(list(self.targets) if pids is None else pids,
+                                      births=bool(self.selector))
             except OSError:
                 pass  # unfiltered still works, at a higher cost on a busy host
 
@@ -320,6 +365,10 @@ class Daemon:
         for ev in self.connector.read():
             if isinstance(ev, ProcessExit) and ev.pid == ev.tgid and ev.pid in self.targets:
                 self.exit_statuses[ev.pid] = ev.wait_status
+            elif isinstance(ev, ProcessExec) and self.selector:
+                self.newborn.add(ev.tgid)
+            elif isinstance(ev, ProcessFork) and ev.child_pid == ev.child_tgid and self.selector:
+                self.newborn.add(ev.child_pid)  # a worker forked by a host it matches
 
     def on_exit(self, pid: int) -> None:
         if self.connector is not None:
@@ -333,11 +382,13 @@ class Daemon:
                   "stale": target.history.stale()}
         level = "warning" if status.signal else "info"
         self.emit(Event(level, "target.exited", fields), pid)
+        if target.term is not None:
+            self.gone_terms.add(target.term)
         self.poller.unregister(target.pidwatch.fileno())
         del self.fd_owner[target.pidwatch.fileno()]
         target.pidwatch.close()
         self.sync_watches(target, {}, {})
-        self.follow_exits(list(self.targets))
+        self.follow_exits()
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -351,10 +402,16 @@ class Daemon:
         self.follow_exits([t.pid for t in prepared])
         for target in prepared:
             self.attach(target)
+        discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
+        if self.selector:
+            self.discover()
         next_tick = time.monotonic() + self.options.interval
-        while self.targets and self.stop_reason is None:
+        next_discovery = time.monotonic() + discovery
+        # With a selector it runs until stopped: the host it follows may come back.
+        while (self.targets or self.selector) and self.stop_reason is None:
             now = time.monotonic()
-            due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups)])
+            due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
+                       *([next_discovery] if self.selector else [])])
             ready = self.poller.poll(max(0.0, due - now) * 1000)
             exited = []
             for fd, _mask in ready:
@@ -374,6 +431,9 @@ class Daemon:
                     exited.append(self.fd_owner[fd])
             for pid in exited:
                 self.on_exit(pid)
+            if self.newborn:
+                self.consider(sorted(self.newborn))
+                self.newborn.clear()
             if self.reopen_log:
                 self.reopen_log = False
                 self.sink.reopen()
@@ -387,6 +447,9 @@ class Daemon:
                 next_tick = now + self.options.interval
                 for target in list(self.targets.values()):
                     self.rescan(target)
+            if self.selector and now >= next_discovery:
+                next_discovery = now + discovery
+                self.discover()
         reason = self.stop_reason or "all targets exited"
         self.log.info("daemon.stopped", reason=reason, targets=sorted(self.targets))
         return 0

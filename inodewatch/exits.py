@@ -208,20 +208,28 @@ def _as_loaded(value: int) -> int:
     return int.from_bytes(value.to_bytes(4, sys.byteorder), "big")
 
 
-def exit_filter(pids: Iterable[int]) -> list[tuple[int, int, int, int]]:
-    """A BPF program passing only the exits of `pids` (every exit if there are too many).
+def exit_filter(pids: Iterable[int], births: bool = False) -> list[tuple[int, int, int, int]]:
+    """A BPF program passing only the exits of `pids` (every exit if there are too many),
+    and, with `births`, every fork and exec (to find new processes to watch).
 
     On a busy host the connector reports every fork, exec and exit of every process; reading
     them all in Python costs a core's tenth at a thousand execs a second.  Filtered in the
     kernel, the daemon wakes only for the deaths it reports.
     """
     pids = sorted(set(pids))
-    program = [
-        (_BPF_LD_W_ABS, 0, 0, _WHAT_OFFSET),
+    program = [(_BPF_LD_W_ABS, 0, 0, _WHAT_OFFSET)]
+    if births:
+        program += [
+            (_BPF_JEQ_K, 0, 1, _as_loaded(PROC_EVENT_FORK)),
+            (_BPF_RET_K, 0, 0, _ACCEPT),
+            (_BPF_JEQ_K, 0, 1, _as_loaded(PROC_EVENT_EXEC)),
+            (_BPF_RET_K, 0, 0, _ACCEPT),
+        ]
+    program += [
         (_BPF_JEQ_K, 1, 0, _as_loaded(PROC_EVENT_EXIT)),
         (_BPF_RET_K, 0, 0, _DROP),
     ]
-    if 2 * len(pids) + 5 > _BPF_MAXINSNS:
+    if len(program) + 2 * len(pids) + 2 > _BPF_MAXINSNS:
         return program + [(_BPF_RET_K, 0, 0, _ACCEPT)]
     program.append((_BPF_LD_W_ABS, 0, 0, _PID_OFFSET))
     for pid in pids:  # jumps of 0 or 1 only: the u8 jump offsets never overflow
@@ -307,9 +315,10 @@ class ProcConnector(_Closing):
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def follow(self, pids: Iterable[int]) -> None:
-        """From now on, receive only the exits of `pids` (see exit_filter)."""
-        program = b"".join(_SOCK_FILTER.pack(*insn) for insn in exit_filter(pids))
+    def follow(self, pids: Iterable[int], births: bool = False) -> None:
+        """From now on, receive only the exits of `pids`, and forks and execs with `births`
+        (see exit_filter)."""
+        program = b"".join(_SOCK_FILTER.pack(*insn) for insn in exit_filter(pids, births))
         buffer = ctypes.create_string_buffer(program, len(program))
         # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
         fprog = struct.pack("HL", len(program) // _SOCK_FILTER.size, ctypes.addressof(buffer))

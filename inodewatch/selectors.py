@@ -1,0 +1,98 @@
+"""Which processes to watch beyond fixed pids: by executable, by name, by cgroup or unit.
+
+A plugin host is restarted under a new pid; `--exe /usr/sbin/nginx`, `--name reload`,
+`--unit nginx.service` or `--cgroup /system.slice/app.slice` follow it.  Matching is pure
+(`Selector.match` over a `ProcessFacts`); `read_facts` reads what it needs from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from inodewatch import procfs
+from inodewatch.model import DELETED_SUFFIX
+
+CGROUP_MOUNTS = (b"/sys/fs/cgroup/unified", b"/sys/fs/cgroup/systemd", b"/sys/fs/cgroup")
+COMM_LENGTH = 15  # the kernel truncates comm to TASK_COMM_LEN - 1
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    pid: int
+    comm: bytes
+    exe: bytes | None  # None: a kernel thread, or not readable
+    cgroups: tuple[bytes, ...]  # cgroup paths, v2 and v1's name=systemd
+
+
+@dataclass(frozen=True)
+class Selector:
+    exes: frozenset[bytes] = frozenset()
+    names: frozenset[bytes] = frozenset()
+    cgroups: frozenset[bytes] = frozenset()  # paths below the cgroup root
+    units: frozenset[bytes] = frozenset()  # "nginx.service"
+
+    def __bool__(self) -> bool:
+        return bool(self.exes or self.names or self.cgroups or self.units)
+
+    def match(self, facts: ProcessFacts) -> tuple[str, bytes] | None:
+        """The selector term the process matches, e.g. ("exe", b"/usr/sbin/nginx"), or None."""
+        if facts.exe is not None and facts.exe in self.exes:
+            return ("exe", facts.exe)
+        if facts.comm in self.names:
+            return ("name", facts.comm)
+        for path in facts.cgroups:
+            for cgroup in self.cgroups:
+                if path == cgroup or path.startswith(cgroup.rstrip(b"/") + b"/"):
+                    return ("cgroup", cgroup)
+            for unit in self.units:
+                if unit in path.split(b"/"):
+                    return ("unit", unit)
+        return None
+
+
+def make_selector(exes: list[str], names: list[str], cgroups: list[str], units: list[str]) -> Selector:
+    """Normalise the operator's spelling: absolute exe paths, comm as the kernel truncates it,
+    cgroup paths with or without the /sys/fs/cgroup mount, units with or without .service."""
+    return Selector(
+        exes=frozenset(os.fsencode(os.path.abspath(e)) for e in exes),
+        names=frozenset(os.fsencode(n)[:COMM_LENGTH] for n in names),
+        cgroups=frozenset(cgroup_path(os.fsencode(c)) for c in cgroups),
+        units=frozenset(unit_name(os.fsencode(u)) for u in units),
+    )
+
+
+def cgroup_path(path: bytes) -> bytes:
+    for mount in CGROUP_MOUNTS:
+        if path == mount or path.startswith(mount + b"/"):
+            path = path[len(mount):]
+            break
+    return b"/" + path.strip(b"/")
+
+
+def unit_name(unit: bytes) -> bytes:
+    """`nginx` and `nginx.service` name the same unit; other suffixes (.scope) are kept."""
+    return unit if b"." in unit else unit + b".service"
+
+
+def parse_cgroups(data: bytes) -> tuple[bytes, ...]:
+    """The paths of /proc/PID/cgroup that say where systemd put the process: the v2 line
+    ("0::/path") and v1's name=systemd hierarchy."""
+    paths = []
+    for line in data.splitlines():
+        _, _, rest = line.partition(b":")
+        controllers, _, path = rest.partition(b":")
+        if controllers in (b"", b"name=systemd"):
+            paths.append(path)
+    return tuple(paths)
+
+
+def read_facts(pid: int) -> ProcessFacts:
+    """Raises procfs.ProcError when the process is gone or unreadable."""
+    comm = procfs.read_stat(pid).comm
+    try:
+        exe: bytes | None = os.readlink(procfs.proc_path(pid, b"exe")).removesuffix(DELETED_SUFFIX)
+    except OSError:
+        exe = None
+    cgroups = parse_cgroups(procfs.read_proc_file(pid, b"cgroup"))
+    return ProcessFacts(pid, comm, exe, cgroups)
