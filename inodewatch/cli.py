@@ -68,25 +68,32 @@ def build_parser() -> Parser:
     watch.add_argument("--pid", type=pid_arg, action="append", metavar="PID",
                        help="process to watch (repeatable); without a selector below, runs "
                             "until every target has exited")
-    watch.add_argument("--exe", action="append", default=[], metavar="PATH",
+    watch.add_argument("--exe", action="append", metavar="PATH",
                        help="watch every process running this executable, now and when it "
                             "starts again (repeatable); runs until stopped")
-    watch.add_argument("--name", action="append", default=[], metavar="COMM",
+    watch.add_argument("--name", action="append", metavar="COMM",
                        help="watch every process with this name (as in ps -o comm; repeatable)")
-    watch.add_argument("--unit", action="append", default=[], metavar="NAME.service",
+    watch.add_argument("--unit", action="append", metavar="NAME.service",
                        help="watch the processes of this systemd unit (repeatable)")
-    watch.add_argument("--cgroup", action="append", default=[], metavar="PATH",
+    watch.add_argument("--cgroup", action="append", metavar="PATH",
                        help="watch the processes in this cgroup or below it, e.g. "
                             "/sys/fs/cgroup/system.slice/app.service (repeatable)")
     watch.add_argument("--watch", type=os.fsencode, action="append", metavar="PATH",
                        help="only these files get attention, e.g. /opt/app/so.so (repeatable); "
                             "default: every file the target maps or holds open")
-    watch.add_argument("--interval", type=interval_arg, default=1.0, metavar="SECONDS",
+    # Defaults are None so a flag given can be told from the config file's value (config.merge).
+    watch.add_argument("--interval", type=interval_arg, metavar="SECONDS",
                        help="fallback re-read of maps and fds (default: 1.0)")
     watch.add_argument("--log-file", metavar="FILE",
                        help="append JSON lines to FILE (reopened on SIGHUP); default: stdout")
-    watch.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+    watch.add_argument("--log-format", choices=("auto", "json", "console"),
                        help="auto (default): console on a terminal, JSON otherwise")
+    watch.add_argument("--metrics-file", metavar="PATH",
+                       help="write Prometheus gauges here for node_exporter's textfile "
+                            "collector, atomically (name it *.prom)")
+    watch.add_argument("--config", metavar="FILE",
+                       help="settings as TOML, the same keys as these flags (default: "
+                            "/etc/inodewatch/inodewatch.toml if it exists); flags win")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     scan = commands.add_parser(
@@ -115,6 +122,10 @@ def build_parser() -> Parser:
 def fail(message: str) -> int:
     print(f"inodewatch: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def usage_error(message: str) -> int:
+    return fail(f"error: {message} (see --help)")
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -146,6 +157,16 @@ def run_watch(args: argparse.Namespace) -> int:
     from inodewatch.eventlog import LogSink, choose_format, make_logger
     from inodewatch.selectors import make_selector
 
+    if not (args.pid or args.exe or args.name or args.unit or args.cgroup):
+        return usage_error("nothing to watch: give --pid, --exe, --name, --unit or --cgroup "
+                           "(or set them in the config file), or a command such as scan")
+    metrics = None
+    if args.metrics_file:
+        from inodewatch.metrics import Metrics
+
+        metrics = Metrics(args.metrics_file)
+        if (error := metrics.write()) is not None:
+            return fail(error)
     try:
         sink = LogSink(path=args.log_file)
     except OSError as exc:
@@ -153,9 +174,10 @@ def run_watch(args: argparse.Namespace) -> int:
     log = make_logger(sink, choose_format(args.log_format, sink.stream))
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.abspath, args.watch)) if args.watch else None,
-                      selector=make_selector(args.exe, args.name, args.cgroup, args.unit))
+                      selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],
+                                             args.unit or []))
     try:
-        return Daemon(log, sink, options).run()
+        return Daemon(log, sink, options, metrics).run()
     except AttachError as exc:
         return fail(str(exc))
     finally:
@@ -170,10 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_scan(args)
         if args.command == "report":
             return run_report(args)
-        if args.pid or args.exe or args.name or args.unit or args.cgroup:
-            return run_watch(args)
-        parser.error("nothing to watch: give --pid, --exe, --name, --unit or --cgroup, "
-                     "or a command such as scan")
+        from inodewatch.config import ConfigError, load_default_or, merge
+
+        try:
+            args = merge(load_default_or(args.config), args)
+        except ConfigError as exc:
+            return fail(str(exc))
+        return run_watch(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -95,8 +96,10 @@ def describe_process(pid: int) -> dict[str, Any]:
 
 
 class Daemon:
-    def __init__(self, log: Any, sink: Any, options: Options) -> None:
+    def __init__(self, log: Any, sink: Any, options: Options, metrics: Any = None) -> None:
         self.log = log
+        self.metrics = metrics  # inodewatch.metrics.Metrics, imported only when asked for
+        self.metrics_failed = False
         self.sink = sink
         self.options = options
         self.targets: dict[int, Target] = {}
@@ -117,11 +120,31 @@ class Daemon:
 
     # --- events out -------------------------------------------------------------------
 
+    def say(self, level: str, name: str, **fields: Any) -> None:
+        """Log one event: the only way out, so the metrics count every one."""
+        getattr(self.log, level)(name, **fields)
+        if self.metrics is not None:
+            self.metrics.count_event(name)
+
     def emit(self, event: Event, pid: int | None = None) -> None:
         fields = dict(event.fields)
         if pid is not None:
             fields = {"pid": pid, **fields}
-        getattr(self.log, event.level)(event.name, **fields)
+        self.say(event.level, event.name, **fields)
+
+    def write_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        live: Counter[tuple[str, str]] = Counter()
+        for target in self.targets.values():
+            live.update((f.subject, f.kind) for f in target.history.live.values())
+            live[("mapping", "overwritten")] += len(target.history.overwritten)
+        self.metrics.set_targets(len(self.targets))
+        self.metrics.set_live(live)
+        error = self.metrics.write()
+        if error is not None and not self.metrics_failed:
+            print(f"inodewatch: {error}; still watching", file=sys.stderr, flush=True)
+        self.metrics_failed = error is not None
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -152,7 +175,7 @@ class Daemon:
         self.targets[target.pid] = target
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
-        self.log.info("target.attached", pid=target.pid, **info)
+        self.say("info", "target.attached", pid=target.pid, **info)
         self.rescan(target)
 
     def consider(self, pids: list[int]) -> None:
@@ -181,7 +204,7 @@ class Daemon:
         try:
             self.connector = ProcConnector.open()
         except ConnectorUnavailable as exc:
-            self.log.warning("watch.degraded", detail=(
+            self.say("warning", "watch.degraded", detail=(
                 f"proc connector unavailable ({exc.reason}): exits are seen through pidfds, "
                 "without their status"))
             return
@@ -283,7 +306,7 @@ class Daemon:
         except WatchLimitReached as exc:
             if not self.degraded:
                 self.degraded = True
-                self.log.warning("watch.degraded", detail=f"{exc}; polling every "
+                self.say("warning", "watch.degraded", detail=f"{exc}; polling every "
                                  f"{self.options.interval:g} s instead")
         except OSError:
             pass  # gone meanwhile; the next re-read sees why
@@ -395,7 +418,7 @@ class Daemon:
     def run(self) -> int:
         prepared = [self.prepare(pid) for pid in self.options.pids]
         wake = self.install_signals()
-        self.log.info("daemon.started", version=__version__, targets=self.options.pids)
+        self.say("info", "daemon.started", version=__version__, targets=self.options.pids)
         self.open_exit_source()
         self.poller.register(self.watcher.fileno(), select.POLLIN)
         self.poller.register(wake.fileno(), select.POLLIN)
@@ -420,7 +443,7 @@ class Daemon:
                 elif fd == self.watcher.fileno():
                     events = self.watcher.read()
                     if self.watcher.overflowed:
-                        self.log.warning("watch.overflow", detail="inotify queue overflowed; "
+                        self.say("warning", "watch.overflow", detail="inotify queue overflowed; "
                                          "re-reading every target")
                         for target in self.targets.values():
                             self.rescan(target)
@@ -447,11 +470,13 @@ class Daemon:
                 next_tick = now + self.options.interval
                 for target in list(self.targets.values()):
                     self.rescan(target)
+                self.write_metrics()
             if self.selector and now >= next_discovery:
                 next_discovery = now + discovery
                 self.discover()
         reason = self.stop_reason or "all targets exited"
-        self.log.info("daemon.stopped", reason=reason, targets=sorted(self.targets))
+        self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))
+        self.write_metrics()
         return 0
 
 
