@@ -60,7 +60,9 @@ def interval_arg(text: str) -> float:
     return value
 
 
-def build_parser() -> Parser:
+def build_parser(argv: Sequence[str] = ()) -> Parser:
+    """The parser; `argv` only decides whether the report command's own arguments (defined
+    by, and costing the import of, inodewatch.report) are needed."""
     parser = Parser(prog="inodewatch", description=DESCRIPTION,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"inodewatch {__version__}")
@@ -113,9 +115,10 @@ def build_parser() -> Parser:
         description="Read the daemon's JSON logs (plain or .gz, rotated files in any order; bad "
                     "lines are counted and skipped) and print, per target, a timeline and a "
                     "verdict, e.g. which overwritten file preceded a SIGSEGV.")
-    from inodewatch import report as report_module
+    if "report" in argv:
+        from inodewatch import report as report_module
 
-    report_module.add_arguments(report)
+        report_module.add_arguments(report)
     return parser
 
 
@@ -185,7 +188,8 @@ def run_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         if args.command == "scan":
