@@ -15,7 +15,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import IO, Any
 
-import structlog
+from datetime import datetime, timezone
 
 from inodewatch.text import escape_control, is_utf8, safe_text
 
@@ -66,6 +66,29 @@ def order_keys(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dic
     ordered = {k: event[k] for k in LEVEL_ORDER if k in event}
     ordered.update((k, v) for k, v in event.items() if k not in ordered)
     return ordered
+
+
+def add_timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """ISO 8601, UTC, microseconds, as structlog's TimeStamper(fmt="iso", utc=True) writes it."""
+    event["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return event
+
+
+def render_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    return json.dumps(event)
+
+
+# Everything after the level: shared by the daemon's structlog logger and `scan --json`, which
+# formats its few lines without paying structlog's import (asyncio and all) at every scan.
+JSON_PROCESSORS = (add_timestamp, paths_to_text, order_keys, render_json)
+
+
+def format_event(level: str, name: str, fields: MutableMapping[str, Any]) -> str:
+    """One JSON line, exactly as the daemon's logger writes it."""
+    event: Any = {"event": name, **fields, "level": level}
+    for processor in JSON_PROCESSORS:
+        event = processor(None, level, event)
+    return event
 
 
 class LogSink:
@@ -134,13 +157,12 @@ def choose_format(fmt: str, stream: IO[str]) -> str:
 
 def make_logger(sink: LogSink, fmt: str) -> Any:
     """A structlog logger writing to `sink`; fmt is "json" or "console"."""
-    processors: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        paths_to_text,
-    ]
+    import structlog
+
+    processors: list[Any] = [structlog.processors.add_log_level]
     if fmt == "console":
-        processors += [escape_for_terminal, structlog.dev.ConsoleRenderer(colors=False)]
+        processors += [add_timestamp, paths_to_text, escape_for_terminal,
+                       structlog.dev.ConsoleRenderer(colors=False)]
     else:
-        processors += [order_keys, structlog.processors.JSONRenderer(serializer=json.dumps)]
+        processors += JSON_PROCESSORS
     return structlog.wrap_logger(sink, processors=processors, cache_logger_on_first_use=True)

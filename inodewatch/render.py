@@ -54,10 +54,9 @@ def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
 
 def print_scan_events(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
     """The findings as JSON lines of the same schema the daemon logs; the summary to stderr."""
-    from inodewatch.eventlog import LogSink, make_logger
+    from inodewatch.eventlog import format_event
 
-    log = make_logger(LogSink(stream=out), "json")
     for r in summary.reports:
         for f in r.findings:
-            log.warning(f.event, pid=r.pid, comm=r.comm, **f.fields())
+            print(format_event("warning", f.event, {"pid": r.pid, "comm": r.comm, **f.fields()}), file=out)
     print(summary_line(summary), file=sys.stderr)
