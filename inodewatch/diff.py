@@ -45,8 +45,16 @@ class TargetHistory:
     # path -> the inode the target held there when it diverged, until it maps the new one
     awaiting_reload: dict[bytes, FileId] = field(default_factory=dict)
 
-    def learn(self, mapped: Iterable[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
-        """Record the first name and the contents' stamp of every file not seen before."""
+    def learn(self, mapped: list[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
+        """Record the first name and the contents' stamp of every file not seen before, and
+        forget the files no longer held: a file system hands a freed inode number to the next
+        new file, which must not inherit the old one's name or size."""
+        paths = list(paths)
+        held = {m.file for m in mapped} | {file for file, _ in paths}
+        for file in [f for f in self.first_paths if f not in held]:
+            del self.first_paths[file]
+            self.contents.pop(file, None)
+            self.overwritten.pop(file, None)
         for m in mapped:
             self.first_paths.setdefault(m.file, m.path)
             self.contents.setdefault(m.file, (m.size, m.mtime_ns))
