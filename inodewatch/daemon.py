@@ -277,21 +277,27 @@ class Daemon:
             users[pid] = mask
         target.watch_masks = wanted
         for path in wanted:
-            self._apply_watch(path, disk.get(path))
+            if self._apply_watch(path, disk.get(path)) and wanted[path] & OPEN_EVENTS:
+                # The target may have opened the new file before this watch existed: look
+                # again shortly, or a reload done in that gap waits for the next tick.
+                self.follow_up(target)
 
-    def _apply_watch(self, path: bytes, on_disk: FileId | None) -> None:
+    def _apply_watch(self, path: bytes, on_disk: FileId | None) -> bool:
+        """Watch the inode now at `path` with every target's events; True if it changed."""
         if on_disk is None:
-            return  # nothing there now: the directory watch says when something appears
+            return False  # nothing there now: the directory watch says when something appears
         mask = 0
         for m in self.path_masks[path].values():
             mask |= m
         current = self.watch_state.get(path)
         if current == (on_disk, mask):
-            return
+            return False
         if current is not None and current[0] != on_disk:
             self.watcher.unwatch(path)  # a new file at the path: watch it instead
         if self._add_watch(self.watcher.watch_file, path, mask):
             self.watch_state[path] = (on_disk, mask)
+            return True
+        return False
 
     def _release_directory(self, directory: bytes) -> None:
         self.dir_refs[directory] -= 1
@@ -362,9 +368,13 @@ class Daemon:
                 touched.add(pid)
         for pid in touched:
             self.rescan(self.targets[pid])
-        now = time.monotonic()
         for pid in reloading:
-            self.targets[pid].follow_ups = [now + d for d in RELOAD_FOLLOW_UP]
+            self.follow_up(self.targets[pid])
+
+    @staticmethod
+    def follow_up(target: Target) -> None:
+        now = time.monotonic()
+        target.follow_ups = [now + d for d in RELOAD_FOLLOW_UP]
 
     def overwritten(self, target: Target, path: bytes) -> None:
         """A watched file was written.  If it is the very inode the target maps, that is the
