@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +48,6 @@ DISCOVERY_WITH_CONNECTOR = 30.0
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
 
-Lookup = Callable[[bytes], FileId | None]
 
 
 @dataclass
@@ -240,23 +238,25 @@ class Daemon:
 
     # --- watches ----------------------------------------------------------------------
 
-    def wanted_watches(self, target: Target, disk: Lookup) -> dict[bytes, int]:
-        """Path -> inotify events this target needs there, by what the file is to it."""
-        history = target.history
-        wanted: dict[bytes, int] = {}
-        for f in target.open_files:
-            wanted[history.first_paths.get(f.file, f.path)] = NAME_EVENTS
-        for m in target.mapped.values():
-            wanted[history.first_paths.get(m.file, m.path)] = NAME_EVENTS | WRITE_EVENTS
-        for path in history.awaiting_reload:  # its next open is the reload
-            wanted[path] = wanted.get(path, NAME_EVENTS) | OPEN_EVENTS
-        if self.options.watch_paths is not None:
-            wanted = {p: m for p, m in wanted.items() if p in self.options.watch_paths}
-        for path in wanted:
-            disk(path)
-        return wanted
+    def wanted_watches(self, target: Target, disk: procfs.DiskView) -> dict[bytes, tuple[int, FileId | None]]:
+        """Watch path -> (inotify events this target needs there, the inode now there).
 
-    def sync_watches(self, target: Target, wanted: dict[bytes, int], disk: dict[bytes, FileId | None]) -> None:
+        A watch path is the file's path as the target sees it: under /proc/PID/root when the
+        target lives in another mount namespace, so the watch lands on its file, not ours.
+        """
+        history = target.history
+        masks: dict[bytes, int] = {}
+        for f in target.open_files:
+            masks[history.first_paths.get(f.file, f.path)] = NAME_EVENTS
+        for m in target.mapped.values():
+            masks[history.first_paths.get(m.file, m.path)] = NAME_EVENTS | WRITE_EVENTS
+        for path in history.awaiting_reload:  # its next open is the reload
+            masks[path] = masks.get(path, NAME_EVENTS) | OPEN_EVENTS
+        if self.options.watch_paths is not None:
+            masks = {p: m for p, m in masks.items() if p in self.options.watch_paths}
+        return {disk.root + path: (mask, disk(path)) for path, mask in masks.items()}
+
+    def sync_watches(self, target: Target, wanted: dict[bytes, tuple[int, FileId | None]]) -> None:
         """Make the watches match what every target needs: each file at the inode now on
         disk, with the union of the targets' event masks, and its directory."""
         pid = target.pid
@@ -267,7 +267,7 @@ class Daemon:
                 self.watch_state.pop(path, None)
                 self.watcher.unwatch(path)
                 self._release_directory(os.path.dirname(path))
-        for path, mask in wanted.items():
+        for path, (mask, _) in wanted.items():
             users = self.path_masks.setdefault(path, {})
             if not users:
                 directory = os.path.dirname(path)
@@ -275,9 +275,9 @@ class Daemon:
                 if self.dir_refs[directory] == 1:
                     self._add_watch(self.watcher.watch_directory, directory)
             users[pid] = mask
-        target.watch_masks = wanted
-        for path in wanted:
-            if self._apply_watch(path, disk.get(path)) and wanted[path] & OPEN_EVENTS:
+        target.watch_masks = {path: mask for path, (mask, _) in wanted.items()}
+        for path, (mask, on_disk) in wanted.items():
+            if self._apply_watch(path, on_disk) and mask & OPEN_EVENTS:
                 # The target may have opened the new file before this watch existed: look
                 # again shortly, or a reload done in that gap waits for the next tick.
                 self.follow_up(target)
@@ -320,12 +320,12 @@ class Daemon:
 
     # --- looking again ----------------------------------------------------------------
 
-    def read_snapshot(self, target: Target) -> tuple[list[MappedFile], list[OpenFile]] | None:
+    def read_snapshot(self, target: Target, disk: procfs.DiskView) -> tuple[list[MappedFile], list[OpenFile]] | None:
         """The target's files now, or None when it is exiting (then the pidfd tells)."""
         pid = target.pid
         try:
-            mapped = procfs.read_mapped_files(pid)
-            open_files = procfs.read_open_files(pid)
+            mapped = procfs.read_mapped_files(pid, disk)
+            open_files = procfs.read_open_files(pid, disk)
             after = procfs.read_stat(pid)
         except procfs.ProcError:
             return None
@@ -339,19 +339,19 @@ class Daemon:
         return mapped, open_files
 
     def rescan(self, target: Target) -> None:
-        snapshot = self.read_snapshot(target)
+        disk = procfs.DiskView(target.pid)
+        snapshot = self.read_snapshot(target, disk)
         if snapshot is None:
             return
         mapped, open_files = snapshot
         history = target.history
         history.learn(mapped, [(f.file, f.path) for f in open_files])
-        disk = procfs.DiskView(target.pid)
         findings = find_divergence(mapped, open_files, disk, history.first_paths)
         for event in history.update(mapped, findings):
             self.emit(event, target.pid)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
-        self.sync_watches(target, self.wanted_watches(target, disk), disk.seen)
+        self.sync_watches(target, self.wanted_watches(target, disk))
 
     def on_file_events(self, events: list[FileEvent]) -> None:
         touched: set[int] = set()
@@ -383,7 +383,7 @@ class Daemon:
         if watched is None or watched not in target.mapped:
             return
         try:
-            st = procfs.stat_in_root(target.pid, path)
+            st: os.stat_result | None = os.stat(path)  # a watch path resolves as the target sees it
         except OSError:
             st = None
         size = st.st_size if st is not None and FileId.of(st).ino == watched.ino else None
@@ -420,7 +420,7 @@ class Daemon:
         self.poller.unregister(target.pidwatch.fileno())
         del self.fd_owner[target.pidwatch.fileno()]
         target.pidwatch.close()
-        self.sync_watches(target, {}, {})
+        self.sync_watches(target, {})
         self.follow_exits()
 
     # --- the loop ---------------------------------------------------------------------

@@ -10,8 +10,8 @@ Facts this module relies on (fs/proc/task_mmu.c, fs/seq_file.c):
 - " (deleted)" is appended by d_path() to an unlinked dentry and is only a hint: a file may
   really be named "x (deleted)".  The link count of the mapped inode, from
   /proc/PID/map_files/START-END, is the truth.
-- Paths are resolved under /proc/PID/root so a target in another mount namespace is judged
-  against its own view of the file system.
+- Paths are resolved under /proc/PID/root when the target lives in another mount namespace,
+  so it is judged against its own view of the file system (see root_of).
 """
 
 from __future__ import annotations
@@ -221,39 +221,52 @@ def read_identity(pid: int) -> ProcessId:
     return ProcessId(pid, read_stat(pid).start_time)
 
 
-def stat_in_root(pid: int, path: bytes) -> os.stat_result | None:
-    """stat a path as the process sees it (its mount namespace and root), None if absent."""
+def root_of(pid: int) -> bytes:
+    """The prefix that makes a path from the process's maps resolve as the process sees it.
+
+    maps prints a path in the terms of the mount namespace the file lives in, so a target in
+    another namespace (a container, `unshare -m`) is read through /proc/PID/root.  A target
+    in our own namespace gets no prefix: for a chrooted one, maps already prints the path
+    from our root.
+    """
     try:
-        return os.stat(proc_path(pid, b"root") + path)
+        ours = os.stat(b"/proc/self/ns/mnt").st_ino
+        if os.stat(proc_path(pid, b"ns", b"mnt")).st_ino == ours:
+            return b""
+    except OSError:
+        pass  # gone (the caller finds out), or no ns access: the root link is the safe bet
+    return proc_path(pid, b"root")
+
+
+def stat_at(root: bytes, path: bytes) -> os.stat_result | None:
+    """stat `path` under `root` (see root_of), None if nothing is there."""
+    try:
+        return os.stat(root + path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP or exc.errno == errno.ENAMETOOLONG:
+        if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ESRCH):
             return None
         raise
 
 
-def disk_file(pid: int, path: bytes) -> FileId | None:
-    """What inode `path` names now, for the process `pid`.  A vanished process looks like
-    an absent file, and the caller learns of the exit on its own."""
-    try:
-        st = stat_in_root(pid, path)
-    except OSError:
-        return None
-    return FileId.of(st) if st is not None else None
-
-
 class DiskView:
     """What paths name on disk for one process, each path stat'ed once per pass (a library
-    is mapped by several VMAs and often held by several processes)."""
+    is mapped by several VMAs and often held by several processes).  A vanished process
+    looks like an absent file: the caller learns of the exit on its own."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self.root = root_of(pid)
         self.seen: dict[bytes, FileId | None] = {}
 
     def __call__(self, path: bytes) -> FileId | None:
         if path not in self.seen:
-            self.seen[path] = disk_file(self.pid, path)
+            try:
+                st = stat_at(self.root, path)
+            except OSError:
+                st = None
+            self.seen[path] = FileId.of(st) if st is not None else None
         return self.seen[path]
 
 
@@ -265,17 +278,18 @@ def _held_stat(link: bytes) -> os.stat_result | None:
         return None
 
 
-def _resolve_name(pid: int, name: bytes, held: FileId, nlink: int | None) -> tuple[bytes, bool]:
+def _resolve_name(disk: DiskView, name: bytes, held: FileId, nlink: int | None) -> tuple[bytes, bool]:
     """(path, deleted) for a held file; looks at the disk only when the name is ambiguous."""
     name_is_this_file = False
     if name.endswith(DELETED_SUFFIX) and nlink != 0:
-        on_disk = disk_file(pid, name)
+        on_disk = disk(name)
         name_is_this_file = on_disk is not None and on_disk.ino == held.ino
     return strip_deleted(name, nlink, name_is_this_file)
 
 
-def read_mapped_files(pid: int) -> list[MappedFile]:
+def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile]:
     """Every file `pid` maps, one entry per inode, pseudo files left out."""
+    disk = disk or DiskView(pid)
     groups = group_mappings(parse_maps(read_proc_file(pid, b"maps")))
     files: list[MappedFile] = []
     can_read_map_files = True
@@ -290,15 +304,16 @@ def read_mapped_files(pid: int) -> list[MappedFile]:
             if can_read_map_files and st is None:
                 continue  # unmapped between the two reads
         held = FileId.of(st) if st is not None else g.file
-        path, deleted = _resolve_name(pid, g.path, held, st.st_nlink if st is not None else None)
+        path, deleted = _resolve_name(disk, g.path, held, st.st_nlink if st is not None else None)
         files.append(MappedFile(path, held, g.perms, deleted,
                                 st.st_size if st is not None else None,
                                 st.st_mtime_ns if st is not None else None))
     return files
 
 
-def read_open_files(pid: int) -> list[OpenFile]:
+def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
     """Every regular file `pid` holds open (sockets, pipes, devices and memfds left out)."""
+    disk = disk or DiskView(pid)
     fd_dir = proc_path(pid, b"fd")
     try:
         names = os.listdir(fd_dir)
@@ -317,7 +332,7 @@ def read_open_files(pid: int) -> list[OpenFile]:
         if st is None or not stat.S_ISREG(st.st_mode) or is_pseudo_path(target):
             continue
         held = FileId.of(st)
-        path, deleted = _resolve_name(pid, target, held, st.st_nlink)
+        path, deleted = _resolve_name(disk, target, held, st.st_nlink)
         files.append(OpenFile(int(name), path, held, deleted, st.st_size))
     files.sort(key=lambda f: f.fd)
     return files

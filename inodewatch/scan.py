@@ -34,9 +34,10 @@ class ScanSummary:
 
 def process_findings(pid: int) -> list[Finding]:
     """Every divergence of one process.  Raises procfs.ProcError."""
-    mapped = procfs.read_mapped_files(pid)
-    open_files = procfs.read_open_files(pid)
-    return find_divergence(mapped, open_files, procfs.DiskView(pid))
+    disk = procfs.DiskView(pid)
+    mapped = procfs.read_mapped_files(pid, disk)
+    open_files = procfs.read_open_files(pid, disk)
+    return find_divergence(mapped, open_files, disk)
 
 
 def scan_process(pid: int) -> ProcessReport:
