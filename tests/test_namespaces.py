@@ -88,7 +88,8 @@ def test_symlinked_plugin_path(demo_build, tmp_path):
     (tmp_path / "link").symlink_to(real)
     shutil.copy(demo_build / "so1.so", real / "so.so")
     host = subprocess.Popen([str(demo_build / "reload"), "--lib", str(tmp_path / "link" / "so.so"),
-                             "--interval-ms", "50"], stdout=subprocess.PIPE, text=True)
+                             "--interval-ms", "50"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     try:
         assert "so1: version 1" in host.stdout.readline() + host.stdout.readline()
         assert scan_events(host.pid) == (0, [])
