@@ -174,7 +174,7 @@ def run_watch(args: argparse.Namespace) -> int:
         sink = LogSink(path=args.log_file)
     except OSError as exc:
         return fail(f"cannot open log file {args.log_file}: {exc.strerror}")
-    log = make_logger(sink, choose_format(args.log_format, sink.stream))
+    log = make_logger(sink, choose_format(args.log_format, sink))
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.abspath, args.watch)) if args.watch else None,
                       selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],
@@ -187,7 +187,19 @@ def run_watch(args: argparse.Namespace) -> int:
         sink.close()
 
 
+def guard_standard_fds() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr, so no file we open later takes its
+    number and receives what was meant for the terminal (the log sink reports the closed
+    stdout itself)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    guard_standard_fds()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

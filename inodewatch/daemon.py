@@ -481,6 +481,7 @@ class Daemon:
                 for target in list(self.targets.values()):
                     self.rescan(target)
                 self.write_metrics()
+                self.sink.check()
             if self.selector and now >= next_discovery:
                 next_discovery = now + discovery
                 self.discover()

@@ -92,24 +92,36 @@ def format_event(level: str, name: str, fields: MutableMapping[str, Any]) -> str
 
 
 class LogSink:
-    """Where rendered lines go: stdout or an append-only file that SIGHUP can reopen.
+    """Where rendered lines go: stdout, or an append-only file that SIGHUP can reopen.
 
-    A write that fails (disk full, file gone, closed stdout) is reported once on stderr and
-    the daemon keeps watching: losing log lines must not stop the watch.
+    Lines are written with one unbuffered os.write each, so a failed write leaves nothing
+    queued to grow or to replay later.  A write that fails (disk full, closed stdout) is
+    reported once on stderr, and again once it works after failing; the daemon keeps
+    watching.  A log file deleted under the daemon is noticed (`check`) and recreated.
+    `stream` is for tests and in-process callers that want the lines in a file object.
     """
 
     def __init__(self, path: str | None = None, stream: IO[str] | None = None) -> None:
         self.path = path
-        self.stream: IO[str] = stream if stream is not None else sys.stdout
+        self.stream = stream
+        self.fd: int | None = None
         self._failing = False
         if path is not None:
-            self.stream = self._open(path)
+            self.fd = self._open(path)
+        elif sys.stdout is None:  # started with stdout closed: lines have nowhere to go
+            self._report(OSError(errno.EBADF, "standard output is closed"))
+        elif stream is None:
+            self.fd = 1
 
     @staticmethod
-    def _open(path: str) -> IO[str]:
+    def _open(path: str) -> int:
         # O_NOFOLLOW: never write through a symlink planted where the log file should be.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+
+    def isatty(self) -> bool:
+        if self.stream is not None:
+            return self.stream.isatty()
+        return self.fd is not None and self.path is None and os.isatty(self.fd)
 
     def reopen(self) -> None:
         """After logrotate moved the file away: continue in a new file at the same path."""
@@ -120,17 +132,40 @@ class LogSink:
         except OSError as exc:
             self._report(exc)
             return
-        old, self.stream = self.stream, new
-        old.close()
+        old, self.fd = self.fd, new
+        if old is not None:
+            os.close(old)
+
+    def check(self) -> None:
+        """Recreate the log file if it was deleted under us (else lines go nowhere visible)."""
+        if self.path is None or self.fd is None:
+            return
+        try:
+            deleted = os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            deleted = True
+        if deleted:
+            print(f"inodewatch: the event log {self.path} was deleted; writing a new one",
+                  file=sys.stderr, flush=True)
+            self.reopen()
 
     def msg(self, line: str) -> None:
+        if self.fd is None and self.stream is None:
+            return  # stdout was closed at start: said once, nothing to write to
+        data = line + "\n"
         try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            if self.stream is not None:
+                self.stream.write(data)
+                self.stream.flush()
+            else:
+                assert self.fd is not None
+                os.write(self.fd, data.encode("utf-8", "backslashreplace"))
         except (OSError, ValueError) as exc:
             self._report(exc)
         else:
-            self._failing = False
+            if self._failing:
+                self._failing = False
+                print("inodewatch: the event log is writable again", file=sys.stderr, flush=True)
 
     info = warning = error = critical = debug = msg
 
@@ -138,21 +173,20 @@ class LogSink:
         if not self._failing:
             self._failing = True
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                reason = "no space left on device"
             print(f"inodewatch: cannot write the event log: {reason}; still watching",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.path is not None:
-            self.stream.close()
+        if self.path is not None and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
-def choose_format(fmt: str, stream: IO[str]) -> str:
+def choose_format(fmt: str, sink: LogSink) -> str:
     """"auto" means console on a terminal, JSON everywhere else (files, pipes, journald)."""
     if fmt != "auto":
         return fmt
-    return "console" if stream.isatty() else "json"
+    return "console" if sink.isatty() else "json"
 
 
 def make_logger(sink: LogSink, fmt: str) -> Any:

@@ -170,7 +170,7 @@ class EventLog:
                 data = f.read()
             complete = data[:data.rfind(b"\n") + 1]
             self._offset += len(complete)
-            self.events += [json.loads(line) for line in complete.splitlines()]
+            self.events += [json.loads(line) for line in complete.splitlines() if line.strip()]
         return self.events
 
     def find(self, name: str, **fields: Any) -> dict[str, Any] | None:
