@@ -45,6 +45,9 @@ RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
 # them otherwise is then only a rare safety net.
 DISCOVERY_WITH_CONNECTOR = 30.0
 
+# How long the exit status may trail the pidfd's wake-up (it is normally microseconds).
+EXIT_STATUS_GRACE = 0.5
+
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
 
@@ -198,15 +201,15 @@ class Daemon:
     def discover(self) -> None:
         self.consider(procfs.list_pids())
 
-    def open_exit_source(self) -> None:
+    def open_exit_source(self) -> str | None:
+        """Subscribe to the proc connector; the reason it is unavailable, if it is."""
         try:
             self.connector = ProcConnector.open()
         except ConnectorUnavailable as exc:
-            self.say("warning", "watch.degraded", detail=(
-                f"proc connector unavailable ({exc.reason}): exits are seen through pidfds, "
-                "without their status"))
-            return
+            return (f"proc connector unavailable ({exc.reason}): exits are seen through "
+                    "pidfds, without their status")
         self.poller.register(self.connector.fileno(), select.POLLIN)
+        return None
 
     def follow_exits(self, pids: list[int] | None = None) -> None:
         """Let the kernel pass us only our targets' exits, and births when a selector may
@@ -403,11 +406,23 @@ class Daemon:
             elif isinstance(ev, ProcessFork) and ev.child_pid == ev.child_tgid and self.selector:
                 self.newborn.add(ev.child_pid)  # a worker forked by a host it matches
 
+    def await_status(self, pid: int) -> int | None:
+        """The exit's wait status from the connector.  The kernel wakes the pidfd (in
+        exit_notify) just before it sends the connector's exit event, so give it a moment."""
+        if self.connector is None:
+            return None
+        deadline = time.monotonic() + EXIT_STATUS_GRACE
+        waiter = select.poll()
+        waiter.register(self.connector.fileno(), select.POLLIN)
+        self.read_connector()
+        while pid not in self.exit_statuses and (left := deadline - time.monotonic()) > 0:
+            waiter.poll(left * 1000)
+            self.read_connector()
+        return self.exit_statuses.pop(pid, None)
+
     def on_exit(self, pid: int) -> None:
-        if self.connector is not None:
-            self.read_connector()  # the kernel queues the status before it wakes the pidfd
+        wait_status = self.await_status(pid)
         target = self.targets.pop(pid)
-        wait_status = self.exit_statuses.pop(pid, None)
         status = (ExitStatus.from_wait_status(wait_status) if wait_status is not None
                   else ExitStatus(None, None, None, "pidfd"))
         fields = {"exit_code": status.exit_code, "signal": status.signal,
@@ -426,10 +441,13 @@ class Daemon:
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
+        # Subscribe before taking the targets: an exit right after is then still told.
+        unavailable = self.open_exit_source()
         prepared = [self.prepare(pid) for pid in self.options.pids]
         wake = self.install_signals()
         self.say("info", "daemon.started", version=__version__, targets=self.options.pids)
-        self.open_exit_source()
+        if unavailable:
+            self.say("warning", "watch.degraded", detail=unavailable)
         self.poller.register(self.watcher.fileno(), select.POLLIN)
         self.poller.register(wake.fileno(), select.POLLIN)
         self.follow_exits([t.pid for t in prepared])

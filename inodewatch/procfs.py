@@ -50,6 +50,10 @@ class MapsParseError(ValueError):
     """A line of /proc/PID/maps is not in the kernel's format."""
 
 
+class StatParseError(ValueError):
+    """/proc/PID/stat is not in the kernel's format."""
+
+
 @dataclass(frozen=True)
 class MapsEntry:
     """One line of /proc/PID/maps, the path unescaped but " (deleted)" still attached."""
@@ -166,17 +170,20 @@ def parse_stat(data: bytes) -> ProcStat:
     """Parse /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')'."""
     left = data.find(b"(")
     right = data.rfind(b")")
-    if left < 0 or right < left:
-        raise ValueError("malformed /proc/PID/stat")
     rest = data[right + 2:].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3].
-    return ProcStat(
-        comm=data[left + 1:right],
-        state=rest[0].decode("ascii", "replace"),
-        ppid=int(rest[1]),
-        flags=int(rest[6]),
-        start_time=int(rest[19]),
-    )
+    if left < 0 or right < left or len(rest) < 20:
+        raise StatParseError(f"malformed /proc/PID/stat: {data[:80]!r}")
+    try:
+        # rest[0] is field 3 (state); field N is rest[N - 3].
+        return ProcStat(
+            comm=data[left + 1:right],
+            state=rest[0].decode("ascii", "replace"),
+            ppid=int(rest[1]),
+            flags=int(rest[6]),
+            start_time=int(rest[19]),
+        )
+    except ValueError as exc:
+        raise StatParseError(f"malformed /proc/PID/stat: {data[:80]!r}") from exc
 
 
 # --- I/O ----------------------------------------------------------------------------------

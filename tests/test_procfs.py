@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from inodewatch.model import FileId
 from inodewatch.procfs import (
     MapsParseError,
+    StatParseError,
     group_mappings,
     parse_maps,
     parse_maps_line,
@@ -147,3 +148,27 @@ def test_parse_stat_with_a_hostile_comm():
 def test_parse_stat_marks_kernel_threads():
     data = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0 18446744073709551615"
     assert parse_stat(data).is_kernel_thread
+
+
+@given(st.binary(max_size=400))
+def test_stat_garbage_never_raises_anything_but_the_parse_error(data):
+    try:
+        parse_stat(data)
+    except StatParseError:
+        pass
+
+
+@given(st.binary(max_size=64).filter(lambda b: b"\n" not in b), st.integers(0, 2**40))
+def test_any_comm_round_trips_through_stat(comm, start_time):
+    data = (b"7 (" + comm + b") S 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 "
+            + str(start_time).encode() + b" 0 0 18446744073709551615\n")
+    parsed = parse_stat(data)
+    assert (parsed.comm, parsed.start_time) == (comm, start_time)
+
+
+@given(NAME_BYTES, st.sampled_from([0, 1, 2, None]), st.booleans())
+def test_strip_deleted_never_invents_a_name(name, nlink, name_is_this_file):
+    full = b"/d/" + name
+    path, deleted = strip_deleted(full, nlink, name_is_this_file)
+    assert path in (full, full.removesuffix(b" (deleted)"))
+    assert deleted == (nlink == 0 or (nlink is None and full.endswith(b" (deleted)") and not name_is_this_file))
