@@ -34,7 +34,9 @@ from inodewatch.exits import (
     ProcessExit,
     ProcessFork,
 )
+from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
+from inodewatch.notify import Notifier
 from inodewatch.selectors import Selector, read_facts
 from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher, WatchLimitReached
 
@@ -100,6 +102,7 @@ class Daemon:
     def __init__(self, log: Any, sink: Any, options: Options, metrics: Any = None) -> None:
         self.log = log
         self.metrics = metrics  # inodewatch.metrics.Metrics, imported only when asked for
+        self.notifier = Notifier.from_environment()  # systemd's Type=notify; no-op elsewhere
         self.metrics_failed = False
         self.sink = sink
         self.options = options
@@ -133,13 +136,21 @@ class Daemon:
             fields = {"pid": pid, **fields}
         self.say(event.level, event.name, **fields)
 
-    def write_metrics(self) -> None:
-        if self.metrics is None:
-            return
+    def live_divergences(self) -> Counter[tuple[str, str]]:
         live: Counter[tuple[str, str]] = Counter()
         for target in self.targets.values():
             live.update((f.subject, f.kind) for f in target.history.live.values())
             live[("mapping", "overwritten")] += len(target.history.overwritten)
+        return live
+
+    def status_line(self) -> str:
+        return (f"watching {len(self.targets)} targets, "
+                f"{sum(self.live_divergences().values())} divergences live")
+
+    def write_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        live = self.live_divergences()
         self.metrics.set_targets(len(self.targets))
         self.metrics.set_live(live)
         error = self.metrics.write()
@@ -448,6 +459,8 @@ class Daemon:
         self.say("info", "daemon.started", version=__version__, targets=self.options.pids)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
+        for detail in missing_features(effective_capabilities()):
+            self.say("warning", "watch.degraded", detail=detail)
         self.poller.register(self.watcher.fileno(), select.POLLIN)
         self.poller.register(wake.fileno(), select.POLLIN)
         self.follow_exits([t.pid for t in prepared])
@@ -456,13 +469,17 @@ class Daemon:
         discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
         if self.selector:
             self.discover()
+        self.notifier.ready(self.status_line())
         next_tick = time.monotonic() + self.options.interval
         next_discovery = time.monotonic() + discovery
+        ping_every = self.notifier.watchdog_interval()
+        next_ping = time.monotonic() + (ping_every or 0)
         # With a selector it runs until stopped: the host it follows may come back.
         while (self.targets or self.selector) and self.stop_reason is None:
             now = time.monotonic()
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
-                       *([next_discovery] if self.selector else [])])
+                       *([next_discovery] if self.selector else []),
+                       *([next_ping] if ping_every else [])])
             ready = self.poller.poll(max(0.0, due - now) * 1000)
             exited = []
             for fd, _mask in ready:
@@ -500,10 +517,15 @@ class Daemon:
                     self.rescan(target)
                 self.write_metrics()
                 self.sink.check()
+                self.notifier.status(self.status_line())
+            if ping_every and now >= next_ping:
+                next_ping = now + ping_every
+                self.notifier.watchdog()
             if self.selector and now >= next_discovery:
                 next_discovery = now + discovery
                 self.discover()
         reason = self.stop_reason or "all targets exited"
+        self.notifier.stopping(reason)
         self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))
         self.write_metrics()
         return 0

@@ -64,3 +64,46 @@ def test_unwritable_metrics_file_is_one_line_exit_2(start_demo, tmp_path):
     demo = start_demo("leak")
     result = run_cli("--pid", str(demo.pid), "--metrics-file", str(tmp_path / "no" / "x.prom"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_the_daemon_speaks_sd_notify_on_a_real_socket(start_demo, tmp_path):
+    """READY=1 with a STATUS= once attached, WATCHDOG=1 pings, STOPPING=1 at the end: the
+    datagrams systemd's Type=notify and WatchdogSec= wait for."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import TIMEOUT, EventLog
+
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = f"\0inodewatch-test-{os.getpid()}"  # abstract, as systemd often uses
+    receiver.bind(address)
+    receiver.settimeout(TIMEOUT)
+    demo = start_demo("leak")
+    log = EventLog(tmp_path / "events.json")
+    env = {**os.environ, "NOTIFY_SOCKET": "@" + address[1:], "WATCHDOG_USEC": "200000"}
+    daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
+                               "--log-file", str(log.path)], env=env)
+    try:
+        ready = receiver.recv(4096).decode()
+        assert ready.splitlines() == ["READY=1", "STATUS=watching 1 targets, 0 divergences live"]
+        messages = [receiver.recv(4096).decode() for _ in range(3)]
+        assert "WATCHDOG=1" in messages  # every WATCHDOG_USEC / 2
+        os.unlink(demo.lib)
+        log.wait("mapping.deleted", pid=demo.pid)
+        wait_for(lambda: "1 divergences live" in receiver.recv(4096).decode(), what="the status")
+        demo.proc.kill()
+        assert daemon.wait(timeout=TIMEOUT) == 0
+        rest = []
+        receiver.settimeout(0.5)
+        try:
+            while True:
+                rest.append(receiver.recv(4096).decode())
+        except TimeoutError:
+            pass
+        assert rest[-1].splitlines() == ["STOPPING=1", "STATUS=all targets exited"]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        receiver.close()
