@@ -205,24 +205,17 @@ def test_sends_resume_when_the_listener_comes_back(short_dir):
     path = short_dir / "notify"
     n = Notifier.from_environment({"NOTIFY_SOCKET": str(path)})
     assert n.ready() is False
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(5)
-    try:
-        assert n.status("back") is True
-        assert sock.recv(4096) == b"STATUS=back"
-    finally:
-        sock.close()
-    os.unlink(path)
-    assert n.status("gone") is False
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(5)
-    try:
-        assert n.status("again") is True
-        assert sock.recv(4096) == b"STATUS=again"
-    finally:
-        sock.close()
+    for word in ("back", "again"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.settimeout(5)
+        try:
+            assert n.status(word) is True
+            assert sock.recv(4096) == f"STATUS={word}".encode()
+        finally:
+            sock.close()
+        os.unlink(path)
+        assert n.status("gone") is False
 
 
 def test_a_full_queue_does_not_block_the_daemon(receiver, monkeypatch):
