@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from inodewatch import __version__, procfs
+from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.exits import (
     ConnectorUnavailable,
@@ -34,11 +35,11 @@ from inodewatch.exits import (
     ProcessExit,
     ProcessFork,
 )
-from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.selectors import Selector, read_facts
-from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher, WatchLimitReached
+from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher
+from inodewatch.watchset import Wanted, WatchSet
 
 # After a watched file is opened (dlopen in progress) the mapping appears a moment later:
 # look again at these delays so a reload is seen in milliseconds, not at the next tick.
@@ -52,7 +53,6 @@ EXIT_STATUS_GRACE = 0.5
 
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
-
 
 
 @dataclass
@@ -70,7 +70,6 @@ class Target:
     history: TargetHistory = field(default_factory=TargetHistory)
     mapped: dict[FileId, MappedFile] = field(default_factory=dict)
     open_files: list[OpenFile] = field(default_factory=list)
-    watch_masks: dict[bytes, int] = field(default_factory=dict)  # what this target needs watched
     follow_ups: list[float] = field(default_factory=list)
     term: tuple[str, bytes] | None = None  # the selector term it matched, if any
 
@@ -108,10 +107,7 @@ class Daemon:
         self.options = options
         self.targets: dict[int, Target] = {}
         self.watcher = FileWatcher()
-        self.path_masks: dict[bytes, dict[int, int]] = {}  # path -> pid -> events it needs
-        self.dir_refs: Counter[bytes] = Counter()
-        self.watch_state: dict[bytes, tuple[FileId, int]] = {}  # path -> (inode, mask) watched
-        self.degraded = False
+        self.watches = WatchSet(self.watcher, self.on_watch_limit)
         self.connector: ProcConnector | None = None
         self.exit_statuses: dict[int, int] = {}
         self.poller = select.poll()
@@ -252,7 +248,7 @@ class Daemon:
 
     # --- watches ----------------------------------------------------------------------
 
-    def wanted_watches(self, target: Target, disk: procfs.DiskView) -> dict[bytes, tuple[int, FileId | None]]:
+    def wanted_watches(self, target: Target, disk: procfs.DiskView) -> Wanted:
         """Watch path -> (inotify events this target needs there, the inode now there).
 
         A watch path is the file's path as the target sees it: under /proc/PID/root when the
@@ -270,67 +266,15 @@ class Daemon:
             masks = {p: m for p, m in masks.items() if p in self.options.watch_paths}
         return {disk.root + path: (mask, disk(path)) for path, mask in masks.items()}
 
-    def sync_watches(self, target: Target, wanted: dict[bytes, tuple[int, FileId | None]]) -> None:
-        """Make the watches match what every target needs: each file at the inode now on
-        disk, with the union of the targets' event masks, and its directory."""
-        pid = target.pid
-        for path in target.watch_masks.keys() - wanted.keys():
-            del self.path_masks[path][pid]
-            if not self.path_masks[path]:
-                del self.path_masks[path]
-                self.watch_state.pop(path, None)
-                self.watcher.unwatch(path)
-                self._release_directory(os.path.dirname(path))
-        for path, (mask, _) in wanted.items():
-            users = self.path_masks.setdefault(path, {})
-            if not users:
-                directory = os.path.dirname(path)
-                self.dir_refs[directory] += 1
-                if self.dir_refs[directory] == 1:
-                    self._add_watch(self.watcher.watch_directory, directory)
-            users[pid] = mask
-        target.watch_masks = {path: mask for path, (mask, _) in wanted.items()}
-        for path, (mask, on_disk) in wanted.items():
-            if self._apply_watch(path, on_disk) and mask & OPEN_EVENTS:
-                # The target may have opened the new file before this watch existed: look
-                # again shortly, or a reload done in that gap waits for the next tick.
-                self.follow_up(target)
+    def sync_watches(self, target: Target, wanted: Wanted) -> None:
+        if self.watches.sync(target.pid, wanted):
+            # The target may have opened the new file before its watch existed: look again
+            # shortly, or a reload done in that gap would wait for the next tick.
+            self.follow_up(target)
 
-    def _apply_watch(self, path: bytes, on_disk: FileId | None) -> bool:
-        """Watch the inode now at `path` with every target's events; True if it changed."""
-        if on_disk is None:
-            return False  # nothing there now: the directory watch says when something appears
-        mask = 0
-        for m in self.path_masks[path].values():
-            mask |= m
-        current = self.watch_state.get(path)
-        if current == (on_disk, mask):
-            return False
-        if current is not None and current[0] != on_disk:
-            self.watcher.unwatch(path)  # a new file at the path: watch it instead
-        if self._add_watch(self.watcher.watch_file, path, mask):
-            self.watch_state[path] = (on_disk, mask)
-            return True
-        return False
-
-    def _release_directory(self, directory: bytes) -> None:
-        self.dir_refs[directory] -= 1
-        if self.dir_refs[directory] <= 0:
-            del self.dir_refs[directory]
-            self.watcher.unwatch(directory)
-
-    def _add_watch(self, add: Any, *args: Any) -> bool:
-        try:
-            add(*args)
-            return True
-        except WatchLimitReached as exc:
-            if not self.degraded:
-                self.degraded = True
-                self.say("warning", "watch.degraded", detail=f"{exc}; polling every "
-                                 f"{self.options.interval:g} s instead")
-        except OSError:
-            pass  # gone meanwhile; the next re-read sees why
-        return False
+    def on_watch_limit(self, reason: str) -> None:
+        self.say("warning", "watch.degraded",
+                 detail=f"{reason}; polling every {self.options.interval:g} s instead")
 
     # --- looking again ----------------------------------------------------------------
 
@@ -372,8 +316,8 @@ class Daemon:
         reloading: set[int] = set()
         for ev in events:
             if ev.kind == "ignored":
-                self.watch_state.pop(ev.path, None)  # the kernel dropped it: re-add at next sync
-            for pid in self.path_masks.get(ev.path, ()):
+                self.watches.forget(ev.path)
+            for pid in self.watches.users.get(ev.path, ()):
                 target = self.targets[pid]
                 if ev.kind in ("modified", "written"):
                     self.overwritten(target, ev.path)
@@ -393,7 +337,7 @@ class Daemon:
     def overwritten(self, target: Target, path: bytes) -> None:
         """A watched file was written.  If it is the very inode the target maps, that is the
         in-place overwrite that crashes it: log it now, before the crash can."""
-        watched = self.watch_state.get(path, (None, 0))[0]
+        watched = self.watches.watched_inode(path)
         if watched is None or watched not in target.mapped:
             return
         try:
