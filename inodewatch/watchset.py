@@ -36,11 +36,14 @@ class WatchSet:
         old = self.by_pid.pop(pid, {})
         for path in old.keys() - wanted.keys():
             del self.users[path][pid]
-            if not self.users[path]:
-                del self.users[path]
-                self.state.pop(path, None)
-                self.watcher.unwatch(path)
-                self._release_directory(os.path.dirname(path))
+            if self.users[path]:
+                if path in self.state:  # others still need it: their events only
+                    self._apply(path, self.state[path][0])
+                continue
+            del self.users[path]
+            self.state.pop(path, None)
+            self.watcher.unwatch(path)
+            self._release_directory(os.path.dirname(path))
         for path, (mask, _) in wanted.items():
             users = self.users.setdefault(path, {})
             if not users:
