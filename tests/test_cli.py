@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from conftest import run_cli
 
 
@@ -36,13 +38,12 @@ def test_scan_of_self_is_clean():
     assert "scanned 1 processes" in result.stdout
 
 
-def test_permission_denied_names_the_capability():
+@pytest.mark.parametrize("command", [["scan", "--pid"], ["--pid"]], ids=["scan", "watch"])
+def test_permission_denied_names_the_capability(command):
     """Root without capabilities against another user's process: exit 2, one line."""
     import shutil
     import subprocess
     import sys
-
-    import pytest
 
     from conftest import wait_for
 
@@ -55,7 +56,7 @@ def test_permission_denied_names_the_capability():
         result = subprocess.run(
             ["setpriv", "--bounding-set=-all", "--inh-caps=-all",
              "--securebits=+noroot,+noroot_locked,+no_setuid_fixup",
-             sys.executable, "-m", "inodewatch", "scan", "--pid", str(target.pid)],
+             sys.executable, "-m", "inodewatch", *command, str(target.pid)],
             capture_output=True, text=True, timeout=60)
         assert result.returncode == 2
         assert len(result.stderr.splitlines()) == 1
