@@ -3,6 +3,7 @@ mid-scan.  No traceback, no false event, the right exit."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,40 @@ def test_scan_all_while_processes_come_and_go():
             assert result.stderr.count("\n") == 1 and result.stderr.startswith("scanned ")
     finally:
         spawner.wait(timeout=TIMEOUT)
+
+
+def spawn_with_pid(pid: int, argv: list[str]) -> subprocess.Popen | None:
+    """Start `argv` under a given (free) pid, through /proc/sys/kernel/ns_last_pid."""
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+def test_a_reused_pid_is_never_taken_for_the_target(start_demo, start_watcher, demo_build):
+    if not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK):
+        pytest.skip("needs root to choose the next pid")
+    watcher = start_watcher(extra=["--exe", str(demo_build / "reload"), "--interval", "0.05"])
+    watcher.log.wait("daemon.started")
+    demo = start_demo("leak")
+    watcher.log.wait("target.attached", pid=demo.pid)
+    demo.proc.kill()
+    demo.proc.wait()
+    impostor = spawn_with_pid(demo.pid, ["sleep", "60"])  # same pid, another program
+    if impostor is None:
+        pytest.skip("could not get the pid back (a busy machine)")
+    try:
+        exited = watcher.log.wait("target.exited", pid=demo.pid)
+        assert exited["signal"] == "SIGKILL"
+        later = start_demo("leak")  # the real host comes back, under a new pid
+        assert watcher.log.wait("target.attached", pid=later.pid)["reattached"] is True
+        events_for_pid = [e["event"] for e in watcher.log.read() if e.get("pid") == demo.pid]
+        assert events_for_pid == ["target.attached", "target.exited"]
+    finally:
+        impostor.kill()
+        impostor.wait()
