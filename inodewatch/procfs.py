@@ -17,12 +17,13 @@ Facts this module relies on (fs/proc/task_mmu.c, fs/seq_file.c):
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import re
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path
+from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
 
 PROC = b"/proc"
 
@@ -46,40 +47,18 @@ class AccessDenied(ProcError):
     """We may not read the process: the message names the missing capability."""
 
 
-class MapsParseError(ValueError):
-    """A line of /proc/PID/maps is not in the kernel's format."""
-
-
 class StatParseError(ValueError):
     """/proc/PID/stat is not in the kernel's format."""
 
 
 @dataclass(frozen=True)
-class MapsEntry:
-    """One line of /proc/PID/maps, the path unescaped but " (deleted)" still attached."""
-
-    start: int
-    end: int
-    perms: str
-    offset: int
-    dev: int  # as os.makedev(major, minor)
-    inode: int
-    path: bytes
-
-    @property
-    def range_name(self) -> str:
-        """The entry's name under /proc/PID/map_files/."""
-        return f"{self.start:x}-{self.end:x}"
-
-
-@dataclass(frozen=True)
 class MappingGroup:
-    """All the VMAs of one (dev, inode), before the disk is consulted."""
+    """All the VMAs of one mapped file (dev, inode), before the disk is consulted."""
 
-    path: bytes
+    path: bytes  # unescaped, " (deleted)" still attached
     file: FileId
     perms: tuple[str, ...]
-    first: MapsEntry
+    range_name: bytes  # one VMA's name under /proc/PID/map_files/, e.g. b"7f1c2d400000-7f1c2d401000"
 
 
 @dataclass(frozen=True)
@@ -111,44 +90,36 @@ def unescape_path(raw: bytes) -> bytes:
     return raw.replace(b"\\012", b"\n")
 
 
-def parse_maps_line(line: bytes) -> MapsEntry:
-    fields = line.split(None, 5)
-    if len(fields) < 5:
-        raise MapsParseError(f"too few fields in maps line: {line[:80]!r}")
-    try:
-        start_s, _, end_s = fields[0].partition(b"-")
-        major_s, _, minor_s = fields[3].partition(b":")
-        return MapsEntry(
-            start=int(start_s, 16),
-            end=int(end_s, 16),
-            perms=fields[1].decode("ascii"),
-            offset=int(fields[2], 16),
-            dev=os.makedev(int(major_s, 16), int(minor_s, 16)),
-            inode=int(fields[4]),
-            path=unescape_path(fields[5]) if len(fields) == 6 else b"",
-        )
-    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
-        raise MapsParseError(f"bad maps line: {line[:80]!r}") from exc
+# One file-backed line of /proc/PID/maps (inode not 0): start-end perms offset major:minor
+# inode, padding, then the path to the end of the line.  Anonymous lines never match: on a
+# big host most lines are anonymous, and the regex skips them without a Python-level loop.
+_FILE_LINE = re.compile(
+    rb"^([0-9a-f]+)-([0-9a-f]+) (\S+) [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) ([1-9][0-9]*) +(.*)$",
+    re.MULTILINE)
 
 
-def parse_maps(data: bytes) -> list[MapsEntry]:
-    """Parse the whole text of /proc/PID/maps."""
-    return [parse_maps_line(line) for line in data.split(b"\n") if line]
-
-
-def group_mappings(entries: Iterable[MapsEntry]) -> list[MappingGroup]:
-    """One group per mapped file, skipping anonymous and pseudo mappings."""
-    groups: dict[FileId, tuple[bytes, set[str], MapsEntry]] = {}
-    for e in entries:
-        if e.inode == 0 or is_pseudo_path(e.path):
-            continue
-        key = FileId(e.dev, e.inode)
+def map_groups(data: bytes) -> list[MappingGroup]:
+    """The files mapped in the text of /proc/PID/maps, one group per (dev, inode), pseudo
+    files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are skipped."""
+    groups: dict[tuple[bytes, bytes, bytes], tuple[bytes, set[bytes], bytes] | None] = {}
+    for start, end, perms, major, minor, inode, path in _FILE_LINE.findall(data):
+        key = (major, minor, inode)
         if key in groups:
-            groups[key][1].add(e.perms)
-        else:
-            groups[key] = (e.path, {e.perms}, e)
-    return [MappingGroup(path, fid, tuple(sorted(perms)), first)
-            for fid, (path, perms, first) in groups.items()]
+            group = groups[key]
+            if group is not None:
+                group[1].add(perms)
+            continue
+        path = unescape_path(path)
+        # map_files names the range without the zero padding maps prints
+        groups[key] = None if is_pseudo_path(path) else (
+            path, {perms}, b"%x-%x" % (int(start, 16), int(end, 16)))
+    found = []
+    for (major, minor, inode), group in groups.items():
+        if group is not None:
+            path, perms, range_name = group
+            file = FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
+            found.append(MappingGroup(path, file, tuple(sorted(p.decode() for p in perms)), range_name))
+    return found
 
 
 def strip_deleted(name: bytes, nlink: int | None, name_is_this_file: bool) -> tuple[bytes, bool]:
@@ -228,6 +199,11 @@ def read_identity(pid: int) -> ProcessId:
     return ProcessId(pid, read_stat(pid).start_time)
 
 
+@functools.cache
+def _own_mount_namespace() -> int:
+    return os.stat(b"/proc/self/ns/mnt").st_ino
+
+
 def root_of(pid: int) -> bytes:
     """The prefix that makes a path from the process's maps resolve as the process sees it.
 
@@ -237,8 +213,7 @@ def root_of(pid: int) -> bytes:
     from our root.
     """
     try:
-        ours = os.stat(b"/proc/self/ns/mnt").st_ino
-        if os.stat(proc_path(pid, b"ns", b"mnt")).st_ino == ours:
+        if os.stat(proc_path(pid, b"ns", b"mnt")).st_ino == _own_mount_namespace():
             return b""
     except OSError:
         pass  # gone (the caller finds out), or no ns access: the root link is the safe bet
@@ -265,16 +240,19 @@ class DiskView:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.root = root_of(pid)
-        self.seen: dict[bytes, FileId | None] = {}
+        self.seen: dict[bytes, os.stat_result | None] = {}
 
-    def __call__(self, path: bytes) -> FileId | None:
+    def stat(self, path: bytes) -> os.stat_result | None:
         if path not in self.seen:
             try:
-                st = stat_at(self.root, path)
+                self.seen[path] = stat_at(self.root, path)
             except OSError:
-                st = None
-            self.seen[path] = FileId.of(st) if st is not None else None
+                self.seen[path] = None
         return self.seen[path]
+
+    def __call__(self, path: bytes) -> FileId | None:
+        st = self.stat(path)
+        return FileId.of(st) if st is not None else None
 
 
 def _held_stat(link: bytes) -> os.stat_result | None:
@@ -297,22 +275,28 @@ def _resolve_name(disk: DiskView, name: bytes, held: FileId, nlink: int | None) 
 def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile]:
     """Every file `pid` maps, one entry per inode, pseudo files left out."""
     disk = disk or DiskView(pid)
-    groups = group_mappings(parse_maps(read_proc_file(pid, b"maps")))
+    groups = map_groups(read_proc_file(pid, b"maps"))
     files: list[MappedFile] = []
     can_read_map_files = True
     for g in groups:
+        on_disk = None if g.path.endswith(DELETED_SUFFIX) else disk.stat(g.path)
+        if on_disk is not None and same_file(g.file, FileId.of(on_disk)):
+            # The path still names the mapped inode: intact, no need to ask map_files (the
+            # common case, and one stat fewer per library per process).
+            files.append(MappedFile(g.path, g.file, g.perms, False, on_disk.st_size,
+                                    on_disk.st_mtime_ns))
+            continue
         st = None
         if can_read_map_files:
             try:
-                st = _held_stat(proc_path(pid, b"map_files", g.first.range_name.encode()))
+                st = _held_stat(proc_path(pid, b"map_files", g.range_name))
             except PermissionError:
                 # needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; fall back to the maps fields
                 can_read_map_files = False
             if can_read_map_files and st is None:
                 continue  # unmapped between the two reads
-        held = FileId.of(st) if st is not None else g.file
-        path, deleted = _resolve_name(disk, g.path, held, st.st_nlink if st is not None else None)
-        files.append(MappedFile(path, held, g.perms, deleted,
+        path, deleted = _resolve_name(disk, g.path, g.file, st.st_nlink if st is not None else None)
+        files.append(MappedFile(path, g.file, g.perms, deleted,
                                 st.st_size if st is not None else None,
                                 st.st_mtime_ns if st is not None else None))
     return files
