@@ -237,10 +237,13 @@ class DiskView:
     is mapped by several VMAs and often held by several processes).  A vanished process
     looks like an absent file: the caller learns of the exit on its own."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, shared: dict[bytes, os.stat_result | None] | None = None) -> None:
         self.pid = pid
         self.root = root_of(pid)
-        self.seen: dict[bytes, os.stat_result | None] = {}
+        # Processes in our own mount namespace see the same files: one pass over many of
+        # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
+        self.seen: dict[bytes, os.stat_result | None] = (
+            shared if shared is not None and not self.root else {})
 
     def stat(self, path: bytes) -> os.stat_result | None:
         if path not in self.seen:
@@ -315,12 +318,13 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
         link = fd_dir + b"/" + name
         try:
             target = os.readlink(link)
-            st = _held_stat(link)
+            # sockets, pipes, anon inodes, devices: no file on disk, no stat needed
+            st = None if is_pseudo_path(target) else _held_stat(link)
         except FileNotFoundError:
             continue  # closed meanwhile
         except PermissionError as exc:
             raise _error(pid, exc, "fd") from None
-        if st is None or not stat.S_ISREG(st.st_mode) or is_pseudo_path(target):
+        if st is None or not stat.S_ISREG(st.st_mode):
             continue
         held = FileId.of(st)
         path, deleted = _resolve_name(disk, target, held, st.st_nlink)

@@ -6,6 +6,7 @@ simply shows the new name), which is what the watch daemon is for.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -32,18 +33,19 @@ class ScanSummary:
         return [r for r in self.reports if r.findings]
 
 
-def process_findings(pid: int) -> list[Finding]:
-    """Every divergence of one process.  Raises procfs.ProcError."""
-    disk = procfs.DiskView(pid)
+def examine(pid: int, shared: dict[bytes, os.stat_result | None] | None = None) -> tuple[bool, list[Finding]]:
+    """(whether the process maps any file, its divergences).  Raises procfs.ProcError.
+    `shared`: a stat cache for the processes of one pass (see procfs.DiskView)."""
+    disk = procfs.DiskView(pid, shared)
     mapped = procfs.read_mapped_files(pid, disk)
     open_files = procfs.read_open_files(pid, disk)
-    return find_divergence(mapped, open_files, disk)
+    return bool(mapped), find_divergence(mapped, open_files, disk)
 
 
 def scan_process(pid: int) -> ProcessReport:
     """Scan one process.  Raises procfs.ProcError (ProcessGone, AccessDenied)."""
     st = procfs.read_stat(pid)
-    return ProcessReport(pid, st.comm, process_findings(pid))
+    return ProcessReport(pid, st.comm, examine(pid)[1])
 
 
 def scan_pids(pids: Iterable[int]) -> ScanSummary:
@@ -55,15 +57,21 @@ def scan_pids(pids: Iterable[int]) -> ScanSummary:
 
 
 def scan_all() -> ScanSummary:
-    """Scan every user-space process, skipping kernel threads and what cannot be read."""
+    """Scan every user-space process, skipping kernel threads and what cannot be read.
+
+    Cheap for the common case: /proc/PID/stat (comm, the kernel-thread flag) is read only
+    for a process with findings, or that maps no file (as kernel threads).
+    """
     summary = ScanSummary()
+    shared: dict[bytes, os.stat_result | None] = {}
     for pid in procfs.list_pids():
         try:
-            st = procfs.read_stat(pid)
-            if st.is_kernel_thread:
+            maps_files, findings = examine(pid, shared)
+            if not maps_files and procfs.read_stat(pid).is_kernel_thread:
                 summary.kernel_threads += 1
                 continue
-            summary.reports.append(ProcessReport(pid, st.comm, process_findings(pid)))
+            comm = procfs.read_stat(pid).comm if findings else b""
+            summary.reports.append(ProcessReport(pid, comm, findings))
         except procfs.ProcessGone:
             summary.exited += 1
         except procfs.ProcError:
