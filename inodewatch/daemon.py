@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,11 @@ RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
 # With a working proc connector, new processes announce themselves; the /proc walk that finds
 # them otherwise is then only a rare safety net.
 DISCOVERY_WITH_CONNECTOR = 30.0
+
+# The share of each --interval the periodic re-read may take: half a percent of a core, or
+# five when inotify is degraded and the re-read is all there is.
+REREAD_SHARE = 0.005
+REREAD_SHARE_DEGRADED = 0.05
 
 # How long the exit status may trail the pidfd's wake-up (it is normally microseconds).
 EXIT_STATUS_GRACE = 0.5
@@ -113,6 +118,7 @@ class Daemon:
         self.poller = select.poll()
         self.fd_owner: dict[int, int] = {}  # pidfd -> pid
         self.stop_reason: str | None = None
+        self.reread_queue: deque[int] = deque()  # targets still to re-read in this round
         self.selector = options.selector
         self.newborn: set[int] = set()  # pids the connector announced, to match
         self.gone_terms: set[tuple[str, bytes]] = set()  # terms whose target has exited
@@ -349,6 +355,22 @@ class Daemon:
         if event is not None:
             self.emit(event, target.pid)
 
+    def reread_some(self) -> None:
+        """The periodic re-read, the safety net for what inotify cannot see: targets in turn,
+        for at most a small share of this tick.  With few targets each is re-read every
+        tick; with hundreds, in turn over several ticks, so the daemon stays near idle and
+        returns to poll() (and to inotify's events) within milliseconds."""
+        share = REREAD_SHARE_DEGRADED if self.watches.limited else REREAD_SHARE
+        stop_at = time.monotonic() + share * self.options.interval
+        if not self.reread_queue:
+            self.reread_queue.extend(self.targets)
+        while self.reread_queue:
+            pid = self.reread_queue.popleft()
+            if pid in self.targets:
+                self.rescan(self.targets[pid])
+                if time.monotonic() >= stop_at:
+                    break
+
     # --- exits ------------------------------------------------------------------------
 
     def read_connector(self) -> None:
@@ -457,8 +479,7 @@ class Daemon:
                     self.rescan(target)
             if now >= next_tick:
                 next_tick = now + self.options.interval
-                for target in list(self.targets.values()):
-                    self.rescan(target)
+                self.reread_some()
                 self.write_metrics()
                 self.sink.check()
                 self.notifier.status(self.status_line())

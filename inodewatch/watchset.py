@@ -56,6 +56,9 @@ class WatchSet:
             self.by_pid[pid] = {path: mask for path, (mask, _) in wanted.items()}
         newly_open = False
         for path, (mask, on_disk) in wanted.items():
+            current = self.state.get(path)
+            if old.get(path) == mask and current is not None and current[0] == on_disk:
+                continue  # nothing changed for this target here: no O(targets) union again
             if self._apply(path, on_disk) and mask & OPEN_EVENTS:
                 newly_open = True
         return newly_open
