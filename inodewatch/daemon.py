@@ -194,7 +194,6 @@ class Daemon:
 
     def consider(self, pids: list[int]) -> None:
         """Attach to those of `pids` that the selector matches (and we can read)."""
-        attached = False
         for pid in pids:
             if pid in self.targets or pid == os.getpid():
                 continue
@@ -206,10 +205,9 @@ class Daemon:
             except (procfs.ProcError, AttachError):
                 continue  # gone, a kernel thread, or not ours to read
             target.term = term
+            # Let its exit through before anyone can see it attached (and kill it).
+            self.follow_exits([*self.targets, pid])
             self.attach(target)
-            attached = True
-        if attached:
-            self.follow_exits()
 
     def discover(self) -> None:
         self.consider(procfs.list_pids())

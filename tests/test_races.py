@@ -84,7 +84,7 @@ def test_a_reused_pid_is_never_taken_for_the_target(start_demo, start_watcher, d
         pytest.skip("could not get the pid back (a busy machine)")
     try:
         exited = watcher.log.wait("target.exited", pid=demo.pid)
-        assert exited["signal"] == "SIGKILL"
+        assert exited["signal"] == "SIGKILL", exited
         later = start_demo("leak")  # the real host comes back, under a new pid
         assert watcher.log.wait("target.attached", pid=later.pid)["reattached"] is True
         events_for_pid = [e["event"] for e in watcher.log.read() if e.get("pid") == demo.pid]
