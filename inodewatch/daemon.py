@@ -309,7 +309,12 @@ class Daemon:
         history = target.history
         history.learn(mapped, [(f.file, f.path) for f in open_files])
         findings = find_divergence(mapped, open_files, disk, history.first_paths)
-        for event in history.update(mapped, findings):
+
+        def write_watched(m: MappedFile) -> bool:
+            watched = self.watches.state.get(disk.root + history.first_paths.get(m.file, m.path))
+            return watched is not None and watched[0] == m.file and bool(watched[1] & WRITE_EVENTS)
+
+        for event in history.update(mapped, findings, write_watched):
             self.emit(event, target.pid)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
@@ -343,6 +348,9 @@ class Daemon:
         in-place overwrite that crashes it: log it now, before the crash can."""
         watched = self.watches.watched_inode(path)
         if watched is None or watched not in target.mapped:
+            return
+        self.rescan(target)  # the map we hold may be older than a reload: does it still map it?
+        if watched not in target.mapped or target.mapped[watched].deleted:
             return
         try:
             st: os.stat_result | None = os.stat(path)  # a watch path resolves as the target sees it

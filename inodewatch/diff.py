@@ -7,7 +7,7 @@ DESIGN.md events.  No I/O: the daemon feeds it snapshots and findings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,10 @@ def finding_key(f: Finding) -> FindingKey:
 
 def finding_event(f: Finding) -> Event:
     return Event("warning", f.event, f.fields())
+
+
+def reloaded(path: bytes, old: FileId, new: FileId) -> Event:
+    return Event("info", "mapping.reloaded", {"path": path, "old_ino": old.ino, "new_ino": new.ino})
 
 
 @dataclass
@@ -76,19 +80,31 @@ class TargetHistory:
         self.overwritten[file] = event
         return event
 
-    def update(self, mapped: list[MappedFile], findings: list[Finding]) -> list[Event]:
-        """The events that this snapshot's findings mean, given what was seen before."""
+    def update(self, mapped: list[MappedFile], findings: list[Finding],
+               write_watched: Callable[[MappedFile], bool] = lambda m: False) -> list[Event]:
+        """The events that this snapshot's findings mean, given what was seen before.
+
+        A changed size or mtime means an in-place write only for a file inotify is not
+        watching for writes: where it is, its IN_MODIFY is the evidence, and a stamp that
+        differs is more likely a freed inode number given to a new file (`write_watched`).
+        """
         events: list[Event] = []
         for m in mapped:
-            if m.file in self.contents and (m.size, m.mtime_ns) != self.contents[m.file]:
+            if (m.file in self.contents and (m.size, m.mtime_ns) != self.contents[m.file]
+                    and not write_watched(m)):
                 if (event := self.overwrite(m, m.size)) is not None:
                     events.append(event)
         current = {finding_key(f): f for f in findings}
         for key, f in current.items():
-            if key not in self.live:
-                events.append(finding_event(f))
-                if f.subject == "mapping":
-                    self.awaiting_reload.setdefault(f.path, f.mapped)
+            if key in self.live:
+                continue
+            if f.subject == "mapping":
+                old = self.awaiting_reload.get(f.path)
+                if old is not None and old != f.mapped:
+                    # It diverges again before we saw it in step: it did load f.mapped.
+                    events.append(reloaded(f.path, old, f.mapped))
+                self.awaiting_reload[f.path] = f.mapped
+            events.append(finding_event(f))
         self.live = current
         diverged_paths = {f.path for f in findings if f.subject == "mapping"}
         for m in mapped:
@@ -96,8 +112,7 @@ class TargetHistory:
             old = self.awaiting_reload.get(path)
             if old is not None and m.file != old and path not in diverged_paths:
                 del self.awaiting_reload[path]
-                events.append(Event("info", "mapping.reloaded",
-                                    {"path": path, "old_ino": old.ino, "new_ino": m.file.ino}))
+                events.append(reloaded(path, old, m.file))
         return events
 
     def stale(self) -> list[dict[str, Any]]:

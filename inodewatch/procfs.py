@@ -290,15 +290,22 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
                                     on_disk.st_mtime_ns))
             continue
         st = None
+        name = g.path
         if can_read_map_files:
+            link = proc_path(pid, b"map_files", g.range_name)
             try:
-                st = _held_stat(proc_path(pid, b"map_files", g.range_name))
+                st = _held_stat(link)
+                # The name now, exact (no \012 ambiguity), and as new as the link count: a
+                # rename since maps was read must not read as "nothing at the path".
+                name = os.readlink(link) if st is not None else name
             except PermissionError:
                 # needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; fall back to the maps fields
                 can_read_map_files = False
+            except FileNotFoundError:
+                st = None
             if can_read_map_files and st is None:
                 continue  # unmapped between the two reads
-        path, deleted = _resolve_name(disk, g.path, g.file, st.st_nlink if st is not None else None)
+        path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
         files.append(MappedFile(path, g.file, g.perms, deleted,
                                 st.st_size if st is not None else None,
                                 st.st_mtime_ns if st is not None else None))

@@ -63,3 +63,25 @@ def test_rename_away_then_new_file_at_the_old_path():
     step(h, [mapping()], {P: OLD})
     moved = b"/opt/demo/old.so"
     assert step(h, [mapping(path=moved)], {P: NEW, moved: OLD}) == ["mapping.renamed", "mapping.replaced"]
+
+
+def test_a_reload_seen_only_through_the_next_divergence_is_still_told():
+    """Replaced twice in quick succession: the target loaded the second file and it was
+    replaced again before the daemon saw it in step.  It did load it: say so, in order."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    step(h, [mapping(deleted=True)], {P: NEW})
+    third = FileId(0xFE00, 300)
+    names = step(h, [mapping(NEW, deleted=True)], {P: third})
+    assert names == ["mapping.reloaded", "mapping.deleted", "mapping.replaced"]
+    events = h.update([mapping(third)], [])
+    assert [(e.fields["old_ino"], e.fields["new_ino"]) for e in events] == [(200, 300)]
+
+
+def test_a_changed_stamp_on_a_write_watched_inode_is_not_an_overwrite():
+    """Under an inotify write watch IN_MODIFY is the evidence; a different size and mtime
+    under the same number is then a freed inode number given to a new file."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    assert h.update([mapping(size=999, mtime=9)], [], write_watched=lambda m: True) == []
+    assert [e.name for e in h.update([mapping(size=999, mtime=9)], [])] == ["mapping.overwritten"]
