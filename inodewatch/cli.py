@@ -85,7 +85,8 @@ def build_parser(argv: Sequence[str] = ()) -> Parser:
                             "default: every file the target maps or holds open")
     # Defaults are None so a flag given can be told from the config file's value (config.merge).
     watch.add_argument("--interval", type=interval_arg, metavar="SECONDS",
-                       help="fallback re-read of maps and fds (default: 1.0)")
+                       help="pace of the fallback re-read of maps and fds (default: 1.0); each "
+                            "tick re-reads targets in turn for at most 0.3%% of it")
     watch.add_argument("--log-file", metavar="FILE",
                        help="append JSON lines to FILE (reopened on SIGHUP); default: stdout")
     watch.add_argument("--log-format", choices=("auto", "json", "console"),

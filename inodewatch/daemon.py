@@ -46,11 +46,11 @@ from inodewatch.watchset import Wanted, WatchSet
 RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
 # With a working proc connector, new processes announce themselves; the /proc walk that finds
 # them otherwise is then only a rare safety net.
-DISCOVERY_WITH_CONNECTOR = 30.0
+DISCOVERY_WITH_CONNECTOR = 60.0
 
-# The share of each --interval the periodic re-read may take: half a percent of a core, or
-# five when inotify is degraded and the re-read is all there is.
-REREAD_SHARE = 0.005
+# The share of each --interval the periodic re-read may take: 0.3 % of a core, or 5 % when
+# inotify is degraded and the re-read is all there is.
+REREAD_SHARE = 0.003
 REREAD_SHARE_DEGRADED = 0.05
 
 # How long the exit status may trail the pidfd's wake-up (it is normally microseconds).
@@ -198,7 +198,7 @@ class Daemon:
             if pid in self.targets or pid == os.getpid():
                 continue
             try:
-                term = self.selector.match(read_facts(pid))
+                term = self.selector.match(read_facts(pid, self.selector))
                 if term is None:
                     continue
                 target = self.prepare(pid)

@@ -87,12 +87,18 @@ def parse_cgroups(data: bytes) -> tuple[bytes, ...]:
     return tuple(paths)
 
 
-def read_facts(pid: int) -> ProcessFacts:
-    """Raises procfs.ProcError when the process is gone or unreadable."""
-    comm = procfs.read_stat(pid).comm
-    try:
-        exe: bytes | None = os.readlink(procfs.proc_path(pid, b"exe")).removesuffix(DELETED_SUFFIX)
-    except OSError:
-        exe = None
-    cgroups = parse_cgroups(procfs.read_proc_file(pid, b"cgroup"))
+def read_facts(pid: int, selector: Selector) -> ProcessFacts:
+    """What `selector` needs to know of the process, and nothing more (the daemon's walk of
+    /proc reads this for every process).  Raises procfs.ProcError when it is gone."""
+    comm = procfs.read_stat(pid).comm if selector.names else b""
+    exe: bytes | None = None
+    if selector.exes:
+        try:
+            exe = os.readlink(procfs.proc_path(pid, b"exe")).removesuffix(DELETED_SUFFIX)
+        except FileNotFoundError:
+            raise procfs.ProcessGone(pid, f"no such process: {pid}") from None
+        except OSError:
+            pass  # a kernel thread has no exe
+    cgroups = (parse_cgroups(procfs.read_proc_file(pid, b"cgroup"))
+               if selector.cgroups or selector.units else ())
     return ProcessFacts(pid, comm, exe, cgroups)
