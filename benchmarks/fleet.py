@@ -1,0 +1,1104 @@
+#!/usr/bin/env python3
+"""A fleet of plugin hosts: full-host scan against lsof / needrestart / checkrestart, and
+what the watch daemon costs (idle, under churn) and how fast it reports, with N hosts.
+
+A benchmark run by hand, not a test.  As root, from a checkout with the package installed
+(``scripts/setup``, or ``pip install -e .``)::
+
+    python3 benchmarks/fleet.py [--hosts 500] [--rounds 5] [--idle 60] [--churn 60]
+    python3 benchmarks/fleet.py --hosts 50 --rounds 2 --idle 10 --churn 10 --results /tmp/q.md
+
+It installs what is missing (``apt-get install lsof needrestart debian-goodies``), builds
+``csrc/`` (``make -s -C csrc``), runs everything below and writes the tables to
+``benchmarks/RESULTS.md`` (``--results``), printing the same text.  Every process it starts
+is stopped at the end and ``/srv/inodewatch-fleet`` is removed, also on Ctrl-C / SIGTERM;
+the hosts also die with the script (PR_SET_PDEATHSIG) and stop by themselves (``--ticks``).
+
+The fleet
+---------
+``/srv/inodewatch-fleet/bin/reload`` (a copy of ``csrc/reload``, so ``--exe`` selects the
+fleet and nothing else) runs N times, host i loading its own copy of ``so1.so`` at
+``/srv/inodewatch-fleet/hostNNN/so.so``: outside /tmp, because needrestart and checkrestart
+ignore /tmp by design.  90 % are ``--mode hold`` hosts with a 5 s tick (``--interval-ms``):
+quiet but alive, each tick a dlclose + dlopen of the same, unchanged file.
+
+The other 10 % (``--divergent``) run ``--mode leak``: a hold host would dlopen the new file
+at its next tick and the divergence would be gone before some scans ran; a leak host keeps
+its first mapping for good, so the divergence lasts the whole run.  Once every host maps its
+so.so, one third of them each get:
+
+* ``rm so.so``                      -> **deleted**:  the mapped inode has no link left;
+* ``cp so2.so so.so.new; mv so.so.new so.so`` -> **mv-over**: the mapped inode has no link
+  left *and* the path names another inode;
+* ``mv so.so old.so``               -> **renamed**:  the mapped inode is intact under a new
+  name.
+
+Ground truth ("needs a restart: runs code that is no longer on disk"):
+deleted and mv-over hosts -- yes (stale); renamed hosts -- no: they run an inode that is
+still on disk, unchanged (the file was only renamed), and a one-shot scan cannot even tell
+(maps shows ``old.so``, intact); healthy hosts -- no.  A tool is scored on the fleet's hosts
+only: found = stale hosts it names, missed = stale hosts it does not, false positives =
+healthy or renamed hosts it names.  For inodewatch the event kinds are checked too:
+deleted -> ``mapping.deleted``; mv-over -> ``mapping.deleted`` + ``mapping.replaced``.
+
+Full-host scans
+---------------
+``inodewatch scan --all --json`` (as ``sys.executable -m inodewatch``: Python's start-up is
+part of its cost, as an operator pays it) against ``lsof -nP``, ``needrestart -b -r l`` and
+``checkrestart``, each run as a child with stdout/stderr to a file; ``os.wait4`` gives its
+rusage: CPU = utime + stime (children it waited for included, e.g. checkrestart's lsof and
+dpkg-query), peak RSS = ru_maxrss (the largest process of that tree).  Wall time from just
+before Popen to wait4's return.  Per round and per other tool, a pair "inodewatch, tool" is
+run, in alternating order (A B in even rounds, B A in odd ones), so slow drift hits both;
+the ratio tool / inodewatch is taken per pair, and the median of those ratios is judged
+(the ratio of the medians is printed too).
+
+What each tool says is read from its real output:
+
+* inodewatch: the JSON events (``pid``, ``event``);
+* lsof: lines of a fleet pid with FD ``DEL`` or a name ending in ``(deleted)`` under the
+  fleet's directory;
+* needrestart: as root, ``-b`` prints services (``NEEDRESTART-SVC``), sessions and
+  containers -- ``NEEDRESTART-PID`` lines only in user mode -- so the batch output is
+  parsed as is (what an operator's automation would see), *and* one extra, untimed
+  ``needrestart -v -b -r l`` gives its per-process diagnosis (``#PID uses deleted PATH``,
+  ``uses obsolete PATH``) on stderr;
+* checkrestart: its default output names programs of packages only; one extra, untimed
+  ``checkrestart -v`` lists ``Process PROG (PID: N)`` with its deleted files.
+
+The watch daemon
+----------------
+``sys.executable -m inodewatch --exe /srv/inodewatch-fleet/bin/reload --log-file F``
+(default ``--interval``) attached to all N hosts.  Once every host is attached and the
+daemon sleeps in poll, after a 3 s settle:
+
+* idle, ``--idle`` seconds: CPU = utime + stime from /proc/PID/stat, over the window;
+  VmRSS sampled each second, VmHWM at the end;
+* churn, ``--churn`` seconds: a child creating, writing (64 bytes), closing and unlinking
+  ``--tmp-rate`` (10,000) files per second in a directory under /tmp, and a child opening
+  and reading (64 KiB) the .so files of /usr/lib/x86_64-linux-gnu, ``--lib-rate`` (2,000)
+  per second (both rate-limited in 10 ms slots; achieved rates printed).  Meanwhile 5
+  healthy hold hosts, at random moments, get ``rm so.so; cp so2.so so.so``; each must yield
+  ``mapping.deleted`` (from the unlink) and ``mapping.replaced`` (from the copy's create);
+  latency = the event's own ``timestamp`` - ``time.time()`` just before the operation, as
+  in latency.py (the log is read after the window: the stamps are the daemon's).
+* latency at scale, ``--reps`` operations: the same ``rm; cp`` on distinct healthy hosts,
+  one at a time, each after a random 0-1 s pause, so the operation falls anywhere in the
+  daemon's 1 s re-read cycle, as an operator's would (latency.py (b) waits for the daemon
+  to sleep in poll first; here whether it did is recorded per operation and printed).
+
+Timestamps are CLOCK_REALTIME on both sides.  Percentiles nearest-rank.
+
+Environment: every command runs with Python's bytecode cache on (PYTHONDONTWRITEBYTECODE
+removed, PYTHONPYCACHEPREFIX under the fleet's directory) and once, untimed, before it is
+measured, so an editable checkout costs what an installed package costs.  Python's start-up
+is otherwise measured as it is: ``python3 -c pass`` and ``python3 -S -c pass`` are printed so
+the share of ``site`` (and of whatever .pth hooks the machine has) is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import (  # noqa: E402  (benchmarks/latency.py, reused as is)
+    BenchError, Children, EventLog, asleep_in_poll, event_time, nearest_rank, wait_for)
+
+REPO = Path(__file__).resolve().parent.parent
+CSRC = REPO / "csrc"
+ROOT = Path("/srv/inodewatch-fleet")
+TICKS = os.sysconf("SC_CLK_TCK")
+TIME = "/usr/bin/time"  # GNU time (package "time"), for the peak RSS of a command
+PR_SET_PDEATHSIG = 1
+# Every command runs with bytecode caching on, in a private cache: this machine sets
+# PYTHONDONTWRITEBYTECODE and the package is an editable checkout without __pycache__, so
+# each inodewatch run would otherwise compile its modules again (~15 ms), which an installed
+# package never does.  Each command runs once, untimed, before it is measured.
+RUN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+RUN_ENV["PYTHONPYCACHEPREFIX"] = str(ROOT / "pycache")
+
+TARGETS = {
+    "needrestart_ratio": 10.0, "checkrestart_ratio": 3.0, "lsof_ratio": 1.0,
+    "lsof_ratio_aim": 1.5, "version_ratio": 2.5, "idle_cpu": 0.01, "churn_cpu": 0.05,
+    "rss_mb": 60.0, "p99_ms": 20.0,
+}
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def say(msg: str) -> None:
+    print(f"fleet: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(values: list[float], p: float) -> float:
+    return nearest_rank(sorted(values), p)
+
+
+def fmt_ms(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v * 1000:.2f}"
+
+
+def code_version() -> str:
+    """HEAD, whether inodewatch/ differs from it, and a digest of inodewatch/*.py as run."""
+    import hashlib
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                            "inodewatch"], capture_output=True, text=True).stdout.strip()
+    digest = hashlib.sha256()
+    for f in sorted((REPO / "inodewatch").glob("*.py")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return f"{head}{' + uncommitted changes in inodewatch/' if dirty else ''} " \
+           f"(inodewatch/*.py sha256 {digest.hexdigest()[:12]})"
+
+
+def die_with_parent() -> None:
+    """preexec_fn of the hosts: SIGKILL them when this script dies, whatever kills it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def ensure_tools() -> list[str]:
+    """Install lsof / needrestart / checkrestart when missing; their versions."""
+    want = {"lsof": "lsof", "needrestart": "needrestart", "checkrestart": "debian-goodies",
+            TIME: "time"}
+    missing = sorted({pkg for cmd, pkg in want.items() if shutil.which(cmd) is None})
+    if missing:
+        say(f"installing {' '.join(missing)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    versions = []
+    for pkg in ("lsof", "needrestart", "debian-goodies"):
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg],
+                             capture_output=True, text=True)
+        versions.append(f"{pkg} {out.stdout.strip() or '?'}")
+    return versions
+
+
+# --- the fleet ----------------------------------------------------------------------------
+
+
+@dataclass
+class Host:
+    index: int
+    dir: Path
+    mode: str                      # hold | leak
+    kind: str = "healthy"          # healthy | deleted | replaced | renamed
+    proc: subprocess.Popen[bytes] | None = None
+    ino: int = 0                   # the inode it maps
+
+    @property
+    def so(self) -> Path:
+        return self.dir / "so.so"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stale(self) -> bool:
+        return self.kind in ("deleted", "replaced")
+
+
+class Fleet:
+    def __init__(self, n: int, divergent: float, interval_ms: int, life_s: float,
+                 rng: random.Random) -> None:
+        self.n = n
+        self.interval_ms = interval_ms
+        self.ticks = max(2, math.ceil(life_s * 1000 / interval_ms))
+        self.rng = rng
+        self.binary = ROOT / "bin" / "reload"
+        width = max(3, len(str(n - 1)))
+        n_div = round(n * divergent)
+        div = set(rng.sample(range(n), n_div))
+        self.hosts = [Host(i, ROOT / f"host{i:0{width}d}", "leak" if i in div else "hold")
+                      for i in range(n)]
+        # one third each, in a shuffled order
+        kinds = ["deleted", "replaced", "renamed"]
+        for j, i in enumerate(rng.sample(sorted(div), n_div)):
+            self.hosts[i].kind = kinds[j % 3]
+        self.spawned: list[subprocess.Popen[bytes]] = []
+
+    @staticmethod
+    def clear_root() -> None:
+        if not ROOT.exists():
+            return
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/exe").startswith(str(ROOT) + "/"):
+                        raise BenchError(f"{ROOT} is in use by pid {entry} (another run?)")
+                except OSError:
+                    pass
+        say(f"removing {ROOT} left by an earlier run")
+        shutil.rmtree(ROOT)
+
+    def build(self) -> None:
+        self.clear_root()
+        (ROOT / "bin").mkdir(parents=True)
+        shutil.copy2(CSRC / "reload", self.binary)
+        for lib in ("so1.so", "so2.so"):
+            shutil.copyfile(CSRC / lib, ROOT / "bin" / lib)
+        say(f"starting {self.n} hosts ({sum(h.mode == 'leak' for h in self.hosts)} leak, "
+            f"tick {self.interval_ms} ms, --ticks {self.ticks})")
+        for h in self.hosts:
+            h.dir.mkdir()
+            shutil.copyfile(ROOT / "bin" / "so1.so", h.so)
+            h.ino = os.stat(h.so).st_ino
+            h.proc = subprocess.Popen(
+                [str(self.binary), "--mode", h.mode, "--interval-ms", str(self.interval_ms),
+                 "--lib", str(h.so), "--ticks", str(self.ticks)],
+                cwd=h.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            self.spawned.append(h.proc)
+
+        def all_mapped() -> bool:
+            for h in self.hosts:
+                if h.proc is not None and h.proc.poll() is not None:
+                    raise BenchError(f"host {h.index} exited ({h.proc.returncode})")
+                try:
+                    if f" {h.so}\n".encode() not in Path(f"/proc/{h.pid}/maps").read_bytes():
+                        return False
+                except OSError:
+                    return False
+            return True
+        wait_for(all_mapped, 60 + self.n * 0.05, "every host to map its so.so")
+
+        for h in self.hosts:
+            if h.kind == "deleted":
+                os.unlink(h.so)
+            elif h.kind == "replaced":
+                new = h.dir / "so.so.new"
+                shutil.copyfile(ROOT / "bin" / "so2.so", new)
+                os.rename(new, h.so)
+            elif h.kind == "renamed":
+                os.rename(h.so, h.dir / "old.so")
+        counts = Counter(h.kind for h in self.hosts)
+        say("fleet ready: " + ", ".join(f"{k} {counts[k]}" for k in
+                                        ("healthy", "deleted", "replaced", "renamed")))
+
+    def by_pid(self) -> dict[int, Host]:
+        return {h.pid: h for h in self.hosts if h.proc is not None}
+
+    def check_alive(self) -> None:
+        dead = [h for h in self.hosts if h.proc is not None and h.proc.poll() is not None]
+        if dead:
+            raise BenchError(f"{len(dead)} hosts exited, e.g. host {dead[0].index} "
+                             f"({dead[0].proc.returncode if dead[0].proc else '?'})")
+
+    def stop(self) -> None:
+        for p in self.spawned:
+            if p.poll() is None:
+                try:
+                    p.kill()
+                except OSError:
+                    pass
+        for p in self.spawned:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                say(f"host pid {p.pid} did not die")
+        self.spawned.clear()
+
+
+# --- scans --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    maxrss_kb: int
+    rc: int
+    out: bytes
+    err: bytes
+
+
+def measured(children: Children, args: list[str], cwd: Path, tag: str,
+             env: dict[str, str] | None = None) -> Run:
+    """Run `args` under /usr/bin/time; wall from here, CPU from wait4, peak RSS from time.
+
+    Linux charges a child the resident size of the mm it had before exec (for a child of
+    this script, this script's own ~25 MB), so wait4's ru_maxrss of a direct child would
+    be this script's size.  GNU time is small (~2 MB) and reports its own child's
+    ru_maxrss.  wait4 on time gives utime + stime of time and everything it waited for
+    (time's own share is ~1 ms)."""
+    out_path, err_path = ROOT / "out" / f"{tag}.out", ROOT / "out" / f"{tag}.err"
+    rss_path = ROOT / "out" / f"{tag}.rss"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = children.spawn([TIME, "-q", "-f", "%M %x", "-o", str(rss_path), *args],
+                              cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                              env=env or RUN_ENV)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    children.procs.remove(proc)
+    maxrss, rc = rss_path.read_text().split()[-2:]
+    return Run(wall, ru.ru_utime + ru.ru_stime, int(maxrss), int(rc),
+               out_path.read_bytes(), err_path.read_bytes())
+
+
+def findings_inodewatch(run: Run, fleet: dict[int, Host]) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    for line in run.out.splitlines():
+        if not line.strip():
+            continue
+        e = json.loads(line)
+        if e.get("pid") in fleet:
+            found.setdefault(e["pid"], set()).add(e["event"])
+    return found
+
+
+def findings_lsof(run: Run, fleet: dict[int, Host]) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    prefix = str(ROOT) + "/"
+    for raw in run.out.decode(errors="replace").splitlines():
+        f = raw.split()
+        if len(f) < 5 or not f[1].isdigit() or int(f[1]) not in fleet:
+            continue
+        if prefix in raw and (f[3] == "DEL" or raw.endswith("(deleted)")):
+            found.setdefault(int(f[1]), set()).add("DEL" if f[3] == "DEL" else "(deleted)")
+    return found
+
+
+NR_DIAG = re.compile(r"#(\d+) uses (deleted|obsolete binary|obsolete|non-existing) (.*)$")
+
+
+def findings_needrestart_batch(run: Run, fleet: dict[int, Host]) -> tuple[dict[int, set[str]], list[str]]:
+    """NEEDRESTART-PID (user mode) names pids; SVC / SESS / CONT lines name no fleet pid."""
+    found: dict[int, set[str]] = {}
+    lines = []
+    for raw in run.out.decode(errors="replace").splitlines():
+        if raw.startswith(("NEEDRESTART-PID:", "NEEDRESTART-SVC:", "NEEDRESTART-SESS:",
+                           "NEEDRESTART-CONT:")):
+            lines.append(raw)
+        if raw.startswith("NEEDRESTART-PID:"):
+            for pid in re.findall(r"\d+", raw.split("=", 1)[-1]):
+                if int(pid) in fleet:
+                    found.setdefault(int(pid), set()).add("NEEDRESTART-PID")
+    return found, lines
+
+
+def findings_needrestart_verbose(run: Run, fleet: dict[int, Host]) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    for raw in (run.err + run.out).decode(errors="replace").splitlines():
+        m = NR_DIAG.search(raw)
+        if m and int(m.group(1)) in fleet:
+            found.setdefault(int(m.group(1)), set()).add(f"uses {m.group(2)}")
+    return found
+
+
+def findings_checkrestart_verbose(run: Run, fleet: dict[int, Host]) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    pid = None
+    prefix = str(ROOT) + "/"
+    for raw in run.out.decode(errors="replace").splitlines():
+        m = re.search(r"\(PID: (\d+)\)", raw)
+        if m:
+            pid = int(m.group(1))
+            continue
+        if raw.startswith("\t") and pid in fleet and raw.strip().startswith(prefix):
+            found.setdefault(pid, set()).add("deleted file in use")
+        elif not raw.startswith(("\t", "List of deleted")):
+            pid = None
+    return found
+
+
+@dataclass
+class Score:
+    found: int
+    missed: int
+    fp_healthy: int
+    fp_renamed: int
+    kinds: dict[str, Counter[str]] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.missed == 0 and self.fp_healthy == 0 and self.fp_renamed == 0
+
+
+def score(found: dict[int, set[str]], fleet: dict[int, Host]) -> Score:
+    stale = {p for p, h in fleet.items() if h.stale}
+    named = set(found)
+    kinds: dict[str, Counter[str]] = {}
+    for p, events in found.items():
+        kinds.setdefault(fleet[p].kind, Counter())[" + ".join(sorted(events))] += 1
+    return Score(len(named & stale), len(stale - named),
+                 sum(1 for p in named if fleet[p].kind == "healthy"),
+                 sum(1 for p in named if fleet[p].kind == "renamed"), kinds)
+
+
+def inodewatch_kinds_exact(found: dict[int, set[str]], fleet: dict[int, Host]) -> bool:
+    want = {"deleted": {"mapping.deleted"}, "replaced": {"mapping.deleted", "mapping.replaced"}}
+    return all(found.get(p) == want[h.kind] for p, h in fleet.items() if h.stale)
+
+
+# --- daemon -------------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    host: Host
+    t_unlink: float
+    t_create: float
+    old_ino: int
+    new_ino: int
+    asleep: bool
+    deleted: float = math.inf
+    replaced: float = math.inf
+
+
+def rm_cp(host: Host, daemon_pid: int) -> Op:
+    old_ino = os.stat(host.so).st_ino
+    asleep = asleep_in_poll(daemon_pid)
+    t_unlink = time.time()
+    os.unlink(host.so)
+    t_create = time.time()
+    shutil.copyfile(ROOT / "bin" / "so2.so", host.so)
+    return Op(host, t_unlink, t_create, old_ino, os.stat(host.so).st_ino, asleep)
+
+
+def match_ops(ops: list[Op], events: list[dict[str, Any]]) -> None:
+    for op in ops:
+        for e in events:
+            if e.get("pid") != op.host.pid:
+                continue
+            if (e["event"] == "mapping.deleted" and e.get("mapped_ino") == op.old_ino
+                    and math.isinf(op.deleted)):
+                op.deleted = event_time(e) - op.t_unlink
+            elif (e["event"] == "mapping.replaced" and e.get("disk_ino") == op.new_ino
+                  and math.isinf(op.replaced)):
+                op.replaced = event_time(e) - op.t_create
+
+
+def wait_ops(log: EventLog, ops: list[Op], timeout: float, check: Any) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        match_ops(ops, log.read())
+        if all(not math.isinf(o.deleted) and not math.isinf(o.replaced) for o in ops):
+            return
+        check()
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
+def churn_script(kind: str, rate: int, target: str) -> str:
+    """A rate-limited churn loop (10 ms slots) that prints what it did at SIGTERM."""
+    if kind == "tmp":
+        body = (f"d = {target!r}\n"
+                "def one(i):\n"
+                "    p = d + '/f' + str(i % 1000)\n"
+                "    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+                "    os.write(fd, b'x' * 64)\n"
+                "    os.close(fd)\n"
+                "    os.unlink(p)\n")
+    else:
+        body = (f"libs = {target!r}\n"
+                "def one(i):\n"
+                "    with open(libs[i % len(libs)], 'rb') as f:\n"
+                "        f.read(65536)\n")
+    return ("import os, signal, sys, time\n" + body +
+            "stop = False\n"
+            "def on_term(*_):\n"
+            "    global stop\n"
+            "    stop = True\n"
+            "signal.signal(signal.SIGTERM, on_term)\n"
+            f"per_slot = max(1, {rate} // 100)\n"
+            "t0 = time.monotonic(); n = 0; slot = 0\n"
+            "while not stop:\n"
+            "    for _ in range(per_slot):\n"
+            "        one(n); n += 1\n"
+            "    slot += 1\n"
+            "    delay = t0 + slot * 0.01 - time.monotonic()\n"
+            "    if delay > 0:\n"
+            "        time.sleep(delay)\n"
+            "dt = time.monotonic() - t0\n"
+            "print(n, dt, flush=True)\n")
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.children = Children()
+        life = 3600 + args.idle + args.churn + args.rounds * 120
+        self.fleet = Fleet(args.hosts, args.divergent, args.interval_ms, life, self.rng)
+        self.churn_dir: Path | None = None
+        self.md: list[str] = []
+        self.verdicts: list[str] = []
+        self.notes: list[str] = []
+
+    def verdict(self, ok: bool, text: str) -> None:
+        self.verdicts.append(f"{'PASS' if ok else 'MISS'} {text}")
+
+    # startup ----------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        reps = self.args.startup_reps
+        say(f"start-up: {reps} x python -c pass / inodewatch --version, alternating")
+        bare, ver, nosite = [], [], []
+        for cmd in ([sys.executable, "-c", "pass"], [sys.executable, "-m", "inodewatch",
+                                                     "--version"]):
+            measured(self.children, cmd, ROOT, "warm-up")
+        for i in range(reps):
+            pair = [("bare", [sys.executable, "-c", "pass"]),
+                    ("ver", [sys.executable, "-m", "inodewatch", "--version"])]
+            for name, cmd in (pair if i % 2 == 0 else pair[::-1]):
+                r = measured(self.children, cmd, ROOT, f"startup-{name}")
+                (bare if name == "bare" else ver).append(r.wall)
+            nosite.append(measured(self.children, [sys.executable, "-S", "-c", "pass"], ROOT,
+                                   "startup-nosite").wall)
+        mb, mv = statistics.median(bare), statistics.median(ver)
+        ratio = mv / mb
+        self.md += [
+            "## Start-up", "",
+            f"{reps} runs each, alternating; wall time, median (min - max).", "",
+            "| command | median | min | max |", "| --- | --- | --- | --- |",
+            f"| `python3 -c pass` | {mb * 1000:.1f} ms | {min(bare) * 1000:.1f} ms | "
+            f"{max(bare) * 1000:.1f} ms |",
+            f"| `python3 -m inodewatch --version` | {mv * 1000:.1f} ms | "
+            f"{min(ver) * 1000:.1f} ms | {max(ver) * 1000:.1f} ms |",
+            f"| context: `python3 -S -c pass` (no `site`, no .pth files) | "
+            f"{statistics.median(nosite) * 1000:.1f} ms | {min(nosite) * 1000:.1f} ms | "
+            f"{max(nosite) * 1000:.1f} ms |",
+            "", f"ratio {ratio:.2f}.  The gap between the first and the last row is `site`: on "
+            "this machine it runs the editable install's finder (`__editable__.inodewatch` "
+            ".pth) and a sandbox hook that imports certifi (`_sandboxing_egress_ca.pth`); every "
+            "Python command here pays it, inodewatch's included.", ""]
+        self.verdict(ratio <= TARGETS["version_ratio"],
+                     f"inodewatch --version {mv * 1000:.1f} ms = {ratio:.2f}x python3 -c pass "
+                     f"({mb * 1000:.1f} ms); target <= {TARGETS['version_ratio']}x")
+
+    # scans ------------------------------------------------------------------------------
+
+    def scans(self) -> None:
+        fleet = self.fleet.by_pid()
+        iw = [sys.executable, "-m", "inodewatch", "scan", "--all", "--json"]
+        tools = {"lsof": ["lsof", "-nP"], "needrestart": ["needrestart", "-b", "-r", "l"],
+                 "checkrestart": ["checkrestart"]}
+        runs: dict[str, list[Run]] = {"inodewatch": [], **{t: [] for t in tools}}
+        # Context, not judged: the same scan without `site` (so without this machine's .pth
+        # hooks), its packages found through PYTHONPATH instead.
+        site_dirs = [p for p in sys.path if p.endswith("site-packages")]
+        nosite_env = dict(RUN_ENV, PYTHONPATH=os.pathsep.join([str(REPO), *site_dirs]))
+        nosite_cmd = [sys.executable, "-S", "-m", "inodewatch", "scan", "--all", "--json"]
+        nosite: list[Run] = []
+        say("warm-up: each command once, untimed (page cache, bytecode cache)")
+        for cmd in [iw, *tools.values()]:
+            measured(self.children, cmd, ROOT, "warm-up")
+        measured(self.children, nosite_cmd, ROOT, "warm-up", env=nosite_env)
+        ratios: dict[str, list[float]] = {t: [] for t in tools}
+        nprocs = []
+        for rnd in range(self.args.rounds):
+            say(f"scan round {rnd + 1}/{self.args.rounds}")
+            for tool, cmd in tools.items():
+                self.fleet.check_alive()
+                nprocs.append(sum(1 for e in os.listdir("/proc") if e.isdigit()))
+                order = [("inodewatch", iw), (tool, cmd)]
+                got = {}
+                for name, c in (order if rnd % 2 == 0 else order[::-1]):
+                    got[name] = measured(self.children, c, ROOT, f"scan-{name}")
+                    runs[name].append(got[name])
+                ratios[tool].append(got[tool].wall / got["inodewatch"].wall)
+            nosite.append(measured(self.children, nosite_cmd, ROOT, "scan-nosite",
+                                   env=nosite_env))
+        say("untimed verbose runs of needrestart and checkrestart (their per-process output)")
+        nr_v = measured(self.children, ["needrestart", "-v", "-b", "-r", "l"], ROOT, "nr-v")
+        cr_v = measured(self.children, ["checkrestart", "-v"], ROOT, "cr-v")
+
+        # findings, checked on every round
+        per_round = {
+            "inodewatch": [findings_inodewatch(r, fleet) for r in runs["inodewatch"]],
+            "lsof": [findings_lsof(r, fleet) for r in runs["lsof"]],
+            "needrestart": [findings_needrestart_batch(r, fleet)[0] for r in runs["needrestart"]],
+        }
+        consistent = {k: all(v == vs[0] for v in vs) for k, vs in per_round.items()}
+        nr_lines = findings_needrestart_batch(runs["needrestart"][0], fleet)[1]
+        cr_summary = [ln for ln in runs["checkrestart"][0].out.decode(errors="replace")
+                      .splitlines() if ln.startswith(("Found", "("))]
+        found = {
+            "inodewatch": per_round["inodewatch"][0],
+            "lsof": per_round["lsof"][0],
+            "needrestart": per_round["needrestart"][0],
+            "needrestart -v": findings_needrestart_verbose(nr_v, fleet),
+            "checkrestart -v": findings_checkrestart_verbose(cr_v, fleet),
+        }
+        scores = {k: score(v, fleet) for k, v in found.items()}
+        iw_summary = runs["inodewatch"][0].err.decode(errors="replace").strip().splitlines()
+
+        def med(xs: list[float]) -> float:
+            return statistics.median(xs)
+
+        n_stale = sum(h.stale for h in self.fleet.hosts)
+        n_ren = sum(h.kind == "renamed" for h in self.fleet.hosts)
+        self.md += [
+            "## Full-host scan", "",
+            f"{self.args.rounds} rounds; per round one pair (inodewatch, tool) per tool, in "
+            "alternating order (A B, then B A).  Processes on the host during the scans: "
+            f"{min(nprocs)}-{max(nprocs)} (the fleet's {self.fleet.n} included).  "
+            f"inodewatch's own summary (round 1): `{iw_summary[-1] if iw_summary else '?'}`.", "",
+            "| tool | command | wall median | wall min - max | CPU median | peak RSS median "
+            "| tool / inodewatch wall (median of pairs) | ratio of medians |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        iw_wall = med([r.wall for r in runs["inodewatch"]])
+        for name in ["inodewatch", *tools]:
+            rs = runs[name]
+            cmd = "inodewatch scan --all --json" if name == "inodewatch" else " ".join(tools[name])
+            walls = [r.wall for r in rs]
+            ratio = "-" if name == "inodewatch" else f"{med(ratios[name]):.2f}x " \
+                f"({min(ratios[name]):.2f}-{max(ratios[name]):.2f})"
+            rom = "-" if name == "inodewatch" else f"{med(walls) / iw_wall:.2f}x"
+            self.md.append(
+                f"| {name} | `{cmd}` | {med(walls) * 1000:.0f} ms | {min(walls) * 1000:.0f} - "
+                f"{max(walls) * 1000:.0f} ms | {med([r.cpu for r in rs]) * 1000:.0f} ms | "
+                f"{med([r.maxrss_kb for r in rs]) / 1024:.1f} MB | {ratio} | {rom} |")
+        ns_walls = [r.wall for r in nosite]
+        self.md.append(
+            f"| context: inodewatch without `site` | `python3 -S -m inodewatch scan --all "
+            f"--json`, PYTHONPATH=repo:site-packages | {med(ns_walls) * 1000:.0f} ms | "
+            f"{min(ns_walls) * 1000:.0f} - {max(ns_walls) * 1000:.0f} ms | "
+            f"{med([r.cpu for r in nosite]) * 1000:.0f} ms | "
+            f"{med([r.maxrss_kb for r in nosite]) / 1024:.1f} MB | (not paired) | lsof / this: "
+            f"{med([r.wall for r in runs['lsof']]) / med(ns_walls):.2f}x |")
+        self.md += [
+            "", f"(inodewatch ran {len(runs['inodewatch'])} times, once per pair.  Untimed "
+            f"extra runs for the per-process output: `needrestart -v -b -r l` {nr_v.wall * 1000:.0f} "
+            f"ms, `checkrestart -v` {cr_v.wall * 1000:.0f} ms.)", "",
+            "### Findings against the ground truth", "",
+            f"Fleet: {self.fleet.n} hosts; stale (deleted + mv-over) {n_stale}, renamed "
+            f"{n_ren} (not stale), healthy {self.fleet.n - n_stale - n_ren}.", "",
+            "| tool (output read) | stale found | missed | false positives: healthy | "
+            "renamed hosts named | what it said, per host kind | same every round |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, sc in scores.items():
+            said = "; ".join(f"{kind}: {', '.join(f'{k} x{n}' for k, n in c.most_common())}"
+                             for kind, c in sorted(sc.kinds.items())) or "nothing about the fleet"
+            same_s = "(one run)" if name.endswith("-v") else \
+                ("yes" if consistent[name] else "NO")
+            self.md.append(f"| {name} | {sc.found}/{n_stale} | {sc.missed} | {sc.fp_healthy} | "
+                           f"{sc.fp_renamed}/{n_ren} | {said} | {same_s} |")
+        self.md += [
+            "", f"needrestart's batch lines naming services/sessions/pids (round 1): "
+            f"{'; '.join(f'`{ln}`' for ln in nr_lines) or 'none'}.  As root it reports "
+            "services (systemd units, init scripts), sessions and containers; a process that "
+            "is none of these is only in its `-v` diagnostics.",
+            f"checkrestart's default output (round 1): {'; '.join(f'`{ln}`' for ln in cr_summary)}.",
+            ""]
+
+        for tool, key in (("needrestart", "needrestart_ratio"),
+                          ("checkrestart", "checkrestart_ratio"), ("lsof", "lsof_ratio")):
+            r = med(ratios[tool])
+            aim = (f"; aim {TARGETS['lsof_ratio_aim']}x "
+                   f"{'met' if r >= TARGETS['lsof_ratio_aim'] else 'not met'}"
+                   if tool == "lsof" else "")
+            self.verdict(r >= TARGETS[key],
+                         f"scan --all vs {' '.join(tools[tool])}: {tool} / inodewatch wall "
+                         f"{r:.2f}x (median of {len(ratios[tool])} pairs; inodewatch median "
+                         f"{iw_wall * 1000:.0f} ms); target >= {TARGETS[key]}x{aim}")
+        sc = scores["inodewatch"]
+        kinds_ok = all(inodewatch_kinds_exact(f, fleet) for f in per_round["inodewatch"])
+        ok = sc.exact and kinds_ok and consistent["inodewatch"]
+        self.verdict(ok, f"scan --all finds exactly the ground truth: {sc.found}/{n_stale} stale "
+                     f"found, {sc.missed} missed, {sc.fp_healthy + sc.fp_renamed} false "
+                     f"positives, event kinds {'exact' if kinds_ok else 'WRONG'}, "
+                     f"{'same' if consistent['inodewatch'] else 'DIFFERENT'} in every round")
+
+    # daemon -----------------------------------------------------------------------------
+
+    def daemon(self) -> None:
+        a = self.args
+        fleet = self.fleet.by_pid()
+        logdir = ROOT / "daemon"
+        logdir.mkdir()
+        log = EventLog(logdir / "events.json")
+        err_path = logdir / "stderr"
+        cmd = [sys.executable, "-m", "inodewatch", "--exe", str(self.fleet.binary),
+               "--log-file", str(log.path)]
+        say(f"daemon: {' '.join(cmd)}")
+        t0 = time.monotonic()
+        with open(err_path, "wb") as err:
+            proc = self.children.spawn(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=err,
+                                       stderr=err, env=RUN_ENV)
+        dpid = proc.pid
+
+        def check() -> None:
+            if proc.poll() is not None:
+                raise BenchError(f"daemon exited ({proc.returncode}): "
+                                 f"{err_path.read_text(errors='replace')[:500]!r}")
+            self.fleet.check_alive()
+
+        def attached() -> bool:
+            check()
+            pids = {e.get("pid") for e in log.read() if e["event"] == "target.attached"}
+            return set(fleet) <= pids
+        wait_for(attached, 60 + self.fleet.n * 0.2, f"target.attached for all {self.fleet.n}")
+        self.versions["the daemon's start"] = code_version()  # it has imported its modules
+        t_attached = time.monotonic() - t0
+        wait_for(lambda: (check(), asleep_in_poll(dpid))[1], 60, "the daemon to sleep in poll")
+        time.sleep(3)
+        at_attach: dict[int, set[str]] = {}
+        for e in log.read():
+            if e.get("pid") in fleet and e["event"].startswith("mapping."):
+                at_attach.setdefault(e["pid"], set()).add(e["event"])
+        attach_score = score(at_attach, fleet)
+        attach_kinds = inodewatch_kinds_exact(at_attach, fleet)
+        unexpected: Counter[str] = Counter()
+        routine = {"daemon.started", "target.attached", "mapping.deleted", "mapping.replaced",
+                   "mapping.reloaded"}
+
+        def window(seconds: float, label: str) -> tuple[float, int, int, list[dict[str, Any]]]:
+            """CPU seconds, max VmRSS (kB, sampled each second), VmHWM (kB) at the end."""
+            start = len(log.read())
+            c0 = cpu_seconds(dpid)
+            t_end = time.monotonic() + seconds
+            rss = status_kb(dpid, "VmRSS")
+            while (left := t_end - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))
+                check()
+                rss = max(rss, status_kb(dpid, "VmRSS"))
+            cpu = cpu_seconds(dpid) - c0
+            return cpu, rss, status_kb(dpid, "VmHWM"), log.read()[start:]
+
+        # idle
+        say(f"daemon idle {a.idle:g} s")
+        idle_cpu, idle_rss, idle_hwm, idle_events = window(a.idle, "idle")
+        unexpected.update(e["event"] for e in idle_events)
+
+        # churn
+        healthy = [h for h in self.fleet.hosts if h.kind == "healthy"]
+        self.rng.shuffle(healthy)
+        churn_hosts, lat_hosts = healthy[:5], healthy[5:5 + a.reps]
+        self.churn_dir = Path(tempfile.mkdtemp(prefix="inodewatch-fleet-churn-", dir="/tmp"))
+        libdir = Path("/usr/lib/x86_64-linux-gnu")
+        libs = sorted(str(p) for p in libdir.glob("*.so*") if p.is_file())[:200]
+        libc = next((str(p) for p in libdir.glob("libc.so.6")), None)
+        if libc and libc not in libs:
+            libs.insert(0, libc)
+        churners = []
+        for kind, rate, target in (("tmp", a.tmp_rate, str(self.churn_dir)),
+                                   ("lib", a.lib_rate, libs)):
+            churners.append((kind, rate, self.children.spawn(
+                [sys.executable, "-c", churn_script(kind, rate, target)], cwd=ROOT,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)))
+        say(f"daemon under churn {a.churn:g} s ({a.tmp_rate}/s files in {self.churn_dir}, "
+            f"{a.lib_rate}/s opens of {len(libs)} libraries; rm+cp on 5 hosts)")
+        start = len(log.read())
+        c0 = cpu_seconds(dpid)
+        t_begin = time.monotonic()
+        when = sorted(self.rng.uniform(0.1, 0.9) * a.churn for _ in churn_hosts)
+        churn_ops: list[Op] = []
+        rss = status_kb(dpid, "VmRSS")
+        for h, at in zip(churn_hosts, when):
+            while (left := t_begin + at - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))
+                rss = max(rss, status_kb(dpid, "VmRSS"))
+            churn_ops.append(rm_cp(h, dpid))
+        while (left := t_begin + a.churn - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            check()
+            rss = max(rss, status_kb(dpid, "VmRSS"))
+        churn_cpu = cpu_seconds(dpid) - c0
+        churn_wall = time.monotonic() - t_begin
+        churn_hwm = status_kb(dpid, "VmHWM")
+        rates = {}
+        for kind, rate, p in churners:
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate(timeout=10)
+            self.children.procs.remove(p)
+            try:
+                n, dt = out.split()
+                rates[kind] = (int(n), float(dt))
+            except ValueError:
+                rates[kind] = (0, 1.0)
+        shutil.rmtree(self.churn_dir, ignore_errors=True)
+        self.churn_dir = None
+        wait_ops(log, churn_ops, a.timeout, check)
+        churn_events = log.read()[start:]
+        unexpected.update(e["event"] for e in churn_events if e["event"] not in routine)
+
+        # latency at scale
+        say(f"latency: {len(lat_hosts)} x rm; cp on distinct hosts, daemon watching "
+            f"{self.fleet.n}")
+        lat_ops: list[Op] = []
+        for i, h in enumerate(lat_hosts):
+            time.sleep(self.rng.uniform(0, 1.0))
+            op = rm_cp(h, dpid)
+            lat_ops.append(op)
+            wait_ops(log, [op], a.timeout, check)
+            if (i + 1) % 25 == 0:
+                say(f"  {i + 1}/{len(lat_hosts)}")
+        lat_hwm = status_kb(dpid, "VmHWM")
+        lat_cpu_total = cpu_seconds(dpid)
+        self.children.stop(proc, signal.SIGTERM)
+        log.read()
+        log.close()
+        unexpected.update(e["event"] for e in log.events if e["event"] not in
+                          routine | {"daemon.stopped", "target.exited"})
+        stderr_text = err_path.read_text(errors="replace").strip()
+        if stderr_text:
+            self.notes.append(f"daemon stderr: {stderr_text[:300]!r}")
+
+        # report
+        n_stale = sum(h.stale for h in self.fleet.hosts)
+        hwm_mb = max(idle_hwm, churn_hwm, lat_hwm) / 1024
+        self.md += [
+            "## Watch daemon", "",
+            f"`python3 {' '.join(cmd[1:-1])} FILE` "
+            f"(default `--interval` 1 s), all {self.fleet.n} hosts attached after "
+            f"{t_attached:.1f} s.  At attach it reported {attach_score.found}/{n_stale} stale "
+            f"hosts, {attach_score.fp_healthy + attach_score.fp_renamed} others, event kinds "
+            f"{'exact' if attach_kinds else 'NOT exact'} (renamed-away hosts: seen only under "
+            "their new name, as by a scan).", "",
+            "| phase | seconds | CPU used | % of one core | max VmRSS | VmHWM at end |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| idle | {a.idle:g} | {idle_cpu:.2f} s | {idle_cpu / a.idle * 100:.2f} % | "
+            f"{idle_rss / 1024:.1f} MB | {idle_hwm / 1024:.1f} MB |",
+            f"| churn | {churn_wall:.1f} | {churn_cpu:.2f} s | "
+            f"{churn_cpu / churn_wall * 100:.2f} % | {rss / 1024:.1f} MB | "
+            f"{churn_hwm / 1024:.1f} MB |",
+            "", f"Whole life of the daemon (start, attach, idle, churn, latency): "
+            f"{lat_cpu_total:.2f} s CPU; VmHWM {lat_hwm / 1024:.1f} MB.", "",
+            "Churn achieved: " + ", ".join(
+                f"{kind} {n / dt:,.0f}/s (asked {rate:,}/s)"
+                for (kind, rate, _), (n, dt) in zip(churners, rates.values())) +
+            f"; events during idle: {len(idle_events)}.", "",
+            "### Divergences made during the churn", "",
+            "| host | daemon asleep in poll before | unlink -> mapping.deleted | "
+            "create -> mapping.replaced |", "| --- | --- | --- | --- |"]
+        for op in churn_ops:
+            self.md.append(f"| {op.host.dir.name} | {'yes' if op.asleep else 'no'} | "
+                           f"{fmt_ms(op.deleted)} ms | {fmt_ms(op.replaced)} ms |")
+        self.md += ["", "### Latency at scale", "",
+                    f"{len(lat_ops)} x `rm so.so; cp so2.so so.so` on distinct healthy hosts, "
+                    f"one at a time, random 0-1 s apart, while the daemon watches all "
+                    f"{self.fleet.n}.", "",
+                    "| measurement | n | min | p50 | p99 | max | missing (> "
+                    f"{a.timeout:g} s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lat_all: list[float] = []
+        for label, vals in (("unlink -> mapping.deleted", [o.deleted for o in lat_ops]),
+                            ("create -> mapping.replaced", [o.replaced for o in lat_ops])):
+            lat_all += vals
+            if vals:
+                self.md.append(
+                    f"| {label} | {len(vals)} | {fmt_ms(min(vals))} ms | {fmt_ms(pct(vals, 50))} ms | "
+                    f"{fmt_ms(pct(vals, 99))} ms | {fmt_ms(max(vals))} ms | "
+                    f"{sum(math.isinf(v) for v in vals)} |")
+        for asleep in (True, False):
+            vals = [o.deleted for o in lat_ops if o.asleep == asleep]
+            if vals:
+                self.md.append(
+                    f"| of which daemon {'asleep in poll' if asleep else 'busy'} before the "
+                    f"unlink: deleted | {len(vals)} | {fmt_ms(min(vals))} ms | "
+                    f"{fmt_ms(pct(vals, 50))} ms | {fmt_ms(pct(vals, 99))} ms | "
+                    f"{fmt_ms(max(vals))} ms | {sum(math.isinf(v) for v in vals)} |")
+        if unexpected:
+            self.notes.append("daemon events beyond attach / the operations / reloads: " +
+                              ", ".join(f"{k} x{n}" for k, n in unexpected.most_common()))
+        for e in log.events:
+            if e["event"] in ("watch.degraded", "watch.overflow"):
+                self.notes.append(f"daemon {e['event']} at {e['timestamp']}: "
+                                  f"{e.get('detail', '')}")
+        for op in churn_ops + lat_ops:
+            if math.isinf(op.deleted) or math.isinf(op.replaced):
+                after = [f"{e['event']}" + (f" (+{(event_time(e) - op.t_unlink) * 1000:.0f} ms)")
+                         for e in log.events if e.get("pid") == op.host.pid
+                         and event_time(e) >= op.t_unlink - 0.001]
+                self.notes.append(
+                    f"{op.host.dir.name} (pid {op.host.pid}): an event never came for rm; cp "
+                    f"(daemon {'asleep' if op.asleep else 'busy'} before it); its events from "
+                    f"then on: {', '.join(after) or 'none'}.  A hold host reloads the new file "
+                    "at its next tick: if that comes before the daemon looks, there is no "
+                    "divergence left to see")
+        self.md.append("")
+
+        # verdicts
+        self.verdict(idle_cpu / a.idle <= TARGETS["idle_cpu"],
+                     f"daemon idle, {self.fleet.n} hosts: {idle_cpu / a.idle * 100:.2f} % of "
+                     f"one core over {a.idle:g} s; target <= {TARGETS['idle_cpu'] * 100:g} %")
+        self.verdict(churn_cpu / churn_wall <= TARGETS["churn_cpu"],
+                     f"daemon under churn: {churn_cpu / churn_wall * 100:.2f} % of one core over "
+                     f"{churn_wall:.0f} s; target <= {TARGETS['churn_cpu'] * 100:g} %")
+        self.verdict(hwm_mb <= TARGETS["rss_mb"],
+                     f"daemon RSS: VmHWM {hwm_mb:.1f} MB; target <= {TARGETS['rss_mb']:g} MB")
+        churn_lat = [v for o in churn_ops for v in (o.deleted, o.replaced)]
+        worst = max(churn_lat) if churn_lat else math.inf
+        self.verdict(bool(churn_lat) and worst <= TARGETS["p99_ms"] / 1000,
+                     f"divergences during churn: {sum(math.isinf(v) for v in churn_lat)} of "
+                     f"{len(churn_lat)} events missed, slowest {fmt_ms(worst)} ms; target none "
+                     f"missed, each <= {TARGETS['p99_ms']:g} ms")
+        p99 = pct(lat_all, 99) if lat_all else math.inf
+        self.verdict(p99 <= TARGETS["p99_ms"] / 1000,
+                     f"detection at scale: p99 {fmt_ms(p99)} ms over {len(lat_all)} events "
+                     f"(deleted + replaced); target <= {TARGETS['p99_ms']:g} ms")
+
+    # the whole run ------------------------------------------------------------------------
+
+    def header(self, versions: list[str]) -> list[str]:
+        mem = next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                   if ln.startswith("MemTotal:"))
+        cpu = next((ln.split(":", 1)[1].strip() for ln in
+                    Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "?")
+        from inodewatch import __version__
+        return [
+            "# inodewatch fleet benchmark", "",
+            f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- command: `python3 benchmarks/fleet.py {shlex.join(sys.argv[1:])}`".replace(
+                "fleet.py `", "fleet.py`"),
+            f"- machine: `{' '.join(platform.uname())}`; {os.cpu_count()} CPUs ({cpu}); "
+            f"{int(mem) / 1024 / 1024:.1f} GiB RAM; load average at start "
+            f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+            f"- code: {self.version_at_start}",
+            f"- software: inodewatch {__version__}, Python {platform.python_version()} "
+            f"({sys.executable}), {', '.join(versions)}",
+            f"- fleet: {self.args.hosts} hosts under {ROOT}, hold tick "
+            f"{self.args.interval_ms} ms, {self.args.divergent * 100:g} % divergent (leak "
+            f"mode), seed {self.args.seed}; `ulimit -n` "
+            f"{__import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)[0]}, "
+            f"pid_max {Path('/proc/sys/kernel/pid_max').read_text().strip()}",
+            "", "Method and ground truth: see the docstring of `benchmarks/fleet.py` and "
+            "`benchmarks/README.md`.", ""]
+
+    def run(self) -> None:
+        a = self.args
+        versions = ensure_tools()
+        self.version_at_start = code_version()
+        subprocess.run(["make", "-s", "-C", str(CSRC)], check=True)
+        head = self.header(versions)
+        self.fleet.build()
+        (ROOT / "out").mkdir()
+        if a.setup_only:
+            print(f"fleet up: {ROOT}; binary {self.fleet.binary}")
+            for h in self.fleet.hosts:
+                print(f"{h.pid} {h.kind} {h.mode} {h.dir}")
+            print("Ctrl-C (or SIGTERM) to stop and clean up", flush=True)
+            while True:
+                time.sleep(3600)
+        self.startup()
+        self.scans()
+        self.versions = {"the scans": code_version()}
+        self.daemon()
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        def digest(v: str) -> str:
+            return v.split("sha256 ")[1]
+        changed = [phase for phase, v in self.versions.items()
+                   if digest(v) != digest(self.version_at_start)]
+        if changed:
+            self.notes.insert(0, f"inodewatch/ CHANGED during the run, before the end of "
+                                 f"{changed[0]}: the figures mix versions; run again")
+        elif digest(code_version()) != digest(self.version_at_start):
+            self.notes.insert(0, "inodewatch/ changed after the daemon had started (now "
+                                 f"{code_version()}); every figure above is from the code "
+                                 "named in the header (the daemon imports its modules at start)")
+        text = head + self.md
+        if self.notes:
+            text += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        text += [f"Load average at the end: {load}.", "", "## Targets", "", "```",
+                 *self.verdicts, "```", ""]
+        out = "\n".join(text)
+        print(out)
+        Path(a.results).write_text(out)
+        say(f"wrote {a.results}")
+
+    def cleanup(self) -> None:
+        self.fleet.stop()
+        self.children.stop_all()
+        if self.churn_dir is not None:
+            shutil.rmtree(self.churn_dir, ignore_errors=True)
+        if ROOT.exists():
+            shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hosts", type=int, default=500, help="plugin hosts (default 500)")
+    p.add_argument("--rounds", type=int, default=5, help="scan rounds (default 5)")
+    p.add_argument("--idle", type=float, default=60, help="idle window, s (default 60)")
+    p.add_argument("--churn", type=float, default=60, help="churn window, s (default 60)")
+    p.add_argument("--reps", type=int, default=100,
+                   help="rm; cp operations for latency at scale (default 100)")
+    p.add_argument("--divergent", type=float, default=0.10,
+                   help="fraction of hosts made divergent (default 0.10)")
+    p.add_argument("--interval-ms", type=int, default=5000, help="hold hosts' tick (default 5000)")
+    p.add_argument("--tmp-rate", type=int, default=10000, help="/tmp files per s (default 10000)")
+    p.add_argument("--lib-rate", type=int, default=2000, help="library opens per s (default 2000)")
+    p.add_argument("--startup-reps", type=int, default=20, help="start-up runs each (default 20)")
+    p.add_argument("--timeout", type=float, default=10.0, help="s to wait for one event")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"),
+                   help="where to write the results (default benchmarks/RESULTS.md)")
+    p.add_argument("--setup-only", action="store_true",
+                   help="build the fleet, print its pids and wait for Ctrl-C (for profiling)")
+    a = p.parse_args()
+    if a.hosts < 10 or a.rounds < 1 or a.idle <= 0 or a.churn <= 0:
+        p.error("--hosts >= 10, --rounds >= 1, --idle and --churn > 0")
+    if a.reps + 5 > a.hosts - round(a.hosts * a.divergent):
+        a.reps = a.hosts - round(a.hosts * a.divergent) - 5
+        say(f"--reps lowered to {a.reps} (distinct healthy hosts)")
+    if os.geteuid() != 0:
+        p.error("run as root (apt-get, /srv, other processes' /proc)")
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+
+    bench = Bench(a)
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        say("interrupted; stopping every process started and removing " + str(ROOT))
+        return 130
+    except BenchError as exc:
+        say(str(exc))
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

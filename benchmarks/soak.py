@@ -1,0 +1,1108 @@
+#!/usr/bin/env python3
+"""Soak: one watch daemon, one reloading plugin host, a file operation every 100 ms.
+
+A script run by hand, not a test (not in CI).  As root, from a checkout with the package
+installed (``scripts/setup``, or ``pip install -e .``)::
+
+    python3 benchmarks/soak.py [--minutes 10] [--details FILE] [--keep]
+
+It builds the demo (``make -s -C csrc``), works in a fresh temporary directory and runs
+
+* the demo ``csrc/reload --mode hold --interval-ms 50 --lib so.so``: a plugin host that
+  every tick dlcloses its handle and dlopens ./so.so again (``run``, then ``soN: version N``
+  on stdout, read by a thread that stamps each line on arrival);
+* one daemon ``sys.executable -m inodewatch --pid DEMO --log-file events.json`` (default
+  ``--interval``), started from the temporary directory as an operator would; the
+  operations start only once it is ready (``target.attached`` logged, its inotify fd
+  watching so.so's inode and the directory, asleep in poll), as ``latency.py`` waits;
+* a driver (this script) that every 100 ms, on a fixed schedule, performs the next
+  operation in rotation, alternating so1 / so2 contents (kept in memory):
+
+  1. ``rm so.so; cp soN.so so.so``: unlink, then create + write + close a new file;
+  2. ``cp soN.so so.so.new; mv so.so.new so.so``: a fresh copy renamed over so.so;
+  3. ``mv so.so so.so.old-K; cp soN.so so.so``: rename away, then a new copy at so.so.
+
+  For each it records the times (``time.time()`` before the first syscall, before and
+  after the one that makes so.so diverge -- the unlink or rename -- and when the new file
+  is complete), the old inode (the one so.so named before) and the new one.  Every 2 s it
+  removes the renamed-away ``so.so.old-K`` files that the demo no longer maps (read from
+  ``/proc/DEMO/maps``), so the directory does not grow.
+
+Every 10 s it samples the daemon's VmRSS (``/proc/PID/status``) and the load average; the
+daemon's CPU is utime + stime (``/proc/PID/stat``) from the first operation to the end.
+The run ends 2 s after the last operation (the demo has reloaded, the daemon's follow-up
+re-reads are over); the daemon is stopped with SIGTERM, then the demo.
+
+What the demo really did: ftrace
+--------------------------------
+Which file the demo held when an operation happened, and which it loaded next, is not a
+guess: an ftrace instance of this script's own (tracefs mounted in the temporary directory
+when it is not at /sys/kernel/tracing; removed at the end) records, on the ``tai`` trace
+clock converted to CLOCK_REALTIME,
+
+* the demo's ``munmap`` (its dlclose: one per tick) and ``openat`` entry and return (its
+  dlopen of ./so.so: one per tick; a negative return is a failed load);
+* the daemon's ``openat`` calls with their flags: each re-read opens ``/proc/PID/maps``
+  (O_RDONLY), reads the maps and the held inodes' ``map_files`` links, then opens
+  ``/proc/PID/fd`` (O_DIRECTORY).  So a *look* of the daemon is the span from a maps open
+  to the next fd-directory open: what it knows of the mappings is from inside that span.
+
+A load is matched to the file at so.so at its openat: the old one before the operation's
+syscall, nothing or a partial file between an unlink / rename-away and the end of the
+copy (a failed load: the demo then holds nothing until its next tick), the new one after.
+``--no-ftrace`` (or no tracefs) falls back to assuming the demo held the old file and loads
+the new one, and to the demo's stdout line arrival for the race evidence (coarse).
+
+Matching, by inode
+------------------
+Each ``mapping.*`` event is attributed to the latest operation (by the event's own
+``timestamp``) whose old inode is the event's ``mapped_ino`` (``old_ino`` for
+``mapping.reloaded``); an event no operation explains is *unexpected* (an inode nothing
+touched, e.g. libc).  Per operation, when the demo held its old inode:
+
+* expected: at least one divergence event for the old inode -- ``mapping.deleted`` /
+  ``mapping.replaced`` for (1) and (2), ``mapping.renamed`` / ``mapping.replaced`` for (3)
+  (which of them depends on what the daemon's look caught; the combinations are printed)
+  -- and then exactly one ``mapping.reloaded`` old -> the inode the demo loaded next
+  (normally this operation's new file; a later one's when the demo skipped this file:
+  "superseded");
+* *matched*: exactly that, each event once;
+* *resolved before seen*: no event at all, and the demo's dlclose of the old file came
+  before the end of the daemon's first look that started after the operation: the
+  divergence was over before the daemon could see it (a legitimate race; the gaps are
+  printed as evidence);
+* *missed*: no divergence although the daemon looked while the demo still held the old
+  file, or a divergence without its reload;
+* *duplicated*: the same event (same name, inodes and paths) twice for one operation;
+* *unexpected*: any other event: a kind the operation cannot cause (``mapping.overwritten``
+  -- nothing is ever written in place --, ``mapping.missing``, ``fd.*``), a reload to the
+  wrong inode, ``watch.overflow`` / ``watch.degraded``, or an inode no operation touched.
+
+When the demo did not hold the operation's old inode (it had skipped that file, or its
+previous load failed), no event is expected for it: counted as "not held".
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import ctypes
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import (  # noqa: E402  (a sibling script: the same waits and helpers)
+    BenchError,
+    Children,
+    EventLog,
+    asleep_in_poll,
+    event_time,
+    inotify_inodes,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CSRC = REPO / "csrc"
+TICKS = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+RSS_EVERY = 10.0  # seconds between samples of the daemon's VmRSS
+CLEAN_EVERY = 2.0  # seconds between removals of renamed-away files
+SETTLE = 2.0  # seconds after the last operation before the daemon is stopped
+RSS_GROWTH_LIMIT_KB = 5 * 1024
+REACT_MS = 10.0  # a daemon that was woken by the operation has looked within this (ms)
+O_DIRECTORY = 0o200000
+O_PATH = 0o10000000
+
+KIND_NAMES = {1: "(1) rm so.so; cp soN.so so.so", 2: "(2) mv so.so.new so.so",
+              3: "(3) mv so.so so.so.old-K; cp"}
+ALLOWED = {1: {"mapping.deleted", "mapping.replaced"},
+           2: {"mapping.deleted", "mapping.replaced"},
+           3: {"mapping.renamed", "mapping.replaced"}}
+ROUTINE = {"daemon.started", "target.attached", "daemon.stopped"}
+
+
+def die_with_parent() -> None:
+    """preexec_fn of the demo: SIGKILL it when this script dies, whatever kills it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+# --- the processes ------------------------------------------------------------------------
+
+
+class Demo:
+    """csrc/reload; stdout and stderr (load errors) lines stamped on arrival by a thread."""
+
+    def __init__(self, children: Children, workdir: Path, interval_ms: int, ticks: int) -> None:
+        self.children = children
+        self.proc = children.spawn(
+            [str(CSRC / "reload"), "--mode", "hold", "--interval-ms", str(interval_ms),
+             "--lib", "so.so", "--ticks", str(ticks)],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.pid = self.proc.pid
+        self.lines: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buffer = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            now = time.time()
+            if not chunk:
+                break
+            buffer += chunk
+            *done, buffer = buffer.split(b"\n")
+            with self._lock:
+                self.lines += [(now, line.decode(errors="replace")) for line in done]
+
+    def snapshot(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.lines)
+
+    def stop(self) -> None:
+        self.children.stop(self.proc, signal.SIGKILL)
+        self._thread.join(timeout=2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class Trace:
+    """An ftrace instance of our own, drained from trace_pipe by a thread: the demo's
+    munmap, mmap and openat (entry and return), the daemon's openat entries (with their
+    flags), inotify_add_watch returns and inotify_rm_watch entries."""
+
+    LINE = re.compile(r"-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+): "
+                      r"(sys_openat|sys_munmap|sys_mmap|sys_inotify_add_watch|"
+                      r"sys_inotify_rm_watch)(.*)$")
+
+    def __init__(self, workdir: Path, demo: int, daemon: int) -> None:
+        self.demo, self.daemon = demo, daemon
+        self.mounted: Path | None = None
+        self.dir: Path | None = None
+        self.enabled: list[Path] = []
+        self.fd: int | None = None
+        self.demo_unmaps: list[float] = []
+        self.demo_maps: list[float] = []  # mmap entries (dlopen mapping the library)
+        self.demo_opens: list[float] = []
+        self.demo_returns: list[tuple[float, int]] = []
+        self.daemon_opens: list[tuple[float, int]] = []  # (time, flags)
+        self.daemon_add_errors: list[tuple[float, int]] = []  # inotify_add_watch < 0
+        self.daemon_adds = 0
+        self.daemon_rms: list[float] = []  # inotify_rm_watch
+        self.lost = 0
+        self._stop = threading.Event()
+        self._buffer = b""
+        base = Path("/sys/kernel/tracing")
+        try:
+            if not (base / "instances").is_dir():
+                base = workdir / "tracefs"
+                base.mkdir()
+                subprocess.run(["mount", "-t", "tracefs", "nodev", str(base)], check=True,
+                               capture_output=True)
+                self.mounted = base
+            self.dir = base / "instances" / f"inodewatch-soak-{os.getpid()}"
+            self.dir.mkdir()
+            (self.dir / "trace_clock").write_text("tai")
+            (self.dir / "buffer_size_kb").write_text("2048")
+            of_demo, of_daemon = f"common_pid == {demo}", f"common_pid == {daemon}"
+            for name, flt in (("sys_enter_openat", f"{of_demo} || {of_daemon}"),
+                              ("sys_exit_openat", of_demo),
+                              ("sys_enter_munmap", of_demo),
+                              ("sys_enter_mmap", of_demo),
+                              ("sys_exit_inotify_add_watch", of_daemon),
+                              ("sys_enter_inotify_rm_watch", of_daemon)):
+                event = self.dir / "events" / "syscalls" / name
+                (event / "filter").write_text(flt)
+                (event / "enable").write_text("1")
+                self.enabled.append(event)
+            self.fd = os.open(self.dir / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        except BaseException:
+            self.close()
+            raise
+        self.tai_offset = round(time.clock_gettime(time.CLOCK_TAI) - time.time())
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> bool:
+        assert self.fd is not None
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return False
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            self._parse(raw.decode(errors="replace"))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._drain():
+                self._stop.wait(0.05)
+
+    @staticmethod
+    def _ret(rest: str) -> int:
+        ret = int(rest[4:].strip(), 16)
+        return ret - (1 << 64) if ret >= 1 << 63 else ret
+
+    def _parse(self, line: str) -> None:
+        if "LOST" in line and "EVENTS" in line:
+            m = re.search(r"LOST (\d+) EVENTS", line)
+            self.lost += int(m.group(1)) if m else 1
+            return
+        m = self.LINE.search(line)
+        if not m:
+            return
+        pid, call, rest = int(m.group(1)), m.group(3), m.group(4)
+        t = float(m.group(2)) - self.tai_offset
+        exiting = rest.startswith(" -> ")
+        if pid == self.demo:
+            if call == "sys_munmap":
+                self.demo_unmaps.append(t)
+            elif call == "sys_mmap":
+                self.demo_maps.append(t)
+            elif exiting:
+                self.demo_returns.append((t, self._ret(rest)))
+            else:
+                self.demo_opens.append(t)
+        elif pid == self.daemon:
+            if call == "sys_openat":
+                fm = re.search(r"flags: (0x[0-9a-f]+|\d+)", rest)
+                self.daemon_opens.append((t, int(fm.group(1), 0) if fm else 0))
+            elif call == "sys_inotify_add_watch" and exiting:
+                self.daemon_adds += 1
+                if (ret := self._ret(rest)) < 0:
+                    self.daemon_add_errors.append((t, ret))
+            elif call == "sys_inotify_rm_watch":
+                self.daemon_rms.append(t)
+
+    def dump(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()
+                if k.startswith(("demo_", "daemon_")) and isinstance(v, list)}
+
+    def close(self) -> None:
+        self._stop.set()
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join(timeout=5)
+        for event in self.enabled:
+            try:
+                (event / "enable").write_text("0")
+            except OSError:
+                pass
+        if self.fd is not None:
+            while self._drain():
+                pass
+            os.close(self.fd)
+            self.fd = None
+        if self.dir is not None and self.dir.exists():
+            try:
+                self.dir.rmdir()
+            except OSError:
+                pass
+        if self.mounted is not None:
+            subprocess.run(["umount", str(self.mounted)], capture_output=True)
+            self.mounted = None
+
+
+def read_status_kb(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def system_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def mapped_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for line in Path(f"/proc/{pid}/maps").read_bytes().splitlines():
+        fields = line.split(None, 5)
+        if len(fields) >= 5 and fields[4] != b"0":
+            inodes.add(int(fields[4]))
+    return inodes
+
+
+# --- the operations -----------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    k: int
+    kind: int
+    version: int
+    planned: float
+    t_start: float = 0.0  # before the first syscall
+    t_div: float = 0.0  # before the unlink / rename that makes so.so diverge
+    t_div_end: float = 0.0  # after it
+    t_done: float = 0.0  # the new file complete (written and closed) at so.so
+    old_ino: int = 0
+    new_ino: int = 0
+    aside: str | None = None
+    # just before the operation: what the daemon's inotify fd watched (/proc/PID/fdinfo),
+    # and fs.inotify.max_user_watches (a system-wide setting other processes may change)
+    dir_watched: bool = False
+    so_watched: bool = False
+    max_watches: int = 0
+    # filled in by the analysis
+    held: int | None = None  # the inode the demo held at t_div (None: nothing)
+    next_load: int | None = None  # the next other inode the demo loaded
+    copy_race: float | None = None  # the demo opened the new file this long before the copy ended
+    events: list[dict[str, Any]] = field(default_factory=list)  # about the old inode
+    new_events: list[dict[str, Any]] = field(default_factory=list)  # about the new inode
+    verdict: str = ""
+    flags: set[str] = field(default_factory=set)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def watched(self) -> bool:
+        return self.dir_watched and self.so_watched
+
+
+def write_new(path: Path, data: bytes) -> int:
+    """`cp`: create, write, close; the new inode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def max_user_watches() -> int:
+    return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+
+
+class Driver:
+    def __init__(self, work: Path, contents: dict[int, bytes]) -> None:
+        self.work = work
+        self.so = work / "so.so"
+        self.new = work / "so.so.new"
+        self.contents = contents
+        self.ops: list[Op] = []
+        self.current = os.stat(self.so).st_ino
+        self.dir_ino = os.stat(work).st_ino
+        self.cleaned = 0
+        self.max_entries = 0
+
+    def perform(self, op: Op, daemon_pid: int) -> None:
+        data = self.contents[op.version]
+        op.old_ino = self.current
+        watched = inotify_inodes(daemon_pid)
+        op.dir_watched, op.so_watched = self.dir_ino in watched, self.current in watched
+        op.max_watches = max_user_watches()
+        if op.kind == 1:
+            op.t_start = op.t_div = time.time()
+            os.unlink(self.so)
+            op.t_div_end = time.time()
+            op.new_ino = write_new(self.so, data)
+            op.t_done = time.time()
+        elif op.kind == 2:
+            op.t_start = time.time()
+            ino = write_new(self.new, data)
+            op.t_div = time.time()
+            os.rename(self.new, self.so)
+            op.t_div_end = op.t_done = time.time()
+            op.new_ino = ino
+        else:
+            op.aside = f"so.so.old-{op.k}"
+            op.t_start = op.t_div = time.time()
+            os.rename(self.so, self.work / op.aside)
+            op.t_div_end = time.time()
+            op.new_ino = write_new(self.so, data)
+            op.t_done = time.time()
+        self.current = op.new_ino
+        self.ops.append(op)
+
+    def clean(self, demo_pid: int) -> None:
+        """Remove the renamed-away files the demo no longer maps."""
+        names = os.listdir(self.work)
+        self.max_entries = max(self.max_entries, len(names))
+        try:
+            held = mapped_inodes(demo_pid)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith("so.so.old-"):
+                path = self.work / name
+                try:
+                    if os.stat(path).st_ino not in held:
+                        os.unlink(path)
+                        self.cleaned += 1
+                except FileNotFoundError:
+                    pass
+
+
+# --- the analysis -------------------------------------------------------------------------
+
+
+@dataclass
+class Look:
+    start: float  # the daemon opens /proc/PID/maps
+    end: float  # ... and, done with the mappings, /proc/PID/fd
+
+
+def daemon_looks(opens: list[tuple[float, int]]) -> list[Look]:
+    """Each re-read opens maps, then the fd directory, then stat: a look is the span from
+    the last plain open before an fd-directory open to that open."""
+    looks, last_plain = [], None
+    for t, flags in opens:
+        if flags & O_PATH:
+            continue
+        if flags & O_DIRECTORY:
+            if last_plain is not None:
+                looks.append(Look(last_plain, t))
+            last_plain = None
+        else:
+            last_plain = t
+    return looks
+
+
+@dataclass
+class Load:
+    """One tick of the demo: dlclose (munmap), then dlopen (openat, then mmap if it worked)."""
+
+    release: float  # its munmap (the old file let go)
+    opened: float
+    ret: int
+    mapped: bool
+    ino: int | None = None  # what it loaded (None: the load failed)
+
+
+def demo_loads(trace: Trace) -> list[Load]:
+    loads: list[Load] = []
+    returns, maps, unmaps = trace.demo_returns, trace.demo_maps, trace.demo_unmaps
+    for i, t in enumerate(trace.demo_opens):
+        r = bisect.bisect_left(returns, (t, -1 << 64))
+        t_ret, ret = returns[r] if r < len(returns) else (t, -1)
+        nxt = trace.demo_opens[i + 1] if i + 1 < len(trace.demo_opens) else math.inf
+        m = bisect.bisect_left(maps, t_ret)
+        u = bisect.bisect_left(unmaps, t) - 1
+        loads.append(Load(unmaps[u] if u >= 0 else t, t, ret,
+                          ret >= 0 and m < len(maps) and maps[m] < nxt))
+    return loads
+
+
+def place_loads(loads: list[Load], ops: list[Op], initial: int) -> int:
+    """Which inode each load opened: the file at so.so at its openat.  Returns how many
+    loads raced a rename within its syscall (either file possible; taken as the new one)."""
+    divs = [op.t_div for op in ops]
+    ambiguous = 0
+    for load in loads:
+        if not load.mapped:
+            continue
+        t = load.opened
+        j = bisect.bisect_right(divs, t) - 1
+        if j < 0:
+            load.ino = initial
+            continue
+        op = ops[j]
+        if t < op.t_div_end:
+            if op.kind == 2:
+                ambiguous += 1
+                load.ino = op.new_ino
+            else:
+                load.ino = op.old_ino  # the new file did not exist yet
+        else:
+            load.ino = op.new_ino
+            if op.kind != 2 and t < op.t_done and op.copy_race is None:
+                op.copy_race = op.t_done - t  # opened (and mapped) while still being written
+    return ambiguous
+
+
+def event_key(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (e["event"], e.get("mapped_ino"), e.get("disk_ino"), e.get("new_path"),
+            e.get("old_ino"), e.get("new_ino"), e.get("path"))
+
+
+@dataclass
+class Episode:
+    """Consecutive operations before which the daemon did not watch so.so or its directory."""
+
+    ops: list[Op]
+    cause: str
+    detail: str
+
+
+def blind_causes(ops: list[Op], trace: Trace | None, looks: list[Look], loads: list[Load],
+                 baseline_watches: int) -> list[Episode]:
+    episodes: list[Episode] = []
+    run: list[Op] = []
+    for op in ops + [None]:  # type: ignore[list-item]
+        if op is not None and not op.watched and (not run or op.k == run[-1].k + 1):
+            run.append(op)
+            continue
+        if run:
+            episodes.append(explain_blind(run, ops, trace, looks, loads, baseline_watches))
+            run = []
+        if op is not None and not op.watched:
+            run = [op]
+    return episodes
+
+
+def explain_blind(run: list[Op], ops: list[Op], trace: Trace | None, looks: list[Look],
+                  loads: list[Load], baseline_watches: int) -> Episode:
+    first = run[0]
+    what = "directory and so.so" if not (first.dir_watched or first.so_watched) else \
+        ("directory" if not first.dir_watched else "so.so's inode")
+    if min(op.max_watches for op in run) < baseline_watches:
+        low = min(op.max_watches for op in run)
+        return Episode(run, "watch limit", f"{what} not watched; fs.inotify.max_user_watches "
+                       f"was {low} (at start {baseline_watches}): lowered by another process")
+    if trace is None:
+        return Episode(run, "unknown", f"{what} not watched (no trace)")
+    before = ops[first.k - 1].t_div if first.k > 0 else 0.0
+    errors = [(t, r) for t, r in trace.daemon_add_errors if before - 1.0 <= t <= first.t_div]
+    if errors:
+        return Episode(run, "watch limit", f"{what} not watched; inotify_add_watch failed "
+                       f"with {sorted({-r for _, r in errors})} (ENOSPC=28) just before")
+    rms = [t for t in trace.daemon_rms if before - 1.0 <= t <= first.t_div]
+    if rms:
+        r = rms[-1]
+        k = bisect.bisect_right([lk.end for lk in looks], r) - 1
+        look = looks[k] if k >= 0 else None
+        if look is not None:
+            gaps = [ld for ld in loads if ld.release <= look.end and ld.opened >= look.start]
+            if gaps:
+                g = gaps[0]
+                return Episode(run, "look between dlclose and dlopen",
+                               f"{what} not watched: the daemon removed its watches at "
+                               f"{(r - first.t_div) * 1000:+.1f} ms after a look "
+                               f"({(look.start - first.t_div) * 1000:+.2f}..{(look.end - first.t_div) * 1000:+.2f} ms) "
+                               f"that fell between the demo's dlclose "
+                               f"({(g.release - first.t_div) * 1000:+.2f} ms) and dlopen "
+                               f"({(g.opened - first.t_div) * 1000:+.2f} ms): nothing mapped")
+        return Episode(run, "watches removed", f"{what} not watched: the daemon removed "
+                       f"watches at {(r - first.t_div) * 1000:+.1f} ms (cause not identified)")
+    return Episode(run, "unknown", f"{what} not watched; no watch removal or failure traced")
+
+
+def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid: int,
+            trace: Trace | None, lines: list[tuple[float, str]],
+            baseline_watches: int) -> dict[str, Any]:
+    position = {id(e): i for i, e in enumerate(events)}
+    unexpected: list[tuple[str, dict[str, Any], Op | None]] = []
+    explained: list[tuple[dict[str, Any], Op]] = []
+    loads: list[Load] = []
+    looks: list[Look] = []
+    ambiguous = 0
+
+    # What the demo held at each operation, and loaded next.
+    if trace is not None:
+        loads = demo_loads(trace)
+        ambiguous = place_loads(loads, ops, initial)
+        looks = daemon_looks(trace.daemon_opens)
+        opened = [ld.opened for ld in loads]
+        for op in ops:
+            i = bisect.bisect_left(opened, op.t_div)
+            op.held = loads[i - 1].ino if i > 0 else initial
+            # (a load just before the unlink / rename took effect reopens the old file: the
+            # divergence goes on until a load of another file)
+            op.next_load = next((ld.ino for ld in loads[i:]
+                                 if ld.ino is not None and ld.ino != op.old_ino), None)
+    else:
+        for op in ops:
+            op.held, op.next_load = op.old_ino, op.new_ino
+    look_starts = [lk.start for lk in looks]
+    unmaps = trace.demo_unmaps if trace is not None else []
+
+    # Attribute every event to the latest operation whose old or new inode it names.
+    by_ino: dict[int, list[Op]] = {}
+    for op in ops:
+        by_ino.setdefault(op.old_ino, []).append(op)
+        by_ino.setdefault(op.new_ino, []).append(op)
+    for e in events:
+        name = e["event"]
+        if name in ROUTINE:
+            continue
+        if e.get("pid") not in (None, demo_pid) or not name.startswith("mapping."):
+            unexpected.append((f"{name} (not a mapping event of the demo)", e, None))
+            continue
+        ino = e.get("old_ino") if name == "mapping.reloaded" else e.get("mapped_ino")
+        te = event_time(e)
+        candidates = [op for op in by_ino.get(ino, []) if op.t_div <= te]
+        if not candidates:
+            unexpected.append((f"{name} for an inode no operation touched", e, None))
+            continue
+        op = candidates[-1]
+        (op.events if op.old_ino == ino else op.new_events).append(e)
+
+    for op in ops:
+        for e in op.new_events:  # about the file this operation created
+            if e["event"] == "mapping.overwritten" and op.copy_race is not None:
+                explained.append((e, op))  # the demo mapped it while it was being written
+            else:
+                unexpected.append((f"{e['event']} for the new file of operation ({op.kind})",
+                                   e, op))
+                op.flags.add("unexpected")
+        names = [e["event"] for e in op.events]
+        div = [e for e in op.events if e["event"] in ALLOWED[op.kind]]
+        rel = [e for e in op.events if e["event"] == "mapping.reloaded"]
+        for e in op.events:
+            if e["event"] not in ALLOWED[op.kind] and e["event"] != "mapping.reloaded":
+                unexpected.append((f"{e['event']} after operation ({op.kind})", e, op))
+                op.flags.add("unexpected")
+        if any(n > 1 for n in Counter(event_key(e) for e in op.events).values()):
+            op.flags.add("duplicated")
+        if op.held != op.old_ino:
+            op.verdict = "not held"
+            for e in div + rel:
+                unexpected.append((f"{e['event']} for an inode the demo did not hold", e, op))
+                op.flags.add("unexpected")
+            continue
+        if op.next_load is not None and op.next_load != op.new_ino:
+            op.flags.add("superseded")
+        for e in rel:
+            if e.get("new_ino") != op.next_load:
+                unexpected.append(("mapping.reloaded to an inode the demo did not load next",
+                                   e, op))
+                op.flags.add("unexpected")
+        if rel and div and position[id(rel[0])] < position[id(div[0])]:
+            op.flags.add("reload before divergence")
+        if not op.events:
+            # No event at all: a race, or a miss.  Evidence from the trace.
+            if trace is not None:
+                j = bisect.bisect_left(unmaps, op.t_div)
+                release = unmaps[j] if j < len(unmaps) else math.inf
+                k = bisect.bisect_left(look_starts, op.t_div)
+                look = looks[k] if k < len(looks) else None
+                op.evidence = {"release_ms": (release - op.t_div) * 1000,
+                               "look_start_ms": ((look.start - op.t_div) * 1000
+                                                 if look else math.inf),
+                               "look_end_ms": (look.end - op.t_div) * 1000 if look else math.inf}
+                # A race only if the daemon was watching and looked at once (woken by the
+                # operation), yet too late: the demo had already let go of the old file.
+                prompt = look is not None and look.start - op.t_div <= REACT_MS / 1000
+                raced = prompt and release < look.end  # type: ignore[union-attr]
+            else:
+                after = [t for t, text in lines if t >= op.t_div and text == "run"]
+                op.evidence = {"stdout_ms": (after[0] - op.t_div) * 1000 if after else math.inf}
+                raced = op.evidence["stdout_ms"] <= 2.0
+            if raced and op.watched:
+                op.verdict = "resolved before seen"
+            else:
+                op.verdict = "flawed"
+                op.flags.add("missed")
+                if not op.watched:
+                    op.flags.add("not watching")
+            continue
+        if not div or not rel:
+            op.flags.add("missed")  # a reload without its divergence, or the reverse
+        if len(rel) > 1:
+            op.flags.add("duplicated")
+        bad = op.flags & {"missed", "duplicated", "unexpected", "reload before divergence"}
+        op.verdict = "matched" if not bad else "flawed"
+        op.evidence["combo"] = "+".join(sorted({n.split(".")[1] for n in names
+                                               if n in ALLOWED[op.kind]}))
+    episodes = blind_causes(ops, trace, looks, loads, baseline_watches)
+    return {"unexpected": unexpected, "explained": explained, "ambiguous": ambiguous,
+            "episodes": episodes, "loads": loads, "looks": looks}
+
+
+# --- reporting ----------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)] if s else math.nan
+
+
+def fmt_ms(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.2f}"
+
+
+def summary_of(values: list[float]) -> str:
+    if not values:
+        return "(none)"
+    return (f"n {len(values)}, min {fmt_ms(min(values))}, p50 {fmt_ms(pct(values, 50))}, "
+            f"p99 {fmt_ms(pct(values, 99))}, max {fmt_ms(max(values))} ms")
+
+
+def code_version() -> str:
+    from inodewatch import __version__
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %cI"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                                "inodewatch"], capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return __version__
+    return f"{__version__}, commit {head}" + (" + uncommitted changes in inodewatch/"
+                                              if dirty else "")
+
+
+def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
+           result: dict[str, Any], events: list[dict[str, Any]], trace: Trace | None) -> int:
+    out: list[str] = []
+    p = out.append
+    wall = run["t_end"] - run["t_first"]
+    p(f"inodewatch soak: {wall / 60:.1f} min, demo --mode hold --interval-ms "
+      f"{args.interval_ms}, an operation every {args.op_ms} ms")
+    p(f"  code: inodewatch {run['version']}")
+    p(f"  host: Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
+      f"{platform.python_version()}; load average at start {' '.join(map(str, run['load_start']))}, "
+      f"at end {' '.join(map(str, run['load_end']))}; 1-min load sampled every "
+      f"{RSS_EVERY:g} s: mean {run['load_mean']:.2f}, max {run['load_max']:.2f}; all CPUs "
+      f"busy {run['busy'] * 100:.0f} % of the run")
+    p(f"  daemon: {' '.join(run['daemon_args'][:3])} --pid PID --log-file FILE (default "
+      "--interval 1.0)")
+    if trace is not None:
+        p(f"  ftrace: {len(trace.demo_opens)} demo dlopens, {len(trace.demo_unmaps)} dlcloses, "
+          f"{len(result['looks'])} daemon looks at the maps, {trace.daemon_adds} inotify_add_watch "
+          f"({len(trace.daemon_add_errors)} failed), {len(trace.daemon_rms)} inotify_rm_watch; "
+          f"lost events: {trace.lost}; loads racing a rename within its syscall: "
+          f"{result['ambiguous']}")
+    else:
+        p(f"  no ftrace ({run.get('no_trace', '--no-ftrace')}): the demo is assumed to hold "
+          "each old file and load each new one; race evidence from stdout arrival (coarse)")
+    slips = [(op.t_start - op.planned) * 1000 for op in ops]
+    p(f"  operations: {len(ops)} done; start behind schedule: p50 {pct(slips, 50):.2f} ms, "
+      f"max {max(slips):.2f} ms; demo: {run['ticks']} ticks, {len(run['load_errors'])} "
+      f"failed loads ({', '.join(f'{n}x {t!r}' for t, n in Counter(run['load_errors']).most_common())})")
+    p(f"  directory: at most {run['max_entries']} entries; {run['cleaned']} renamed-away "
+      "files removed once unmapped")
+    low = [op for op in ops if op.max_watches < run["max_watches"]]
+    if low:
+        p(f"  NOTE: fs.inotify.max_user_watches (a system-wide setting) was lowered by another "
+          f"process during {len(low)} operations (min {min(op.max_watches for op in low)}, at "
+          f"start {run['max_watches']})")
+    blind = [op for op in ops if not op.watched]
+    p(f"  the daemon's inotify watched so.so's inode and its directory just before "
+      f"{len(ops) - len(blind)} of {len(ops)} operations (directory not watched: "
+      f"{sum(not op.dir_watched for op in ops)}, so.so's inode not watched: "
+      f"{sum(not op.so_watched for op in ops)})")
+    p("")
+    p(f"  {'operation':<34} {'done':>5} {'matched':>7} {'resolved':>8} {'not':>5} "
+      f"{'flawed':>6}: {'missed':>6} {'dupl.':>5} {'unexp.':>6}   matched but superseded")
+    p(f"  {'':<34} {'':>5} {'exactly':>7} {'b. seen':>8} {'held':>5}")
+    totals: Counter[str] = Counter()
+    for kind in (1, 2, 3, 0):
+        sel = [op for op in ops if kind in (0, op.kind)]
+        row: Counter[str] = Counter()
+        for op in sel:
+            row["v:" + op.verdict] += 1
+            for f in ("missed", "duplicated", "unexpected"):
+                row[f] += f in op.flags
+            row["superseded"] += op.verdict == "matched" and "superseded" in op.flags
+        label = KIND_NAMES.get(kind, "total")
+        p(f"  {label:<34} {len(sel):>5} {row['v:matched']:>7} {row['v:resolved before seen']:>8} "
+          f"{row['v:not held']:>5} {row['v:flawed']:>6}: {row['missed']:>6} {row['duplicated']:>5} "
+          f"{row['unexpected']:>6}   {row['superseded']}")
+        if kind == 0:
+            totals = row
+    p("  (each operation is matched, resolved before seen, not held or flawed; a flawed one "
+      "is flagged missed, duplicated and/or unexpected)")
+    p("")
+    p("  divergence events per matched operation (what the daemon's looks caught):")
+    for kind in (1, 2, 3):
+        combos = Counter(op.evidence.get("combo") for op in ops
+                         if op.kind == kind and op.verdict == "matched")
+        p(f"    {KIND_NAMES[kind]:<34} " + ", ".join(f"{c} x{n}" for c, n in combos.most_common()))
+    first_div, reload_lat = [], []
+    for op in ops:
+        if op.verdict != "matched":
+            continue
+        div = [event_time(e) for e in op.events if e["event"] in ALLOWED[op.kind]]
+        first_div.append((min(div) - op.t_div) * 1000)
+        rel = [event_time(e) for e in op.events if e["event"] == "mapping.reloaded"]
+        nl = [ld.opened for ld in result["loads"] if ld.ino == op.next_load and ld.opened >= op.t_div]
+        if rel and nl and nl[0] <= rel[0]:
+            reload_lat.append((rel[0] - nl[0]) * 1000)
+    p(f"  latency, the operation's syscall -> first divergence event: {summary_of(first_div)}")
+    if trace is not None:
+        p(f"  latency, the demo's dlopen (openat) -> mapping.reloaded: {summary_of(reload_lat)}")
+    races = [op for op in ops if op.verdict == "resolved before seen"]
+    if races:
+        p("")
+        p(f"  resolved before seen: {len(races)} operations without any event: the daemon "
+          f"watched and looked within {REACT_MS:g} ms, but the demo had let go of the old "
+          "file before that look was done with the mappings:")
+        if trace is not None:
+            p("    operation -> the demo's dlclose: " +
+              summary_of([op.evidence["release_ms"] for op in races]))
+            p("    operation -> the daemon's first look (maps opened): " +
+              summary_of([op.evidence["look_start_ms"] for op in races]))
+            p("    operation -> that look done with the mappings: " +
+              summary_of([op.evidence["look_end_ms"] for op in races]))
+            for op in races[:3]:
+                p(f"    e.g. op {op.k} ({op.kind}): dlclose {op.evidence['release_ms']:+.2f} ms, "
+                  f"daemon look {op.evidence['look_start_ms']:+.2f}..{op.evidence['look_end_ms']:+.2f} ms")
+        else:
+            p("    operation -> the demo's next 'run' line: " +
+              summary_of([op.evidence["stdout_ms"] for op in races]))
+    episodes = result["episodes"]
+    if episodes:
+        p("")
+        p(f"  the daemon was not watching before {len(blind)} operations, in {len(episodes)} "
+          "episodes; by cause:")
+        for cause, n in Counter(ep.cause for ep in episodes).most_common():
+            n_ops = sum(len(ep.ops) for ep in episodes if ep.cause == cause)
+            n_bad = sum(op.verdict == "flawed" for ep in episodes if ep.cause == cause
+                        for op in ep.ops)
+            p(f"    {n:>4} episodes, {n_ops} operations ({n_bad} of them flawed): {cause}")
+        for ep in episodes[:6]:
+            p(f"    e.g. ops {ep.ops[0].k}-{ep.ops[-1].k}: {ep.detail}")
+    flawed = [op for op in ops if op.verdict == "flawed"]
+    if flawed:
+        p("")
+        p(f"  flawed operations ({len(flawed)}; {sum(not op.watched for op in flawed)} of them "
+          "right after the daemon had stopped watching; first 8):")
+        for op in flawed[:8]:
+            evs = ", ".join(f"{e['event']}@{(event_time(e) - op.t_div) * 1000:+.1f}ms"
+                            for e in op.events) or "no event"
+            extra = " ".join(f"{k} {fmt_ms(v)}" for k, v in op.evidence.items()
+                             if isinstance(v, float))
+            p(f"    op {op.k} ({op.kind}) {sorted(op.flags)} old {op.old_ino} -> new "
+              f"{op.new_ino}, demo held {op.held}, loaded next {op.next_load}, daemon "
+              f"{'watching' if op.watched else 'NOT watching'}: {evs} {extra}")
+    explained = result["explained"]
+    if explained:
+        p("")
+        p(f"  mapping.overwritten for a new file the demo had mapped before the copy was done "
+          f"(a real write into a mapped file; not counted as unexpected): {len(explained)}")
+        for e, op in explained[:3]:
+            p(f"    e.g. op {op.k} ({op.kind}): the demo's dlopen {op.copy_race * 1000:.2f} ms "
+              f"before the copy ended; event {(event_time(e) - op.t_div) * 1000:+.1f} ms")
+    unexpected = result["unexpected"]
+    if unexpected:
+        p("")
+        p(f"  unexpected events: {len(unexpected)}")
+        for reason, n in Counter(r for r, _, _ in unexpected).most_common():
+            p(f"    {n:>5} x {reason}")
+        for reason, e, op in unexpected[:8]:
+            at = f" (op {op.k}, {(event_time(e) - op.t_div) * 1000:+.1f} ms)" if op else ""
+            p(f"    e.g.{at}: {json.dumps(e)[:300]}")
+    if run["daemon_stderr"]:
+        p(f"  daemon stderr: {run['daemon_stderr'][:300]!r}")
+    rss_kb = [kb for _, kb in run["rss"]]
+    growth = rss_kb[-1] - rss_kb[0]
+    p("")
+    p(f"  daemon RSS (VmRSS, {len(rss_kb)} samples every {RSS_EVERY:g} s): start "
+      f"{rss_kb[0] / 1024:.1f} MB, end {rss_kb[-1] / 1024:.1f} MB, max {max(rss_kb) / 1024:.1f} MB, "
+      f"growth {growth / 1024:+.2f} MB")
+    cpu = run["cpu_end"] - run["cpu_start"]
+    p(f"  daemon CPU (utime + stime): {cpu:.1f} s over {wall:.0f} s = {cpu / wall * 100:.1f} % "
+      f"of one core; {len(events)} events logged")
+    p("")
+    missed = totals["missed"]
+    verdicts = [
+        ("nothing missed (except the races resolved before seen: "
+         f"{totals['v:resolved before seen']})", missed == 0, f"{missed} operations missed"),
+        ("nothing duplicated", totals["duplicated"] == 0, f"{totals['duplicated']} operations"),
+        ("no unexpected events", not unexpected, f"{len(unexpected)} events"),
+        (f"daemon RSS growth <= {RSS_GROWTH_LIMIT_KB // 1024} MB", growth <= RSS_GROWTH_LIMIT_KB,
+         f"{growth / 1024:+.2f} MB"),
+    ]
+    for label, ok, detail in verdicts:
+        p(f"{'PASS' if ok else 'MISS'} {label}: {detail}")
+    print("\n".join(out), flush=True)
+    return 0
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
+    parser.add_argument("--interval-ms", type=int, default=50, help="the demo's tick (default 50)")
+    parser.add_argument("--op-ms", type=int, default=100,
+                        help="time between operations (default 100)")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds for set-up waits")
+    parser.add_argument("--details", metavar="FILE",
+                        help="write one JSON line per operation (times, inodes, events, verdict)")
+    parser.add_argument("--no-ftrace", action="store_true", help="do not trace the demo / daemon")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("soak: note: not root; the daemon may lack access to the demo's map_files, and "
+              "ftrace is unavailable", file=sys.stderr)
+
+    subprocess.run(["make", "-s", "-C", str(CSRC)], check=True)
+    root = Path(tempfile.mkdtemp(prefix="inodewatch-soak-"))
+    work = root / "demo"
+    work.mkdir()
+    contents = {v: (CSRC / f"so{v}.so").read_bytes() for v in (1, 2)}
+    (work / "so.so").write_bytes(contents[1])
+    os.chmod(work / "so.so", 0o755)
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+
+    children = Children()
+    demo: Demo | None = None
+    trace: Trace | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+    log = EventLog(root / "events.json")
+    err_path = root / "daemon.stderr"
+    run: dict[str, Any] = {}
+    driver = Driver(work, contents)
+    initial = driver.current
+    try:
+        # the demo's life is bounded should this script be SIGKILLed (PDEATHSIG too)
+        ticks = int((args.minutes * 60 * 2 + 300) * 1000 / args.interval_ms)
+        demo = Demo(children, work, args.interval_ms, ticks)
+        wait_for(lambda: any("version" in t for _, t in demo.snapshot()), args.timeout,
+                 "the demo's first tick")
+        run["daemon_args"] = [sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
+                              "--log-file", str(log.path)]
+        with open(err_path, "wb") as err:
+            daemon = children.spawn(run["daemon_args"], cwd=root, stdin=subprocess.DEVNULL,
+                                    stdout=err, stderr=err)
+        if not args.no_ftrace:
+            try:
+                trace = Trace(root, demo.pid, daemon.pid)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                run["no_trace"] = str(exc)
+                print(f"soak: no ftrace ({exc}); falling back to stdout timing", file=sys.stderr)
+
+        def check_alive() -> None:
+            if daemon.poll() is not None:
+                raise BenchError(f"daemon exited ({daemon.returncode}); its stderr:\n"
+                                 f"{err_path.read_text(errors='replace')[-3000:]}")
+            if demo.proc.poll() is not None:
+                raise BenchError(f"demo exited ({demo.proc.returncode})")
+
+        def ready() -> bool:
+            check_alive()
+            attached = any(e["event"] == "target.attached" for e in log.read())
+            return attached and {initial, os.stat(work).st_ino} <= inotify_inodes(daemon.pid) \
+                and asleep_in_poll(daemon.pid)
+        wait_for(ready, args.timeout, "the daemon to attach, watch so.so and sleep in poll")
+
+        run["load_start"] = loadavg()
+        run["max_watches"] = max_user_watches()
+        run["version"] = code_version()
+        busy0 = system_busy()
+        run["cpu_start"] = cpu_seconds(daemon.pid)
+        run["rss"] = [(time.time(), read_status_kb(daemon.pid, "VmRSS"))]
+        loads = [run["load_start"][0]]
+        period = args.op_ms / 1000
+        t_first = time.time() + period
+        run["t_first"] = t_first
+        total = int(args.minutes * 60 / period)
+        next_rss = t_first + RSS_EVERY
+        next_clean = t_first + CLEAN_EVERY
+        next_progress = t_first + 60
+        print(f"soak: {total} operations over {args.minutes:g} min in {root}", file=sys.stderr,
+              flush=True)
+        for k in range(total):
+            planned = t_first + k * period
+            delay = planned - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            driver.perform(Op(k, k % 3 + 1, 2 if k % 2 == 0 else 1, planned), daemon.pid)
+            now = time.time()
+            if now >= next_clean:
+                next_clean = now + CLEAN_EVERY
+                driver.clean(demo.pid)
+                check_alive()
+            if now >= next_rss:
+                next_rss += RSS_EVERY
+                run["rss"].append((now, read_status_kb(daemon.pid, "VmRSS")))
+                loads.append(loadavg()[0])
+            if now >= next_progress:
+                next_progress += 60
+                print(f"soak: {k + 1}/{total} operations, {len(log.read())} events, daemon "
+                      f"VmRSS {run['rss'][-1][1]} kB", file=sys.stderr, flush=True)
+        time.sleep(SETTLE)
+        check_alive()
+        run["t_end"] = time.time()
+        run["cpu_end"] = cpu_seconds(daemon.pid)
+        run["rss"].append((run["t_end"], read_status_kb(daemon.pid, "VmRSS")))
+        loads.append(loadavg()[0])
+        run["load_end"] = loadavg()
+        busy1 = system_busy()
+        run["busy"] = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
+        run["load_mean"] = sum(loads) / len(loads)
+        run["load_max"] = max(loads)
+        driver.clean(demo.pid)
+        children.stop(daemon, signal.SIGTERM)
+        log.read()
+    except KeyboardInterrupt:
+        print("soak: interrupted; stopping every process started", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if trace is not None:
+            trace.close()
+        lines = demo.snapshot() if demo is not None else []
+        if demo is not None:
+            demo.stop()
+        children.stop_all()
+        log.close()
+        try:
+            run["daemon_stderr"] = err_path.read_text(errors="replace").strip()
+        except OSError:
+            run["daemon_stderr"] = ""
+        if not args.keep and not (trace is not None and trace.mounted is not None):
+            shutil.rmtree(root, ignore_errors=True)
+        elif args.keep:
+            print(f"soak: kept {root}", file=sys.stderr)
+
+    run["ticks"] = sum(1 for _, t in lines if t == "run")
+    run["load_errors"] = [t for _, t in lines if t.startswith("reload:")]
+    run["cleaned"] = driver.cleaned
+    run["max_entries"] = driver.max_entries
+    events = log.events
+    result = analyse(driver.ops, initial, events, demo.pid if demo else 0, trace, lines,
+                     run["max_watches"])
+    if args.details:
+        with open(args.details, "w") as f:
+            for op in driver.ops:
+                record = {k: v for k, v in op.__dict__.items() if k != "flags"}
+                record["flags"] = sorted(op.flags)
+                f.write(json.dumps(record) + "\n")
+        if trace is not None:
+            with open(args.details + ".trace.json", "w") as f:
+                json.dump({**trace.dump(), "looks": [(lk.start, lk.end) for lk in result["looks"]],
+                           "demo_lines": lines}, f)
+    return report(args, run, driver.ops, result, events, trace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
