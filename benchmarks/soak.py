@@ -556,6 +556,34 @@ def event_key(e: dict[str, Any]) -> tuple[Any, ...]:
             e.get("old_ino"), e.get("new_ino"), e.get("path"))
 
 
+def duplicates(events: list[dict[str, Any]], divs: list[float]) -> int:
+    """Events logged again for the same state: same name, inodes and paths, and no
+    operation in between (after one, the same numbers can be a new state: a freed inode
+    number is soon given to the next new file)."""
+    seen: dict[tuple[Any, ...], float] = {}
+    n = 0
+    for e in events:
+        key, t = event_key(e), event_time(e)
+        if key in seen and bisect.bisect_right(divs, t) == bisect.bisect_right(divs, seen[key]):
+            n += 1
+        seen[key] = t
+    return n
+
+
+def straddled(t: float, looks: list[Look], loads: list[Load]) -> Load | None:
+    """The demo's reload that the daemon's last look before `t` spanned, if any: maps read
+    before the dlclose, the map_files links stat'ed after (they may then name the new file)."""
+    k = bisect.bisect_right([lk.end for lk in looks], t) - 1
+    if k < 0:
+        return None
+    look = looks[k]
+    i = bisect.bisect_right([ld.opened for ld in loads], look.end + 0.0005)
+    for ld in loads[max(0, i - 3):i + 1]:
+        if ld.release <= look.end and ld.opened + 0.0005 >= look.start:
+            return ld
+    return None
+
+
 @dataclass
 class Episode:
     """Consecutive operations before which the daemon did not watch so.so or its directory."""
@@ -668,6 +696,17 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
         op = candidates[-1]
         (op.events if op.old_ino == ino else op.new_events).append(e)
 
+    divs = [op.t_div for op in ops]
+    creator = {}
+    for op in ops:
+        creator.setdefault(op.new_ino, []).append(op)
+    for op in ops:
+        for e in list(op.events):
+            # an in-place write of a file a copy had not finished: judged by who created it
+            made = [o for o in creator.get(e.get("mapped_ino"), []) if o.t_div <= event_time(e)]
+            if e["event"] == "mapping.overwritten" and made and made[-1] is not op:
+                op.events.remove(e)
+                made[-1].new_events.append(e)
     for op in ops:
         for e in op.new_events:  # about the file this operation created
             if e["event"] == "mapping.overwritten" and op.copy_race is not None:
@@ -683,7 +722,7 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
             if e["event"] not in ALLOWED[op.kind] and e["event"] != "mapping.reloaded":
                 unexpected.append((f"{e['event']} after operation ({op.kind})", e, op))
                 op.flags.add("unexpected")
-        if any(n > 1 for n in Counter(event_key(e) for e in op.events).values()):
+        if duplicates(op.events, divs):
             op.flags.add("duplicated")
         if op.held != op.old_ino:
             op.verdict = "not held"
@@ -736,8 +775,10 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
         op.evidence["combo"] = "+".join(sorted({n.split(".")[1] for n in names
                                                if n in ALLOWED[op.kind]}))
     episodes = blind_causes(ops, trace, looks, loads, baseline_watches)
+    straddles = {id(e): ld for _, e, _ in unexpected
+                 if looks and (ld := straddled(event_time(e), looks, loads)) is not None}
     return {"unexpected": unexpected, "explained": explained, "ambiguous": ambiguous,
-            "episodes": episodes, "loads": loads, "looks": looks}
+            "episodes": episodes, "loads": loads, "looks": looks, "straddles": straddles}
 
 
 # --- reporting ----------------------------------------------------------------------------
@@ -908,11 +949,17 @@ def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
     if unexpected:
         p("")
         p(f"  unexpected events: {len(unexpected)}")
+        straddles = result["straddles"]
         for reason, n in Counter(r for r, _, _ in unexpected).most_common():
             p(f"    {n:>5} x {reason}")
+        p(f"    ({len(straddles)} of them logged by a re-read that spanned the demo's dlclose "
+          "+ dlopen: maps read before, map_files stat'ed after)")
         for reason, e, op in unexpected[:8]:
             at = f" (op {op.k}, {(event_time(e) - op.t_div) * 1000:+.1f} ms)" if op else ""
-            p(f"    e.g.{at}: {json.dumps(e)[:300]}")
+            ld = straddles.get(id(e))
+            st = (f" [look spanned the demo's dlclose {(ld.release - op.t_div) * 1000:+.2f} ms"
+                  f" / dlopen {(ld.opened - op.t_div) * 1000:+.2f} ms]") if ld and op else ""
+            p(f"    e.g.{at}{st}: {json.dumps(e)[:260]}")
     if run["daemon_stderr"]:
         p(f"  daemon stderr: {run['daemon_stderr'][:300]!r}")
     rss_kb = [kb for _, kb in run["rss"]]

@@ -357,7 +357,7 @@ class Daemon:
         except OSError:
             st = None
         size = st.st_size if st is not None and FileId.of(st).ino == watched.ino else None
-        event = target.history.overwrite(watched, size)
+        event = target.history.overwrite(target.mapped[watched], size)
         if event is not None:
             self.emit(event, target.pid)
 

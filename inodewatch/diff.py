@@ -65,15 +65,16 @@ class TargetHistory:
         for file, path in paths:
             self.first_paths.setdefault(file, path)
 
-    def overwrite(self, m: MappedFile | FileId, size_after: int | None) -> Event | None:
+    def overwrite(self, m: MappedFile, size_after: int | None) -> Event | None:
         """The held inode was written in place: the crash case.  Logged once per inode."""
-        file = m.file if isinstance(m, MappedFile) else m
+        file = m.file
         if file in self.overwritten or file not in self.contents:
             return None
         event = Event("critical", "mapping.overwritten", {
             "path": self.first_paths[file],
             "mapped_dev": file.dev_text,
             "mapped_ino": file.ino,
+            "perms": ",".join(m.perms),
             "size_before": self.contents[file][0],
             "size_after": size_after,
         })
