@@ -177,7 +177,7 @@ def run_watch(args: argparse.Namespace) -> int:
         return fail(f"cannot open log file {args.log_file}: {exc.strerror}")
     log = make_logger(sink, choose_format(args.log_format, sink))
     options = Options(pids=args.pid or [], interval=args.interval,
-                      watch_paths=set(map(os.path.abspath, args.watch)) if args.watch else None,
+                      watch_paths=set(map(os.path.realpath, args.watch)) if args.watch else None,
                       selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],
                                              args.unit or []))
     try:
@@ -222,3 +222,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `inodewatch scan --all | head`: the reader is gone; nothing more to say.
         sys.stderr.close()
         return EXIT_OK
+    except Exception as exc:  # a bug: still one line, never a traceback on an operator's screen
+        return fail(f"internal error: {type(exc).__name__}: {exc} (please report it)")

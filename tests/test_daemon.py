@@ -225,3 +225,24 @@ def test_targets_dying_together_each_get_their_status(start_demo, start_watcher)
         exited = watcher.log.wait("target.exited", pid=d.pid)
         assert (exited["signal"], exited["status_source"]) == ("SIGKILL", "proc_connector")
     assert watcher.proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_watch_limits_attention_to_the_named_file(start_demo, start_watcher, tmp_path):
+    demo = start_demo("leak")
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        holder = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        link = tmp_path / "link"
+        link.symlink_to(demo.dir)  # named through a symlinked directory: still the same file
+        watcher = start_watcher(demo.pid, holder.pid, extra=["--watch", str(link / "so.so")])
+        log.unlink()  # not watched: no fd.deleted
+        os.unlink(demo.lib)
+        watcher.log.wait("mapping.deleted", pid=demo.pid)
+        code, _out, _err = watcher.stop()
+        assert code == 0
+        assert "fd.deleted" not in watcher.log.names()
+    finally:
+        holder.kill()
+        holder.wait()
