@@ -675,11 +675,16 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
     look_starts = [lk.start for lk in looks]
     unmaps = trace.demo_unmaps if trace is not None else []
 
-    # Attribute every event to the latest operation whose old or new inode it names.
-    by_ino: dict[int, list[Op]] = {}
+    # Attribute every event to an operation, by inode: a divergence to the latest operation
+    # whose old inode it names; a reload to the latest one whose old -> next pair it names
+    # (inode numbers are soon reused, and a late event may come after the next operation),
+    # else to the latest whose old inode it names; an overwrite to the operation that created
+    # the file when the demo mapped it before the copy was done.
+    by_old: dict[int, list[Op]] = {}
+    by_new: dict[int, list[Op]] = {}
     for op in ops:
-        by_ino.setdefault(op.old_ino, []).append(op)
-        by_ino.setdefault(op.new_ino, []).append(op)
+        by_old.setdefault(op.old_ino, []).append(op)
+        by_new.setdefault(op.new_ino, []).append(op)
     for e in events:
         name = e["event"]
         if name in ROUTINE:
@@ -687,26 +692,24 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
         if e.get("pid") not in (None, demo_pid) or not name.startswith("mapping."):
             unexpected.append((f"{name} (not a mapping event of the demo)", e, None))
             continue
-        ino = e.get("old_ino") if name == "mapping.reloaded" else e.get("mapped_ino")
         te = event_time(e)
-        candidates = [op for op in by_ino.get(ino, []) if op.t_div <= te]
-        if not candidates:
+        ino = e.get("old_ino") if name == "mapping.reloaded" else e.get("mapped_ino")
+        olds = [op for op in by_old.get(ino, []) if op.t_div <= te]
+        news = [op for op in by_new.get(ino, []) if op.t_div <= te]
+        if name == "mapping.reloaded":
+            pair = [op for op in olds if e.get("new_ino") in (op.next_load, op.new_ino)]
+            if pair:
+                olds = pair
+        if name == "mapping.overwritten" and news and news[-1].copy_race is not None:
+            news[-1].new_events.append(e)
+        elif olds:
+            olds[-1].events.append(e)
+        elif news:
+            news[-1].new_events.append(e)
+        else:
             unexpected.append((f"{name} for an inode no operation touched", e, None))
-            continue
-        op = candidates[-1]
-        (op.events if op.old_ino == ino else op.new_events).append(e)
 
     divs = [op.t_div for op in ops]
-    creator = {}
-    for op in ops:
-        creator.setdefault(op.new_ino, []).append(op)
-    for op in ops:
-        for e in list(op.events):
-            # an in-place write of a file a copy had not finished: judged by who created it
-            made = [o for o in creator.get(e.get("mapped_ino"), []) if o.t_div <= event_time(e)]
-            if e["event"] == "mapping.overwritten" and made and made[-1] is not op:
-                op.events.remove(e)
-                made[-1].new_events.append(e)
     for op in ops:
         for e in op.new_events:  # about the file this operation created
             if e["event"] == "mapping.overwritten" and op.copy_race is not None:
@@ -973,7 +976,16 @@ def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
       f"of one core; {len(events)} events logged")
     p("")
     missed = totals["missed"]
+    died = run.get("died")
+    if died:
+        p("")
+        p(f"  THE DAEMON DIED (exit {died['returncode']}) after operation {died['k']}; operations "
+          "from 0.5 s before were not judged.  Its stderr ends:")
+        for line in died["stderr"].strip().splitlines()[-8:]:
+            p(f"    {line}")
     verdicts = [
+        ("the daemon stayed up", not died, f"died after operation {died['k']}" if died else
+         "until stopped"),
         ("nothing missed (except the races resolved before seen: "
          f"{totals['v:resolved before seen']})", missed == 0, f"{missed} operations missed"),
         ("nothing duplicated", totals["duplicated"] == 0, f"{totals['duplicated']} operations"),
@@ -1082,6 +1094,12 @@ def main() -> int:
                 time.sleep(delay)
             driver.perform(Op(k, k % 3 + 1, 2 if k % 2 == 0 else 1, planned), daemon.pid)
             now = time.time()
+            if daemon.poll() is not None:  # it died: judge what came before, and say so
+                run["died"] = {"k": k, "at": now, "returncode": daemon.returncode,
+                               "stderr": err_path.read_text(errors="replace")[-3000:]}
+                print(f"soak: the daemon died ({daemon.returncode}) after operation {k}",
+                      file=sys.stderr, flush=True)
+                break
             if now >= next_clean:
                 next_clean = now + CLEAN_EVERY
                 driver.clean(demo.pid)
@@ -1089,16 +1107,24 @@ def main() -> int:
             if now >= next_rss:
                 next_rss += RSS_EVERY
                 run["rss"].append((now, read_status_kb(daemon.pid, "VmRSS")))
+                run["cpu_end"] = cpu_seconds(daemon.pid)
                 loads.append(loadavg()[0])
             if now >= next_progress:
                 next_progress += 60
                 print(f"soak: {k + 1}/{total} operations, {len(log.read())} events, daemon "
                       f"VmRSS {run['rss'][-1][1]} kB", file=sys.stderr, flush=True)
-        time.sleep(SETTLE)
-        check_alive()
-        run["t_end"] = time.time()
-        run["cpu_end"] = cpu_seconds(daemon.pid)
-        run["rss"].append((run["t_end"], read_status_kb(daemon.pid, "VmRSS")))
+        if "died" not in run:
+            time.sleep(SETTLE)
+            check_alive()
+            run["t_end"] = time.time()
+            run["cpu_end"] = cpu_seconds(daemon.pid)
+            run["rss"].append((run["t_end"], read_status_kb(daemon.pid, "VmRSS")))
+        else:
+            run["t_end"] = run["died"]["at"]
+            run.setdefault("cpu_end", run["cpu_start"])
+            # what it could not finish is not judged: operations from 0.5 s before
+            driver.ops = [op for op in driver.ops if op.t_div < run["t_end"] - 0.5]
+            run["cutoff"] = run["t_end"] - 0.5
         loads.append(loadavg()[0])
         run["load_end"] = loadavg()
         busy1 = system_busy()
@@ -1135,7 +1161,7 @@ def main() -> int:
     run["load_errors"] = [t for _, t in lines if t.startswith("reload:")]
     run["cleaned"] = driver.cleaned
     run["max_entries"] = driver.max_entries
-    events = log.events
+    events = [e for e in log.events if "cutoff" not in run or event_time(e) < run["cutoff"]]
     result = analyse(driver.ops, initial, events, demo.pid if demo else 0, trace, lines,
                      run["max_watches"])
     if args.details:
