@@ -48,6 +48,10 @@ RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
 # them otherwise is then only a rare safety net.
 DISCOVERY_WITH_CONNECTOR = 60.0
 
+# How long a file the target stopped mapping stays watched (a plugin host reloading it maps
+# nothing between its dlclose and its dlopen).
+LINGER = 10.0
+
 # The share of each --interval the periodic re-read may take: 0.3 % of a core, or 5 % when
 # inotify is degraded and the re-read is all there is.
 REREAD_SHARE = 0.003
@@ -77,6 +81,7 @@ class Target:
     open_files: list[OpenFile] = field(default_factory=list)
     follow_ups: list[float] = field(default_factory=list)
     term: tuple[str, bytes] | None = None  # the selector term it matched, if any
+    recently_mapped: dict[bytes, float] = field(default_factory=dict)  # path -> last seen mapped
 
     @property
     def pid(self) -> int:
@@ -266,6 +271,8 @@ class Daemon:
             masks[history.first_paths.get(m.file, m.path)] = NAME_EVENTS | WRITE_EVENTS
         for path in history.awaiting_reload:  # its next open is the reload
             masks[path] = masks.get(path, NAME_EVENTS) | OPEN_EVENTS
+        for path in target.recently_mapped:  # unloaded a moment ago: its reopen is the reload
+            masks.setdefault(path, NAME_EVENTS | OPEN_EVENTS)
         if self.options.watch_paths is not None:
             masks = {p: m for p, m in masks.items() if p in self.options.watch_paths}
         return {disk.root + path: (mask, disk(path)) for path, mask in masks.items()}
@@ -318,6 +325,11 @@ class Daemon:
             self.emit(event, target.pid)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
+        # A plugin host between its dlclose and its dlopen maps nothing: keep watching what
+        # it mapped a moment ago, or the next replacement goes unseen until the re-read.
+        now = time.monotonic()
+        target.recently_mapped = {p: t for p, t in target.recently_mapped.items() if now - t < LINGER}
+        target.recently_mapped.update((history.first_paths.get(m.file, m.path), now) for m in mapped)
         self.sync_watches(target, self.wanted_watches(target, disk))
 
     def on_file_events(self, events: list[FileEvent]) -> None:

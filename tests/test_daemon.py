@@ -246,3 +246,64 @@ def test_watch_limits_attention_to_the_named_file(start_demo, start_watcher, tmp
     finally:
         holder.kill()
         holder.wait()
+
+
+UNLOADING_HOST = r"""
+import _ctypes, ctypes, sys
+lib = sys.argv[1]
+held = open(sys.argv[2], "w")  # a file it holds open: a change to it makes the daemon look
+handle = ctypes.CDLL(lib)
+print("loaded", flush=True)
+sys.stdin.readline()
+_ctypes.dlclose(handle._handle)
+print("closed", flush=True)
+sys.stdin.readline()
+handle = ctypes.CDLL(lib)
+print("loaded", flush=True)
+sys.stdin.readline()
+"""
+
+
+def inotify_masks(pid: int) -> list[int]:
+    """The event masks of every inotify watch process `pid` holds (from fdinfo)."""
+    masks = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        masks += [int(line.split("mask:")[1].split()[0], 16)
+                  for line in text.splitlines() if line.startswith("inotify wd:")]
+    return masks
+
+
+def test_a_host_between_dlclose_and_dlopen_stays_watched(demo_build, tmp_path, start_watcher):
+    """A re-read that falls in the gap of a reload sees nothing mapped; the daemon must keep
+    watching the file, or the host's next replacement goes unseen until the timer."""
+    import sys
+
+    from conftest import wait_for
+
+    lib = tmp_path / "so.so"
+    lib.write_bytes((demo_build / "so1.so").read_bytes())
+    held = tmp_path / "held.log"
+    host = subprocess.Popen([sys.executable, "-c", UNLOADING_HOST, str(lib), str(held)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert host.stdout.readline() == "loaded\n"
+        watcher = start_watcher(host.pid, extra=["--interval", "3600"])  # inotify alone
+        host.stdin.write("\n")
+        host.stdin.flush()
+        assert host.stdout.readline() == "closed\n"
+        held.chmod(0o600)  # IN_ATTRIB on a held file: the daemon looks, sees so.so unmapped
+        in_open = 0x20
+        wait_for(lambda: any(m & in_open for m in inotify_masks(watcher.proc.pid)),
+                 what="so.so still watched, now for its reopening")
+        host.stdin.write("\n")
+        host.stdin.flush()
+        assert host.stdout.readline() == "loaded\n"
+        os.unlink(lib)
+        watcher.log.wait("mapping.deleted", pid=host.pid)
+    finally:
+        host.kill()
+        host.wait()
