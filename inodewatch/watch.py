@@ -132,6 +132,10 @@ class FileWatcher:
 
     def unwatch(self, path: bytes) -> None:
         self._mask_of.pop(path, None)
+        self._detach(path)
+
+    def _detach(self, path: bytes) -> None:
+        """Take `path` off its watch; remove the kernel's watch if no other path uses it."""
         wd = self._wd_of.pop(path, None)
         if wd is None:
             return
@@ -209,6 +213,9 @@ class FileWatcher:
             os.close(fd)
         self._mask_of[path] = mask
         if self._wd_of.get(path) != wd:
+            # Another file is at the path now (replaced between the caller's look and our
+            # open): the old inode's watch no longer belongs to this path.
+            self._detach(path)
             self._wd_of[path] = wd
             self._paths_of[wd] = self._paths_of.get(wd, ()) + (path,)
         return True
@@ -224,7 +231,8 @@ class FileWatcher:
 
     def _forget(self, wd: int) -> None:
         for path in self._paths_of.pop(wd):
-            del self._wd_of[path]
-            self._mask_of.pop(path, None)
+            if self._wd_of.get(path) == wd:  # not if the path has moved on to another watch
+                del self._wd_of[path]
+                self._mask_of.pop(path, None)
         if self._wm.get_watch(wd) is not None:
             self._wm.del_watch(wd)

@@ -268,3 +268,21 @@ def test_close_is_idempotent() -> None:
     w = FileWatcher()
     w.close()
     w.close()
+
+
+def test_rewatching_a_path_that_now_names_another_file(watcher: FileWatcher, tmp_path: Path) -> None:
+    """The caller decided on an older stat; the open lands on the new file.  The old inode's
+    watch must let go of the path, or its IN_IGNORED later drops the new watch's entry and
+    the new one's IN_IGNORED fails (found by benchmarks/soak.py at an operation every 30 ms)."""
+    from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS
+
+    path = make_file(bytes(tmp_path / "so.so"))
+    watcher.watch_file(path, NAME_EVENTS)
+    os.rename(path, path + b".old")
+    make_file(path)
+    watcher.watch_file(path, NAME_EVENTS | OPEN_EVENTS)
+    assert watcher.watched() == {path}
+    os.unlink(path + b".old")  # the first inode is freed: its watch goes first...
+    os.unlink(path)  # ...then the second's, in the same queue
+    events = wait_for(watcher, has(path, "ignored"))
+    assert kinds_for(path, events)[-1] == "ignored" and watcher.watched() == set()
