@@ -294,10 +294,14 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
         if can_read_map_files:
             link = proc_path(pid, b"map_files", g.range_name)
             try:
-                st = _held_stat(link)
                 # The name now, exact (no \012 ambiguity), and as new as the link count: a
                 # rename since maps was read must not read as "nothing at the path".
-                name = os.readlink(link) if st is not None else name
+                name = os.readlink(link)
+                st = _held_stat(link)
+                if st is not None and st.st_ino != g.file.ino:
+                    # The range was unmapped and another file mapped there since maps was
+                    # read (a plugin host's dlclose + dlopen): that stat is not this inode's.
+                    st = None
             except PermissionError:
                 # needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; fall back to the maps fields
                 can_read_map_files = False
@@ -327,6 +331,8 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
             target = os.readlink(link)
             # sockets, pipes, anon inodes, devices: no file on disk, no stat needed
             st = None if is_pseudo_path(target) else _held_stat(link)
+            if st is not None and os.readlink(link) != target:
+                continue  # closed and the number reused between the two reads
         except FileNotFoundError:
             continue  # closed meanwhile
         except PermissionError as exc:

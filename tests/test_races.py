@@ -92,3 +92,27 @@ def test_a_reused_pid_is_never_taken_for_the_target(start_demo, start_watcher, d
     finally:
         impostor.kill()
         impostor.wait()
+
+
+def test_a_read_straddling_a_reload_does_not_credit_the_new_file_to_the_old_inode(
+        start_demo, monkeypatch):
+    """maps read before the host's dlclose + dlopen, map_files after: the new library sits at
+    the same address, and its stat must not pass for the old inode's (a false critical
+    mapping.overwritten, found by benchmarks/soak.py)."""
+    from inodewatch import procfs
+
+    demo = start_demo("hold", interval_ms=300)
+    maps_before = procfs.read_proc_file(demo.pid, b"maps")
+    old = next(g for g in procfs.map_groups(maps_before) if g.path == demo.lib)
+    mark = len(demo.lines)
+    demo.copy_lib("so1.so", demo.lib + b".new")  # the same layout: it lands at the same address
+    os.rename(demo.lib + b".new", demo.lib)
+    demo.wait_for_line("so1: version 1", after=mark)  # the host reloaded
+    now = procfs.read_proc_file(demo.pid, b"maps")
+    if not any(g.range_name == old.range_name and g.file != old.file for g in procfs.map_groups(now)):
+        pytest.skip("the loader put the new library at another address this time")
+    real = procfs.read_proc_file
+    monkeypatch.setattr(procfs, "read_proc_file",
+                        lambda pid, name: maps_before if name == b"maps" else real(pid, name))
+    mapped = procfs.read_mapped_files(demo.pid)
+    assert old.file not in {m.file for m in mapped}  # gone, not dressed in the new file's stat
