@@ -124,6 +124,9 @@ CLEAN_EVERY = 2.0  # seconds between removals of renamed-away files
 SETTLE = 2.0  # seconds after the last operation before the daemon is stopped
 RSS_GROWTH_LIMIT_KB = 5 * 1024
 REACT_MS = 10.0  # a daemon that was woken by the operation has looked within this (ms)
+# ftrace's tai clock and time.time() agree to some tens of microseconds: a dlclose this close
+# to an operation counts as simultaneous
+CLOCK_MARGIN = 0.0001
 O_DIRECTORY = 0o200000
 O_PATH = 0o10000000
 
@@ -524,10 +527,13 @@ def demo_loads(trace: Trace) -> list[Load]:
     return loads
 
 
-def place_loads(loads: list[Load], ops: list[Op], initial: int) -> int:
+def place_loads(loads: list[Load], ops: list[Op], initial: int,
+                lines: list[tuple[float, str]]) -> int:
     """Which inode each load opened: the file at so.so at its openat.  Returns how many
-    loads raced a rename within its syscall (either file possible; taken as the new one)."""
+    loads raced a rename within its syscall (either file possible: told apart by the version
+    the demo printed for that tick, so1 and so2 alternating)."""
     divs = [op.t_div for op in ops]
+    arrivals = [t for t, _ in lines]
     ambiguous = 0
     for load in loads:
         if not load.mapped:
@@ -541,7 +547,10 @@ def place_loads(loads: list[Load], ops: list[Op], initial: int) -> int:
         if t < op.t_div_end:
             if op.kind == 2:
                 ambiguous += 1
-                load.ino = op.new_ino
+                i = bisect.bisect_left(arrivals, t)
+                printed = next((text for _, text in lines[i:i + 6] if "version" in text), "")
+                new = printed.startswith(f"so{op.version}:") or not printed
+                load.ino = op.new_ino if new else op.old_ino
             else:
                 load.ino = op.old_ino  # the new file did not exist yet
         else:
@@ -659,12 +668,14 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
     # What the demo held at each operation, and loaded next.
     if trace is not None:
         loads = demo_loads(trace)
-        ambiguous = place_loads(loads, ops, initial)
+        ambiguous = place_loads(loads, ops, initial, lines)
         looks = daemon_looks(trace.daemon_opens)
         opened = [ld.opened for ld in loads]
         for op in ops:
             i = bisect.bisect_left(opened, op.t_div)
             op.held = loads[i - 1].ino if i > 0 else initial
+            if i < len(loads) and loads[i].release < op.t_div - CLOCK_MARGIN:
+                op.held = None  # the demo had just let go of it (dlclose before the operation)
             # (a load just before the unlink / rename took effect reopens the old file: the
             # divergence goes on until a load of another file)
             op.next_load = next((ld.ino for ld in loads[i:]
@@ -745,7 +756,7 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
         if not op.events:
             # No event at all: a race, or a miss.  Evidence from the trace.
             if trace is not None:
-                j = bisect.bisect_left(unmaps, op.t_div)
+                j = bisect.bisect_left(unmaps, op.t_div - CLOCK_MARGIN)
                 release = unmaps[j] if j < len(unmaps) else math.inf
                 k = bisect.bisect_left(look_starts, op.t_div)
                 look = looks[k] if k < len(looks) else None
