@@ -163,14 +163,14 @@ class Demo:
     """csrc/reload in its own directory; its stdout lines stamped on arrival by a thread."""
 
     def __init__(self, children: Children, workdir: Path, mode: str, interval_ms: int,
-                 lib: Path, ticks: int) -> None:
+                 lib: Path, ticks: int, **spawn: Any) -> None:
         self.children = children
         # --ticks bounds its life should this script be killed without cleaning up.
         self.proc = children.spawn(
             [str(CSRC / "reload"), "--mode", mode, "--interval-ms", str(interval_ms),
              "--lib", str(lib), "--ticks", str(ticks)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL)
+            **{"stderr": subprocess.DEVNULL, **spawn})
         self.pid = self.proc.pid
         self.lines: list[tuple[float, str]] = []  # (arrival time.time(), line)
         self._cond = threading.Condition()
@@ -349,6 +349,36 @@ def asleep_in_poll(pid: int) -> bool:
     return state == "S" and (wchan in ("", "0") or "poll" in wchan)
 
 
+def trace_instance(workdir: Path, name: str) -> tuple[Path | None, Path]:
+    """A private ftrace instance: (tracefs mounted here for it, or None; the instance dir).
+    tracefs is mounted in `workdir` when it is not at /sys/kernel/tracing."""
+    base, mounted = Path("/sys/kernel/tracing"), None
+    if not (base / "instances").is_dir():
+        base = mounted = workdir / "tracefs"
+        base.mkdir()
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(base)], check=True,
+                       capture_output=True)
+    instance = base / "instances" / name
+    try:
+        instance.mkdir()
+    except BaseException:
+        if mounted is not None:
+            subprocess.run(["umount", str(mounted)], capture_output=True)
+        raise
+    return mounted, instance
+
+
+def remove_trace_instance(mounted: Path | None, instance: Path | None) -> None:
+    """Undo trace_instance, as far as it got."""
+    if instance is not None:
+        try:
+            instance.rmdir()
+        except OSError:
+            pass
+    if mounted is not None:
+        subprocess.run(["umount", str(mounted)], capture_output=True)
+
+
 class OpenTrace:
     """The kernel's own stamp of every openat(2) entered by one process: an ftrace instance
     of its own (syscalls/sys_enter_openat, filtered on the pid), on the CLOCK_TAI trace clock,
@@ -359,16 +389,8 @@ class OpenTrace:
         self.mounted: Path | None = None
         self.dir: Path | None = None
         self.event: Path | None = None
-        base = Path("/sys/kernel/tracing")
         try:
-            if not (base / "instances").is_dir():
-                base = workdir / "tracefs"
-                base.mkdir()
-                subprocess.run(["mount", "-t", "tracefs", "nodev", str(base)], check=True,
-                               capture_output=True)
-                self.mounted = base
-            instance = base / "instances" / f"inodewatch-latency-{os.getpid()}"
-            instance.mkdir()
+            self.mounted, instance = trace_instance(workdir, f"inodewatch-latency-{os.getpid()}")
             self.dir = instance
             (instance / "trace_clock").write_text("tai")
             (instance / "buffer_size_kb").write_text("256")
@@ -402,14 +424,8 @@ class OpenTrace:
                 (self.event / "enable").write_text("0")
             except OSError:
                 pass
-        if self.dir is not None:
-            try:
-                self.dir.rmdir()
-            except OSError:
-                pass
-        if self.mounted is not None:
-            subprocess.run(["umount", str(self.mounted)], capture_output=True)
-            self.mounted = None
+        remove_trace_instance(self.mounted, self.dir)
+        self.mounted = self.dir = None
 
 
 # --- the measurements ---------------------------------------------------------------------

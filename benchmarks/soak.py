@@ -105,7 +105,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import (  # noqa: E402  (a sibling script: the same waits and helpers)
+import latency  # noqa: E402  (a sibling script: the same demo, waits and helpers)
+from latency import (  # noqa: E402
     BenchError,
     Children,
     EventLog,
@@ -146,48 +147,16 @@ def die_with_parent() -> None:
 # --- the processes ------------------------------------------------------------------------
 
 
-class Demo:
-    """csrc/reload; stdout and stderr (load errors) lines stamped on arrival by a thread."""
+class Demo(latency.Demo):
+    """csrc/reload in --mode hold; its load errors (stderr) stamped with its stdout lines."""
 
     def __init__(self, children: Children, workdir: Path, interval_ms: int, ticks: int) -> None:
-        self.children = children
-        self.proc = children.spawn(
-            [str(CSRC / "reload"), "--mode", "hold", "--interval-ms", str(interval_ms),
-             "--lib", "so.so", "--ticks", str(ticks)],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        self.pid = self.proc.pid
-        self.lines: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buffer = b""
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            now = time.time()
-            if not chunk:
-                break
-            buffer += chunk
-            *done, buffer = buffer.split(b"\n")
-            with self._lock:
-                self.lines += [(now, line.decode(errors="replace")) for line in done]
+        super().__init__(children, workdir, "hold", interval_ms, Path("so.so"), ticks,
+                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     def snapshot(self) -> list[tuple[float, str]]:
-        with self._lock:
+        with self._cond:
             return list(self.lines)
-
-    def stop(self) -> None:
-        self.children.stop(self.proc, signal.SIGKILL)
-        self._thread.join(timeout=2)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 class Trace:
@@ -216,16 +185,8 @@ class Trace:
         self.lost = 0
         self._stop = threading.Event()
         self._buffer = b""
-        base = Path("/sys/kernel/tracing")
         try:
-            if not (base / "instances").is_dir():
-                base = workdir / "tracefs"
-                base.mkdir()
-                subprocess.run(["mount", "-t", "tracefs", "nodev", str(base)], check=True,
-                               capture_output=True)
-                self.mounted = base
-            self.dir = base / "instances" / f"inodewatch-soak-{os.getpid()}"
-            self.dir.mkdir()
+            self.mounted, self.dir = latency.trace_instance(workdir, f"inodewatch-soak-{os.getpid()}")
             (self.dir / "trace_clock").write_text("tai")
             (self.dir / "buffer_size_kb").write_text("2048")
             of_demo, of_daemon = f"common_pid == {demo}", f"common_pid == {daemon}"
@@ -320,14 +281,8 @@ class Trace:
                 pass
             os.close(self.fd)
             self.fd = None
-        if self.dir is not None and self.dir.exists():
-            try:
-                self.dir.rmdir()
-            except OSError:
-                pass
-        if self.mounted is not None:
-            subprocess.run(["umount", str(self.mounted)], capture_output=True)
-            self.mounted = None
+        latency.remove_trace_instance(self.mounted, self.dir)
+        self.mounted = self.dir = None
 
 
 def read_status_kb(pid: int, key: str) -> int | None:
