@@ -296,8 +296,8 @@ class Daemon:
             mapped = procfs.read_mapped_files(pid, disk)
             open_files = procfs.read_open_files(pid, disk)
             after = procfs.read_stat(pid)
-        except procfs.ProcError:
-            return None
+        except (procfs.ProcError, ProcessLookupError):
+            return None  # exiting: its pidfd tells
         # A dying process's maps read empty: a snapshot taken across the exit is no news.
         if after.start_time != target.ident.start_time or after.state in ("Z", "X", "x"):
             return None

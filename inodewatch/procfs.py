@@ -305,8 +305,8 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
             except PermissionError:
                 # needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN; fall back to the maps fields
                 can_read_map_files = False
-            except FileNotFoundError:
-                st = None
+            except (FileNotFoundError, ProcessLookupError):
+                st = None  # unmapped, or the process exited, since maps was read
             if can_read_map_files and st is None:
                 continue  # unmapped between the two reads
         path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
@@ -333,8 +333,8 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
             st = None if is_pseudo_path(target) else _held_stat(link)
             if st is not None and os.readlink(link) != target:
                 continue  # closed and the number reused between the two reads
-        except FileNotFoundError:
-            continue  # closed meanwhile
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # closed meanwhile, or the process is exiting
         except PermissionError as exc:
             raise _error(pid, exc, "fd") from None
         if st is None or not stat.S_ISREG(st.st_mode):

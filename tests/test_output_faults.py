@@ -67,7 +67,10 @@ def test_disk_full_is_reported_once_and_the_watch_goes_on(start_demo, small_tmpf
         demo.copy_lib("so2.so")  # more events that cannot be written: no second report
         os.unlink(small_tmpfs / "filler")  # space again: later events are written
         demo.proc.kill()
-        log.wait("target.exited", pid=demo.pid)
+        try:
+            log.wait("target.exited", pid=demo.pid)
+        except AssertionError:
+            raise AssertionError(f"no target.exited; the daemon said: {errors.read_text()!r}") from None
         assert cpu_seconds(daemon.pid) - before < 2  # no busy loop while it could not write
         assert daemon.wait(timeout=TIMEOUT) == 0
     finally:
