@@ -17,10 +17,13 @@
  *   --interval-ms N   time between ticks (default 2000)
  *   --lib PATH        library to load (default so.so)
  *   --ticks N         stop with status 0 after N ticks (default: never)
+ *
+ * SIGUSR1 cuts the current wait short: the next tick (a reload, in hold mode) happens now.
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,13 +58,23 @@ static long long parse_num(const char *flag, const char *s,
 	return v;
 }
 
+/* SIGUSR1 asks for the next tick now: tests make a reload happen exactly when they want. */
+static volatile sig_atomic_t tick_now;
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	tick_now = 1;
+}
+
 static void sleep_ms(long long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 
-	/* Resume after signals so a tick is never cut short. */
-	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+	/* Resume after other signals so a tick is never cut short by accident. */
+	while (!tick_now && nanosleep(&ts, &ts) == -1 && errno == EINTR)
 		;
+	tick_now = 0;
 }
 
 /* dlerror() may be NULL, e.g. when dlsym finds a symbol whose value is 0. */
@@ -109,6 +122,7 @@ static const char *run_tick(const char *path, enum mode mode, void **held)
 
 int main(int argc, char **argv)
 {
+	struct sigaction usr1 = { .sa_handler = on_usr1 };
 	enum mode mode = LEAK;
 	long long interval_ms = 2000, ticks = -1;	/* -1: run forever */
 	const char *lib = "so.so";
@@ -159,6 +173,7 @@ int main(int argc, char **argv)
 
 	/* Line-buffer even into a pipe: tests wait for each line. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	sigaction(SIGUSR1, &usr1, NULL);
 
 	for (long long tick = 1;; tick++) {
 		const char *err = run_tick(path, mode, &held);

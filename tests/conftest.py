@@ -11,6 +11,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,6 +104,17 @@ class Demo:
             return None
         return wait_for(found, what=f"demo output {text!r}") - 1
 
+    def tick(self, text: str) -> None:
+        """Make the demo tick now (SIGUSR1: in hold mode, a dlclose + dlopen) until it prints
+        `text`: a reload exactly when the test wants it, not racing the daemon's first look."""
+        mark = len(self.lines)
+
+        def printed() -> bool:
+            self.proc.send_signal(signal.SIGUSR1)  # again if it landed just before a wait
+            self.read_output()
+            return any(text in line for line in self.lines[mark:])
+        wait_for(printed, what=f"demo output {text!r} after a tick")
+
     def copy_lib(self, source: str, dest: bytes | None = None) -> None:
         shutil.copyfile(self.dir / source, dest or self.lib)
 
@@ -126,7 +138,8 @@ def _no_core_dumps() -> None:
 @pytest.fixture
 def start_demo(demo_build: Path, tmp_path: Path) -> Iterator[Callable[..., Demo]]:
     """Factory: start_demo(mode="leak", interval_ms=50, lib=b"so.so") -> a running Demo
-    that has printed its first line, so its library is mapped."""
+    that has printed its first line, so its library is mapped.  A hold-mode test that must
+    see a divergence before the reload uses a long interval and Demo.tick()."""
     demos: list[Demo] = []
 
     def start(mode: str = "leak", interval_ms: int = 50, lib: bytes = b"so.so") -> Demo:

@@ -53,11 +53,12 @@ def test_rm_then_cp(start_demo, start_watcher, name):
 
 @pytest.mark.parametrize("name", NAMES.values(), ids=NAMES.keys())
 def test_mv_over(start_demo, start_watcher, name):
-    demo = start_demo("hold", interval_ms=200, lib=name)
+    demo = start_demo("hold", interval_ms=3_600_000, lib=name)  # it reloads when told to
     watcher = start_watcher(demo.pid)
     demo.copy_lib("so2.so", demo.lib + b".new")
     os.rename(demo.lib + b".new", demo.lib)
     assert exact_path(watcher.log.wait("mapping.replaced", pid=demo.pid)) == demo.lib
+    demo.tick("so2: version 2")
     assert exact_path(watcher.log.wait("mapping.reloaded", pid=demo.pid)) == demo.lib
 
 
