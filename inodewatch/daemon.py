@@ -266,9 +266,9 @@ class Daemon:
         history = target.history
         masks: dict[bytes, int] = {}
         for f in target.open_files:
-            masks[history.first_paths.get(f.file, f.path)] = NAME_EVENTS
+            masks[history.first_path(f)] = NAME_EVENTS
         for m in target.mapped.values():
-            masks[history.first_paths.get(m.file, m.path)] = NAME_EVENTS | WRITE_EVENTS
+            masks[history.first_path(m)] = NAME_EVENTS | WRITE_EVENTS
         for path in history.awaiting_reload:  # its next open is the reload
             masks[path] = masks.get(path, NAME_EVENTS) | OPEN_EVENTS
         for path in target.recently_mapped:  # unloaded a moment ago: its reopen is the reload
@@ -303,8 +303,8 @@ class Daemon:
             return None
         if self.options.watch_paths is not None:
             keep = self.options.watch_paths
-            mapped = [m for m in mapped if target.history.first_paths.get(m.file, m.path) in keep]
-            open_files = [f for f in open_files if target.history.first_paths.get(f.file, f.path) in keep]
+            mapped = [m for m in mapped if target.history.first_path(m) in keep]
+            open_files = [f for f in open_files if target.history.first_path(f) in keep]
         return mapped, open_files
 
     def rescan(self, target: Target) -> None:
@@ -318,8 +318,7 @@ class Daemon:
         findings = find_divergence(mapped, open_files, disk, history.first_paths)
 
         def write_watched(m: MappedFile) -> bool:
-            watched = self.watches.state.get(disk.root + history.first_paths.get(m.file, m.path))
-            return watched is not None and watched[0] == m.file and bool(watched[1] & WRITE_EVENTS)
+            return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
         for event in history.update(mapped, findings, write_watched):
             self.emit(event, target.pid)
@@ -329,7 +328,7 @@ class Daemon:
         # it mapped a moment ago, or the next replacement goes unseen until the re-read.
         now = time.monotonic()
         target.recently_mapped = {p: t for p, t in target.recently_mapped.items() if now - t < LINGER}
-        target.recently_mapped.update((history.first_paths.get(m.file, m.path), now) for m in mapped)
+        target.recently_mapped.update((history.first_path(m), now) for m in mapped)
         self.sync_watches(target, self.wanted_watches(target, disk))
 
     def on_file_events(self, events: list[FileEvent]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inodewatch.model import FileId, Finding, MappedFile
+from inodewatch.model import FileId, Finding, MappedFile, OpenFile
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class TargetHistory:
         for file, path in paths:
             self.first_paths.setdefault(file, path)
 
+    def first_path(self, held: MappedFile | OpenFile) -> bytes:
+        """The name the file had when first seen (its current one if it is new)."""
+        return self.first_paths.get(held.file, held.path)
+
     def overwrite(self, m: MappedFile, size_after: int | None) -> Event | None:
         """The held inode was written in place: the crash case.  Logged once per inode."""
         file = m.file
@@ -109,7 +113,7 @@ class TargetHistory:
         self.live = current
         diverged_paths = {f.path for f in findings if f.subject == "mapping"}
         for m in mapped:
-            path = self.first_paths.get(m.file, m.path)
+            path = self.first_path(m)
             old = self.awaiting_reload.get(path)
             if old is not None and m.file != old and path not in diverged_paths:
                 del self.awaiting_reload[path]

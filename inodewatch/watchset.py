@@ -63,6 +63,11 @@ class WatchSet:
                 newly_open = True
         return newly_open
 
+    def covers(self, path: bytes, inode: FileId, events: int) -> bool:
+        """Whether `inode`, at `path`, is watched for any of `events`."""
+        current = self.state.get(path)
+        return current is not None and current[0] == inode and bool(current[1] & events)
+
     def watched_inode(self, path: bytes) -> FileId | None:
         return self.state[path][0] if path in self.state else None
 
