@@ -299,7 +299,7 @@ class Daemon:
         except (procfs.ProcError, ProcessLookupError):
             return None  # exiting: its pidfd tells
         # A dying process's maps read empty: a snapshot taken across the exit is no news.
-        if after.start_time != target.ident.start_time or after.state in ("Z", "X", "x"):
+        if after.start_time != target.ident.start_time or after.is_exiting:
             return None
         if self.options.watch_paths is not None:
             keep = self.options.watch_paths

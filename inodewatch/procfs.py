@@ -27,7 +27,9 @@ from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_ps
 
 PROC = b"/proc"
 
-# Bit in /proc/PID/stat's flags field marking a kernel thread (include/linux/sched.h).
+# Bits of /proc/PID/stat's flags field (include/linux/sched.h): a process tearing itself
+# down (set at the start of do_exit, before its memory goes), and a kernel thread.
+PF_EXITING = 0x00000004
 PF_KTHREAD = 0x00200000
 
 
@@ -80,6 +82,11 @@ class ProcStat:
     @property
     def is_kernel_thread(self) -> bool:
         return bool(self.flags & PF_KTHREAD)
+
+    @property
+    def is_exiting(self) -> bool:
+        """Dying or dead: its maps may already read empty."""
+        return bool(self.flags & PF_EXITING) or self.state in ("Z", "X", "x")
 
 
 # --- pure parsing -------------------------------------------------------------------------

@@ -168,3 +168,11 @@ def test_strip_deleted_never_invents_a_name(name, nlink, name_is_this_file):
     path, deleted = strip_deleted(full, nlink, name_is_this_file)
     assert path in (full, full.removesuffix(b" (deleted)"))
     assert deleted == (nlink == 0 or (nlink is None and full.endswith(b" (deleted)") and not name_is_this_file))
+
+
+def test_parse_stat_marks_a_process_tearing_itself_down():
+    exiting = b"9 (reload) R 1 9 9 0 -1 4194628 0 0 0 0 0 0 0 0 20 0 1 0 77 0 0 18446744073709551615"
+    assert parse_stat(exiting).is_exiting  # flags 0x400144: PF_EXITING, still running
+    zombie = b"9 (reload) Z 1 9 9 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 77 0 0 18446744073709551615"
+    assert parse_stat(zombie).is_exiting
+    assert not parse_stat(zombie.replace(b") Z ", b") S ")).is_exiting
