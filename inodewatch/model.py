@@ -3,13 +3,17 @@
 Nothing here does I/O: `procfs` reads the kernel's view, the callers stat the disk, and
 `find_divergence` compares the two.  Paths are `bytes` throughout, exactly as the kernel
 reports them; turning them into text is the renderers' job.
+
+The records are `NamedTuple`s, not dataclasses: every `scan` pays its imports at start-up
+(dataclasses pulls in inspect and ast, ~10 ms) and builds thousands of these per pass, where
+a frozen dataclass's __init__ costs several times a tuple's.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Names the kernel gives to files that were never reachable through a path: shared memory,
 # memfd, SysV segments, DRM buffers.  They always read "(deleted)" and are never a stale
@@ -31,8 +35,7 @@ PSEUDO_PREFIXES: tuple[bytes, ...] = (
 DELETED_SUFFIX = b" (deleted)"
 
 
-@dataclass(frozen=True, order=True)
-class FileId:
+class FileId(NamedTuple):
     """An inode: the pair the kernel uses to tell files apart."""
 
     dev: int
@@ -48,8 +51,7 @@ class FileId:
         return f"{os.major(self.dev):02x}:{os.minor(self.dev):02x}"
 
 
-@dataclass(frozen=True)
-class MappedFile:
+class MappedFile(NamedTuple):
     """One file mapped by a process: all its VMAs grouped into one (dev, inode)."""
 
     path: bytes  # the kernel's current name for it, without a " (deleted)" it added
@@ -60,8 +62,7 @@ class MappedFile:
     mtime_ns: int | None = None
 
 
-@dataclass(frozen=True)
-class OpenFile:
+class OpenFile(NamedTuple):
     """One regular file held open by a process."""
 
     fd: int
@@ -71,8 +72,7 @@ class OpenFile:
     size: int | None = None
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One way in which what a process holds differs from what is on disk.
 
     kind is "deleted" (the held inode has no link left), "replaced" (the path names another
@@ -146,8 +146,10 @@ def compare(
     first path (or at `path`, without one).
     """
     expected = first_path if first_path is not None else path
-    common = {"mapped": held, "perms": perms, "fd": fd}
     still_there = disk is not None and same_file(held, disk)
+    if still_there and not deleted and expected == path:
+        return []  # nearly every file of every process: decided without building anything
+    common = {"mapped": held, "perms": perms, "fd": fd}
     found: list[Finding] = []
     if deleted:
         found.append(Finding(subject, "deleted", expected, **common))

@@ -21,7 +21,7 @@ import functools
 import os
 import re
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
 
@@ -53,26 +53,29 @@ class StatParseError(ValueError):
     """/proc/PID/stat is not in the kernel's format."""
 
 
-@dataclass(frozen=True)
-class MappingGroup:
+class MappingGroup(NamedTuple):
     """All the VMAs of one mapped file (dev, inode), before the disk is consulted."""
 
     path: bytes  # unescaped, " (deleted)" still attached
     file: FileId
     perms: tuple[str, ...]
-    range_name: bytes  # one VMA's name under /proc/PID/map_files/, e.g. b"7f1c2d400000-7f1c2d401000"
+    vma: bytes  # one VMA's range as maps prints it, e.g. b"00400000-00401000"
+
+    @property
+    def range_name(self) -> bytes:
+        """The VMA's name under /proc/PID/map_files/: the range without maps' zero padding."""
+        start, end = self.vma.split(b"-")
+        return b"%x-%x" % (int(start, 16), int(end, 16))
 
 
-@dataclass(frozen=True)
-class ProcessId:
+class ProcessId(NamedTuple):
     """A process as a pid plus its start time, so a reused pid is never taken for it."""
 
     pid: int
     start_time: int  # clock ticks after boot, field 22 of /proc/PID/stat
 
 
-@dataclass(frozen=True)
-class ProcStat:
+class ProcStat(NamedTuple):
     comm: bytes
     state: str
     ppid: int
@@ -97,36 +100,51 @@ def unescape_path(raw: bytes) -> bytes:
     return raw.replace(b"\\012", b"\n")
 
 
-# One file-backed line of /proc/PID/maps (inode not 0): start-end perms offset major:minor
-# inode, padding, then the path to the end of the line.  Anonymous lines never match: on a
-# big host most lines are anonymous, and the regex skips them without a Python-level loop.
+# One file-backed line of /proc/PID/maps (inode not 0), after its newline: start-end perms
+# offset major:minor inode, padding, then the path to the end of the line.  Anonymous lines
+# never match: on a big host most lines are anonymous, and the regex skips them without a
+# Python-level loop.  The leading literal newline (the text gets one prepended) lets the
+# regex engine jump from line to line instead of trying every position, as "^" would.
 _FILE_LINE = re.compile(
-    rb"^([0-9a-f]+)-([0-9a-f]+) (\S+) [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) ([1-9][0-9]*) +(.*)$",
-    re.MULTILINE)
+    rb"\n([0-9a-f]+-[0-9a-f]+) (\S+) [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) +(.*)")
 
 
 def map_groups(data: bytes) -> list[MappingGroup]:
     """The files mapped in the text of /proc/PID/maps, one group per (dev, inode), pseudo
     files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are skipped."""
-    groups: dict[tuple[bytes, bytes, bytes], tuple[bytes, set[bytes], bytes] | None] = {}
-    for start, end, perms, major, minor, inode, path in _FILE_LINE.findall(data):
-        key = (major, minor, inode)
-        if key in groups:
-            group = groups[key]
-            if group is not None:
-                group[1].add(perms)
-            continue
-        path = unescape_path(path)
-        # map_files names the range without the zero padding maps prints
-        groups[key] = None if is_pseudo_path(path) else (
-            path, {perms}, b"%x-%x" % (int(start, 16), int(end, 16)))
+    # The hot loop of a full-host scan (tens of thousands of lines): per line only a dict
+    # look-up; the fields are decoded once per file, not once per VMA.
+    seen: dict[bytes, tuple[bytes, set[bytes], bytes]] = {}
+    for range_text, perms, dev_inode, path in _FILE_LINE.findall(b"\n" + data):
+        group = seen.get(dev_inode)
+        if group is None:
+            seen[dev_inode] = (path, {perms}, range_text)
+        else:
+            group[1].add(perms)
     found = []
-    for (major, minor, inode), group in groups.items():
-        if group is not None:
-            path, perms, range_name = group
-            file = FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
-            found.append(MappingGroup(path, file, tuple(sorted(p.decode() for p in perms)), range_name))
+    for dev_inode, (raw_path, perms, vma) in seen.items():
+        file = _file_of(dev_inode, raw_path)
+        if file is not None:
+            found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
     return found
+
+
+# Both caches hold what every process repeats (libc, ld.so, the same few perms strings):
+# a full-host scan decodes each once, not once per process.
+@functools.lru_cache(maxsize=4096)
+def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId] | None:
+    """(path, FileId) from maps' "major:minor inode" and raw path; None for a pseudo file."""
+    path = unescape_path(raw_path)
+    if is_pseudo_path(path):
+        return None
+    dev, inode = dev_inode.split(b" ")
+    major, minor = dev.split(b":")
+    return path, FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
+
+
+@functools.lru_cache(maxsize=256)
+def _perm_names(perms: frozenset[bytes]) -> tuple[str, ...]:
+    return tuple(sorted(p.decode() for p in perms))
 
 
 def strip_deleted(name: bytes, nlink: int | None, name_is_this_file: bool) -> tuple[bytes, bool]:
@@ -239,30 +257,37 @@ def stat_at(root: bytes, path: bytes) -> os.stat_result | None:
         raise
 
 
+class OnDisk(NamedTuple):
+    stat: os.stat_result
+    file: FileId  # FileId.of(stat), made once per path and pass
+
+
 class DiskView:
     """What paths name on disk for one process, each path stat'ed once per pass (a library
     is mapped by several VMAs and often held by several processes).  A vanished process
     looks like an absent file: the caller learns of the exit on its own."""
 
-    def __init__(self, pid: int, shared: dict[bytes, os.stat_result | None] | None = None) -> None:
+    def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None) -> None:
         self.pid = pid
         self.root = root_of(pid)
         # Processes in our own mount namespace see the same files: one pass over many of
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
-        self.seen: dict[bytes, os.stat_result | None] = (
-            shared if shared is not None and not self.root else {})
+        self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
 
-    def stat(self, path: bytes) -> os.stat_result | None:
-        if path not in self.seen:
-            try:
-                self.seen[path] = stat_at(self.root, path)
-            except OSError:
-                self.seen[path] = None
-        return self.seen[path]
+    def look(self, path: bytes) -> OnDisk | None:
+        """What is at `path` now (None: nothing, or it cannot be stat'ed)."""
+        if path in self.seen:
+            return self.seen[path]
+        try:
+            st = stat_at(self.root, path)
+        except OSError:
+            st = None
+        found = self.seen[path] = OnDisk(st, FileId.of(st)) if st is not None else None
+        return found
 
     def __call__(self, path: bytes) -> FileId | None:
-        st = self.stat(path)
-        return FileId.of(st) if st is not None else None
+        found = self.look(path)
+        return found.file if found is not None else None
 
 
 def _held_stat(link: bytes) -> os.stat_result | None:
@@ -289,12 +314,12 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
     files: list[MappedFile] = []
     can_read_map_files = True
     for g in groups:
-        on_disk = None if g.path.endswith(DELETED_SUFFIX) else disk.stat(g.path)
-        if on_disk is not None and same_file(g.file, FileId.of(on_disk)):
+        on_disk = None if g.path.endswith(DELETED_SUFFIX) else disk.look(g.path)
+        if on_disk is not None and same_file(g.file, on_disk.file):
             # The path still names the mapped inode: intact, no need to ask map_files (the
             # common case, and one stat fewer per library per process).
-            files.append(MappedFile(g.path, g.file, g.perms, False, on_disk.st_size,
-                                    on_disk.st_mtime_ns))
+            files.append(MappedFile(g.path, g.file, g.perms, False, on_disk.stat.st_size,
+                                    on_disk.stat.st_mtime_ns))
             continue
         st = None
         name = g.path

@@ -6,24 +6,21 @@ simply shows the new name), which is what the watch daemon is for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from inodewatch import procfs
 from inodewatch.model import Finding, find_divergence
 
 
-@dataclass(frozen=True)
-class ProcessReport:
+class ProcessReport(NamedTuple):
     pid: int
     comm: bytes
     findings: list[Finding]
 
 
-@dataclass
-class ScanSummary:
-    reports: list[ProcessReport] = field(default_factory=list)
+class ScanSummary(NamedTuple):
+    reports: list[ProcessReport]
     kernel_threads: int = 0
     unreadable: int = 0
     exited: int = 0  # gone between listing and reading: not an error under --all
@@ -33,7 +30,7 @@ class ScanSummary:
         return [r for r in self.reports if r.findings]
 
 
-def examine(pid: int, shared: dict[bytes, os.stat_result | None] | None = None) -> tuple[bool, list[Finding]]:
+def examine(pid: int, shared: dict[bytes, procfs.OnDisk | None] | None = None) -> tuple[bool, list[Finding]]:
     """(whether the process maps any file, its divergences).  Raises procfs.ProcError.
     `shared`: a stat cache for the processes of one pass (see procfs.DiskView)."""
     disk = procfs.DiskView(pid, shared)
@@ -50,10 +47,7 @@ def scan_process(pid: int) -> ProcessReport:
 
 def scan_pids(pids: Iterable[int]) -> ScanSummary:
     """Scan the named processes; the first one that cannot be read raises ProcError."""
-    summary = ScanSummary()
-    for pid in pids:
-        summary.reports.append(scan_process(pid))
-    return summary
+    return ScanSummary([scan_process(pid) for pid in pids])
 
 
 def scan_all() -> ScanSummary:
@@ -62,18 +56,19 @@ def scan_all() -> ScanSummary:
     Cheap for the common case: /proc/PID/stat (comm, the kernel-thread flag) is read only
     for a process with findings, or that maps no file (as kernel threads).
     """
-    summary = ScanSummary()
-    shared: dict[bytes, os.stat_result | None] = {}
+    reports: list[ProcessReport] = []
+    kernel_threads = unreadable = exited = 0
+    shared: dict[bytes, procfs.OnDisk | None] = {}
     for pid in procfs.list_pids():
         try:
             maps_files, findings = examine(pid, shared)
             if not maps_files and procfs.read_stat(pid).is_kernel_thread:
-                summary.kernel_threads += 1
+                kernel_threads += 1
                 continue
             comm = procfs.read_stat(pid).comm if findings else b""
-            summary.reports.append(ProcessReport(pid, comm, findings))
+            reports.append(ProcessReport(pid, comm, findings))
         except procfs.ProcessGone:
-            summary.exited += 1
+            exited += 1
         except procfs.ProcError:
-            summary.unreadable += 1
-    return summary
+            unreadable += 1
+    return ScanSummary(reports, kernel_threads, unreadable, exited)

@@ -61,7 +61,7 @@ def test_scan_table_has_no_raw_control_characters():
     reports = [ProcessReport(7, b"re\x1bload", [Finding("mapping", "deleted", p, FileId(1, 2))])
                for p in HOSTILE]
     out = io.StringIO()
-    print_scan_table(ScanSummary(reports=reports), out)
+    print_scan_table(ScanSummary(reports), out)
     assert no_control(out.getvalue())
     assert out.getvalue().count("\n") == len(HOSTILE) + 2
 
