@@ -43,8 +43,9 @@ deleted -> ``mapping.deleted``; mv-over -> ``mapping.deleted`` + ``mapping.repla
 
 Full-host scans
 ---------------
-``inodewatch scan --all --json`` (as ``sys.executable -m inodewatch``: Python's start-up is
-part of its cost, as an operator pays it) against ``lsof -nP``, ``needrestart -b -r l`` and
+``inodewatch scan --all --json`` -- the console script of a non-editable install in a fresh
+venv, ``/srv/inodewatch-fleet/venv`` (``pip install`` of a copy of the checkout), as an
+operator runs it; Python's start-up is part of its cost -- against ``lsof -nP``, ``needrestart -b -r l`` and
 ``checkrestart``, each run as a child with stdout/stderr to a file; ``os.wait4`` gives its
 rusage: CPU = utime + stime (children it waited for included, e.g. checkrestart's lsof and
 dpkg-query), peak RSS = ru_maxrss (the largest process of that tree).  Wall time from just
@@ -68,7 +69,7 @@ What each tool says is read from its real output:
 
 The watch daemon
 ----------------
-``sys.executable -m inodewatch --exe /srv/inodewatch-fleet/bin/reload --log-file F``
+``inodewatch --exe /srv/inodewatch-fleet/bin/reload --log-file F`` (the venv's)
 (default ``--interval``) attached to all N hosts.  Once every host is attached and the
 daemon sleeps in poll, after a 3 s settle:
 
@@ -89,11 +90,14 @@ daemon sleeps in poll, after a 3 s settle:
 
 Timestamps are CLOCK_REALTIME on both sides.  Percentiles nearest-rank.
 
-Environment: every command runs with Python's bytecode cache on (PYTHONDONTWRITEBYTECODE
-removed, PYTHONPYCACHEPREFIX under the fleet's directory) and once, untimed, before it is
-measured, so an editable checkout costs what an installed package costs.  Python's start-up
-is otherwise measured as it is: ``python3 -c pass`` and ``python3 -S -c pass`` are printed so
-the share of ``site`` (and of whatever .pth hooks the machine has) is visible.
+Environment: inodewatch is measured as installed -- a venv made by ``sys.executable -m venv``
+and ``pip install``, so its ``site`` sees only the venv's packages, not the .pth hooks of the
+interpreter's own site-packages (this machine's pyenv Python runs an editable finder and a
+sandbox hook importing certifi in every process: ~55 ms).  The start-up target compares
+``inodewatch --version`` with the same venv's ``python3 -c pass``.  The checkout itself
+(``sys.executable -m inodewatch``) is measured too, as context.  Every command runs with
+Python's bytecode cache on (PYTHONDONTWRITEBYTECODE removed, PYTHONPYCACHEPREFIX under the
+fleet's directory) and once, untimed, before it is measured.
 """
 
 from __future__ import annotations
@@ -128,6 +132,10 @@ REPO = Path(__file__).resolve().parent.parent
 CSRC = REPO / "csrc"
 ROOT = Path("/srv/inodewatch-fleet")
 TICKS = os.sysconf("SC_CLK_TCK")
+VENV = ROOT / "venv"
+VENV_PYTHON = str(VENV / "bin" / "python3")
+INODEWATCH = str(VENV / "bin" / "inodewatch")
+CHECKOUT = [sys.executable, "-m", "inodewatch"]  # context: the checkout, this interpreter
 TIME = "/usr/bin/time"  # GNU time (package "time"), for the peak RSS of a command
 PR_SET_PDEATHSIG = 1
 # Every command runs with bytecode caching on, in a private cache: this machine sets
@@ -573,62 +581,81 @@ class Bench:
     def verdict(self, ok: bool, text: str) -> None:
         self.verdicts.append(f"{'PASS' if ok else 'MISS'} {text}")
 
+    # install ----------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """inodewatch as an operator has it: a non-editable install in a fresh venv."""
+        say(f"installing inodewatch into {VENV} (venv + pip install of a copy of the checkout)")
+        src = ROOT / "src"
+        # a copy: pip's in-tree build would write build/ and *.egg-info into the checkout,
+        # and a stale build/ there could be packaged
+        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+            ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
+            ".pytest_cache", "benchmarks", "tests", "csrc"))
+        for cmd in ([sys.executable, "-m", "venv", str(VENV)],
+                    [VENV_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                     str(src)]):
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise BenchError(f"{' '.join(cmd[:4])} ... failed: {last}")
+
     # startup ----------------------------------------------------------------------------
 
     def startup(self) -> None:
         reps = self.args.startup_reps
         say(f"start-up: {reps} x python -c pass / inodewatch --version, alternating")
-        bare, ver, nosite = [], [], []
-        for cmd in ([sys.executable, "-c", "pass"], [sys.executable, "-m", "inodewatch",
-                                                     "--version"]):
+        cmds = {"bare": [VENV_PYTHON, "-c", "pass"], "ver": [INODEWATCH, "--version"],
+                "checkout-bare": [sys.executable, "-c", "pass"],
+                "checkout-ver": [*CHECKOUT, "--version"],
+                "nosite": [sys.executable, "-S", "-c", "pass"]}
+        walls: dict[str, list[float]] = {name: [] for name in cmds}
+        for cmd in cmds.values():
             measured(self.children, cmd, ROOT, "warm-up")
         for i in range(reps):
-            pair = [("bare", [sys.executable, "-c", "pass"]),
-                    ("ver", [sys.executable, "-m", "inodewatch", "--version"])]
-            for name, cmd in (pair if i % 2 == 0 else pair[::-1]):
-                r = measured(self.children, cmd, ROOT, f"startup-{name}")
-                (bare if name == "bare" else ver).append(r.wall)
-            nosite.append(measured(self.children, [sys.executable, "-S", "-c", "pass"], ROOT,
-                                   "startup-nosite").wall)
-        mb, mv = statistics.median(bare), statistics.median(ver)
+            pair = ["bare", "ver"]
+            for name in (pair if i % 2 == 0 else pair[::-1]) + ["checkout-bare", "checkout-ver",
+                                                                "nosite"]:
+                walls[name].append(measured(self.children, cmds[name], ROOT, f"startup-{name}").wall)
+        mb, mv = statistics.median(walls["bare"]), statistics.median(walls["ver"])
         ratio = mv / mb
+
+        def row(label: str, name: str) -> str:
+            w = walls[name]
+            return (f"| {label} | {statistics.median(w) * 1000:.1f} ms | {min(w) * 1000:.1f} ms | "
+                    f"{max(w) * 1000:.1f} ms |")
         self.md += [
             "## Start-up", "",
-            f"{reps} runs each, alternating; wall time, median (min - max).", "",
+            f"{reps} runs each (the first two alternating); wall time, median (min - max).", "",
             "| command | median | min | max |", "| --- | --- | --- | --- |",
-            f"| `python3 -c pass` | {mb * 1000:.1f} ms | {min(bare) * 1000:.1f} ms | "
-            f"{max(bare) * 1000:.1f} ms |",
-            f"| `python3 -m inodewatch --version` | {mv * 1000:.1f} ms | "
-            f"{min(ver) * 1000:.1f} ms | {max(ver) * 1000:.1f} ms |",
-            f"| context: `python3 -S -c pass` (no `site`, no .pth files) | "
-            f"{statistics.median(nosite) * 1000:.1f} ms | {min(nosite) * 1000:.1f} ms | "
-            f"{max(nosite) * 1000:.1f} ms |",
-            "", f"ratio {ratio:.2f}.  The gap between the first and the last row is `site`: on "
-            "this machine it runs the editable install's finder (`__editable__.inodewatch` "
-            ".pth) and a sandbox hook that imports certifi (`_sandboxing_egress_ca.pth`); every "
-            "Python command here pays it, inodewatch's included.", ""]
+            row("venv: `python3 -c pass`", "bare"),
+            row("venv: `inodewatch --version`", "ver"),
+            row("context, this interpreter: `python3 -c pass`", "checkout-bare"),
+            row("context, the checkout: `python3 -m inodewatch --version`", "checkout-ver"),
+            row("context, this interpreter: `python3 -S -c pass` (no `site`)", "nosite"),
+            "", f"ratio {ratio:.2f} (venv).  The context rows show this machine's interpreter: "
+            "its `site` runs the editable install's finder (`__editable__.inodewatch` .pth) "
+            "and a sandbox hook that imports certifi (`_sandboxing_egress_ca.pth`) in every "
+            "process; a venv does not see them.", ""]
         self.verdict(ratio <= TARGETS["version_ratio"],
                      f"inodewatch --version {mv * 1000:.1f} ms = {ratio:.2f}x python3 -c pass "
-                     f"({mb * 1000:.1f} ms); target <= {TARGETS['version_ratio']}x")
+                     f"({mb * 1000:.1f} ms), both the venv's; target <= {TARGETS['version_ratio']}x")
 
     # scans ------------------------------------------------------------------------------
 
     def scans(self) -> None:
         fleet = self.fleet.by_pid()
-        iw = [sys.executable, "-m", "inodewatch", "scan", "--all", "--json"]
+        iw = [INODEWATCH, "scan", "--all", "--json"]
         tools = {"lsof": ["lsof", "-nP"], "needrestart": ["needrestart", "-b", "-r", "l"],
                  "checkrestart": ["checkrestart"]}
         runs: dict[str, list[Run]] = {"inodewatch": [], **{t: [] for t in tools}}
-        # Context, not judged: the same scan without `site` (so without this machine's .pth
-        # hooks), its packages found through PYTHONPATH instead.
-        site_dirs = [p for p in sys.path if p.endswith("site-packages")]
-        nosite_env = dict(RUN_ENV, PYTHONPATH=os.pathsep.join([str(REPO), *site_dirs]))
-        nosite_cmd = [sys.executable, "-S", "-m", "inodewatch", "scan", "--all", "--json"]
-        nosite: list[Run] = []
+        # Context, not judged: the same scan from the checkout, with this interpreter's site.
+        checkout_cmd = [*CHECKOUT, "scan", "--all", "--json"]
+        checkout: list[Run] = []
         say("warm-up: each command once, untimed (page cache, bytecode cache)")
         for cmd in [iw, *tools.values()]:
             measured(self.children, cmd, ROOT, "warm-up")
-        measured(self.children, nosite_cmd, ROOT, "warm-up", env=nosite_env)
+        measured(self.children, checkout_cmd, ROOT, "warm-up")
         ratios: dict[str, list[float]] = {t: [] for t in tools}
         nprocs = []
         for rnd in range(self.args.rounds):
@@ -642,8 +669,7 @@ class Bench:
                     got[name] = measured(self.children, c, ROOT, f"scan-{name}")
                     runs[name].append(got[name])
                 ratios[tool].append(got[tool].wall / got["inodewatch"].wall)
-            nosite.append(measured(self.children, nosite_cmd, ROOT, "scan-nosite",
-                                   env=nosite_env))
+            checkout.append(measured(self.children, checkout_cmd, ROOT, "scan-checkout"))
         say("untimed verbose runs of needrestart and checkrestart (their per-process output)")
         nr_v = measured(self.children, ["needrestart", "-v", "-b", "-r", "l"], ROOT, "nr-v")
         cr_v = measured(self.children, ["checkrestart", "-v"], ROOT, "cr-v")
@@ -685,23 +711,24 @@ class Bench:
         iw_wall = med([r.wall for r in runs["inodewatch"]])
         for name in ["inodewatch", *tools]:
             rs = runs[name]
-            cmd = "inodewatch scan --all --json" if name == "inodewatch" else " ".join(tools[name])
+            cmd = "`inodewatch scan --all --json` (venv)" if name == "inodewatch" else \
+                f"`{' '.join(tools[name])}`"
             walls = [r.wall for r in rs]
             ratio = "-" if name == "inodewatch" else f"{med(ratios[name]):.2f}x " \
                 f"({min(ratios[name]):.2f}-{max(ratios[name]):.2f})"
             rom = "-" if name == "inodewatch" else f"{med(walls) / iw_wall:.2f}x"
             self.md.append(
-                f"| {name} | `{cmd}` | {med(walls) * 1000:.0f} ms | {min(walls) * 1000:.0f} - "
+                f"| {name} | {cmd} | {med(walls) * 1000:.0f} ms | {min(walls) * 1000:.0f} - "
                 f"{max(walls) * 1000:.0f} ms | {med([r.cpu for r in rs]) * 1000:.0f} ms | "
                 f"{med([r.maxrss_kb for r in rs]) / 1024:.1f} MB | {ratio} | {rom} |")
-        ns_walls = [r.wall for r in nosite]
+        co_walls = [r.wall for r in checkout]
         self.md.append(
-            f"| context: inodewatch without `site` | `python3 -S -m inodewatch scan --all "
-            f"--json`, PYTHONPATH=repo:site-packages | {med(ns_walls) * 1000:.0f} ms | "
-            f"{min(ns_walls) * 1000:.0f} - {max(ns_walls) * 1000:.0f} ms | "
-            f"{med([r.cpu for r in nosite]) * 1000:.0f} ms | "
-            f"{med([r.maxrss_kb for r in nosite]) / 1024:.1f} MB | (not paired) | lsof / this: "
-            f"{med([r.wall for r in runs['lsof']]) / med(ns_walls):.2f}x |")
+            f"| context: the checkout | `python3 -m inodewatch scan --all --json` "
+            f"(this interpreter, its site) | {med(co_walls) * 1000:.0f} ms | "
+            f"{min(co_walls) * 1000:.0f} - {max(co_walls) * 1000:.0f} ms | "
+            f"{med([r.cpu for r in checkout]) * 1000:.0f} ms | "
+            f"{med([r.maxrss_kb for r in checkout]) / 1024:.1f} MB | (not paired) | lsof / this: "
+            f"{med([r.wall for r in runs['lsof']]) / med(co_walls):.2f}x |")
         self.md += [
             "", f"(inodewatch ran {len(runs['inodewatch'])} times, once per pair.  Untimed "
             f"extra runs for the per-process output: `needrestart -v -b -r l` {nr_v.wall * 1000:.0f} "
@@ -754,7 +781,7 @@ class Bench:
         logdir.mkdir()
         log = EventLog(logdir / "events.json")
         err_path = logdir / "stderr"
-        cmd = [sys.executable, "-m", "inodewatch", "--exe", str(self.fleet.binary),
+        cmd = [INODEWATCH, "--exe", str(self.fleet.binary),
                "--log-file", str(log.path)]
         say(f"daemon: {' '.join(cmd)}")
         t0 = time.monotonic()
@@ -991,8 +1018,8 @@ class Bench:
             f"{int(mem) / 1024 / 1024:.1f} GiB RAM; load average at start "
             f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
             f"- code: {self.version_at_start}",
-            f"- software: inodewatch {__version__}, Python {platform.python_version()} "
-            f"({sys.executable}), {', '.join(versions)}",
+            f"- software: inodewatch {__version__} (installed in {VENV}), Python "
+            f"{platform.python_version()} ({sys.executable}), {', '.join(versions)}",
             f"- fleet: {self.args.hosts} hosts under {ROOT}, hold tick "
             f"{self.args.interval_ms} ms, {self.args.divergent * 100:g} % divergent (leak "
             f"mode), seed {self.args.seed}; `ulimit -n` "
@@ -1009,6 +1036,7 @@ class Bench:
         head = self.header(versions)
         self.fleet.build()
         (ROOT / "out").mkdir()
+        self.install()
         if a.setup_only:
             print(f"fleet up: {ROOT}; binary {self.fleet.binary}")
             for h in self.fleet.hosts:

@@ -12,10 +12,9 @@ import errno
 import json
 import os
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import IO, Any
-
-from datetime import datetime, timezone
 
 from inodewatch.text import escape_control, is_utf8, safe_text
 
@@ -70,7 +69,9 @@ def order_keys(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dic
 
 def add_timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """ISO 8601, UTC, microseconds, as structlog's TimeStamper(fmt="iso", utc=True) writes it."""
-    event["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # time, not datetime: `scan --json` would pay datetime's import (~2 ms) at every run
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    event["timestamp"] = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{ns // 1000:06d}Z"
     return event
 
 

@@ -155,10 +155,11 @@ def start_demo(demo_build: Path, tmp_path: Path) -> Iterator[Callable[..., Demo]
         demo.stop()
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real command line, as an operator would."""
     return subprocess.run([sys.executable, "-m", "inodewatch", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 def test_version():
@@ -64,3 +66,25 @@ def test_permission_denied_names_the_capability(command):
     finally:
         target.kill()
         target.wait()
+
+
+@pytest.mark.parametrize("columns", ["60", "100"])
+def test_help_fits_the_terminal_width(columns):
+    env = dict(os.environ, COLUMNS=columns)
+    for command in ("scan", "report"):
+        result = run_cli(command, "--help", env=env)
+        assert result.returncode == 0
+        assert max(map(len, result.stdout.splitlines())) <= int(columns), command
+
+
+def test_scan_imports_only_what_it_needs():
+    """Every scan pays its imports: keep structlog, pyinotify, psutil, dataclasses, datetime
+    and shutil (argparse sizes its help with it) off the scan path."""
+    code = ("import sys, runpy; sys.argv = ['inodewatch', 'scan', '--all', '--json'];\n"
+            "try:\n    runpy.run_module('inodewatch', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'datetime', 'shutil'}\n"
+            "print(sorted(heavy & set(sys.modules)), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
