@@ -225,8 +225,9 @@ def read_identity(pid: int) -> ProcessId:
 
 
 @functools.cache
-def _own_mount_namespace() -> int:
-    return os.stat(b"/proc/self/ns/mnt").st_ino
+def _own_mount_namespace() -> bytes:
+    # readlink ("mnt:[4026531841]"), not stat: half the cost, paid once per process scanned
+    return os.readlink(b"/proc/self/ns/mnt")
 
 
 def root_of(pid: int) -> bytes:
@@ -238,7 +239,7 @@ def root_of(pid: int) -> bytes:
     from our root.
     """
     try:
-        if os.stat(proc_path(pid, b"ns", b"mnt")).st_ino == _own_mount_namespace():
+        if os.readlink(proc_path(pid, b"ns", b"mnt")) == _own_mount_namespace():
             return b""
     except OSError:
         pass  # gone (the caller finds out), or no ns access: the root link is the safe bet
