@@ -8,10 +8,15 @@ imported per command, because every `scan` pays the start-up time.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+
+# typing only for the checkers: `--version` and every `scan` would pay its import (~5 ms)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 from inodewatch import __version__
 
@@ -172,6 +177,9 @@ def run_scan(args: argparse.Namespace) -> int:
         render.print_scan_events(summary)
     else:
         render.print_scan_table(summary)
+    # The process ends now: move every object out of the collector's sight, so the
+    # interpreter's exit does not walk them all once more (~8 ms of a 500-process scan).
+    gc.freeze()
     return EXIT_DIVERGED if summary.diverged else EXIT_OK
 
 
