@@ -6,10 +6,10 @@ reports them; turning them into text is the renderers' job.
 
 The records are `NamedTuple`s, not dataclasses: every `scan` pays its imports at start-up
 (dataclasses pulls in inspect and ast, ~10 ms) and builds thousands of these per pass, where
-a frozen dataclass's __init__ costs several times a tuple's.
+a frozen dataclass's __init__ costs several times a tuple's.  The modules defining them do not
+use `from __future__ import annotations`: typing compiles every string annotation of a
+NamedTuple into a ForwardRef at class creation (~0.1 ms a field, 3 ms a scan).
 """
-
-from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
@@ -42,7 +42,7 @@ class FileId(NamedTuple):
     ino: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> FileId:
+    def of(cls, st: os.stat_result) -> "FileId":
         return cls(st.st_dev, st.st_ino)
 
     @property

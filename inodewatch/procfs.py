@@ -14,8 +14,6 @@ Facts this module relies on (fs/proc/task_mmu.c, fs/seq_file.c):
   so it is judged against its own view of the file system (see root_of).
 """
 
-from __future__ import annotations
-
 import errno
 import functools
 import os

@@ -9,8 +9,6 @@ would cost a scan more than a worker saves).  A worker that fails leaves its sha
 parent, so a failure costs time, never findings.
 """
 
-from __future__ import annotations
-
 import marshal
 import os
 from collections.abc import Iterable
