@@ -912,7 +912,7 @@ class Bench:
         hwm_mb = max(idle_hwm, churn_hwm, lat_hwm) / 1024
         self.md += [
             "## Watch daemon", "",
-            f"`python3 {' '.join(cmd[1:-1])} FILE` "
+            f"`inodewatch {' '.join(cmd[1:-1])} FILE` (the venv's) "
             f"(default `--interval` 1 s), all {self.fleet.n} hosts attached after "
             f"{t_attached:.1f} s.  At attach it reported {attach_score.found}/{n_stale} stale "
             f"hosts, {attach_score.fp_healthy + attach_score.fp_renamed} others, event kinds "
