@@ -68,7 +68,8 @@ def scan_all(workers: int | None = None) -> ScanSummary:
     pids = procfs.list_pids()
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS, len(pids) // PIDS_PER_WORKER)
-    shares = [pids[i::workers] for i in range(max(workers, 1))]
+    workers = max(workers, 1)
+    shares = [pids[i::workers] for i in range(workers)]
     started = [(share, _start_worker(share)) for share in shares[1:]]
     parts = [_scan_share(shares[0])]
     for share, worker in started:

@@ -73,3 +73,12 @@ def test_plain_round_trip_keeps_hostile_bytes_and_every_field():
         kernel_threads=3, unreadable=1, exited=2)
     assert scan.from_plain(scan.to_plain(summary)) == summary
     assert type(scan.from_plain(scan.to_plain(summary)).reports[0].findings[0].mapped) is FileId
+
+
+@pytest.mark.parametrize("per_worker", [1, 10**9])
+def test_default_worker_count_on_any_host(start_demo, monkeypatch, per_worker):
+    """A small host (fewer processes than one worker's share) scans in one process; a big
+    one in several."""
+    demos = demos_with_divergence(start_demo, 2)
+    monkeypatch.setattr(scan, "PIDS_PER_WORKER", per_worker)
+    assert set(findings_of(scan.scan_all(), demos)) == set(demos)
