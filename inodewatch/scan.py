@@ -3,15 +3,17 @@
 A one-shot scan sees deleted and replaced files directly; a rename it cannot see (maps
 simply shows the new name), which is what the watch daemon is for.
 
-`scan_all` spreads a host's processes over the CPUs it may use: each share is scanned by a
-forked worker and sent back through a pipe as plain tuples (marshal: pickle's import alone
-would cost a scan more than a worker saves).  A worker that fails leaves its share to the
-parent, so a failure costs time, never findings.
+`scan_all` spreads a host's processes over the CPUs it may use: forked workers and the
+parent take chunks of pids from one queue (a pipe of chunk numbers), so the faster finish
+more and all finish together, and each worker sends its result back through a pipe as plain
+tuples (marshal: pickle's import alone would cost a scan more than a worker saves).  Chunks
+taken by a worker that fails are scanned again by the parent: a failure costs time, never
+findings.
 """
 
 import marshal
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from inodewatch import procfs
@@ -20,6 +22,10 @@ from inodewatch.model import FileId, Finding, find_divergence
 # Below this many processes a fork (~1 ms, plus a second stat cache) costs more than it saves.
 PIDS_PER_WORKER = 100
 MAX_WORKERS = 4
+# Chunks small enough to even out the end, few enough that their numbers (2 bytes each) fit
+# in one atomic pipe write, which never blocks even on the smallest pipe (a page).
+CHUNK_PIDS = 16
+MAX_CHUNKS = 1000
 
 
 class ProcessReport(NamedTuple):
@@ -68,20 +74,26 @@ def scan_all(workers: int | None = None) -> ScanSummary:
     pids = procfs.list_pids()
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS, len(pids) // PIDS_PER_WORKER)
-    workers = max(workers, 1)
-    shares = [pids[i::workers] for i in range(workers)]
-    started = [(share, _start_worker(share)) for share in shares[1:]]
-    parts = [_scan_share(shares[0])]
-    for share, worker in started:
-        part = _collect(worker) if worker is not None else None
-        parts.append(part if part is not None else _scan_share(share))
+    if workers <= 1:
+        return _scan_share(pids)
+    size = max(CHUNK_PIDS, -(-len(pids) // MAX_CHUNKS))
+    chunks = [pids[i:i + size] for i in range(0, len(pids), size)]
+    queue = _work_queue(len(chunks))
+    started = [_start_worker(chunks, queue) for _ in range(workers - 1)]
+    parts = [_scan_queued(chunks, queue)]
+    os.close(queue)
+    parts += [part for worker in started if worker is not None
+              if (part := _collect(worker)) is not None]
+    taken = {number for part in parts for number in part.chunks}
+    left = [pid for number, chunk in enumerate(chunks) if number not in taken for pid in chunk]
+    summaries = [part.summary for part in parts] + [_scan_share(left)]
     return ScanSummary(
-        sorted((r for part in parts for r in part.reports), key=lambda r: r.pid),
-        sum(p.kernel_threads for p in parts), sum(p.unreadable for p in parts),
-        sum(p.exited for p in parts))
+        sorted((r for part in summaries for r in part.reports), key=lambda r: r.pid),
+        sum(p.kernel_threads for p in summaries), sum(p.unreadable for p in summaries),
+        sum(p.exited for p in summaries))
 
 
-def _scan_share(pids: list[int]) -> ScanSummary:
+def _scan_share(pids: Iterable[int]) -> ScanSummary:
     """Cheap for the common case: /proc/PID/stat (comm, the kernel-thread flag) is read only
     for a process with findings, or that maps no file (as kernel threads)."""
     reports: list[ProcessReport] = []
@@ -102,13 +114,37 @@ def _scan_share(pids: list[int]) -> ScanSummary:
     return ScanSummary(reports, kernel_threads, unreadable, exited)
 
 
+class Share(NamedTuple):
+    summary: ScanSummary
+    chunks: list[int]  # the chunk numbers it covers
+
+
+def _work_queue(count: int) -> int:
+    """A pipe holding the chunk numbers 0..count-1, its write end closed: a read of 2 bytes
+    takes one number, atomically, whichever process reads it; b"" means no work is left."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"".join(n.to_bytes(2, "little") for n in range(count)))
+    os.close(write_end)
+    return read_end
+
+
+def _scan_queued(chunks: list[list[int]], queue: int) -> Share:
+    taken: list[int] = []
+
+    def queued_pids() -> Iterator[int]:
+        while number := os.read(queue, 2):
+            taken.append(int.from_bytes(number, "little"))
+            yield from chunks[taken[-1]]
+    return Share(_scan_share(queued_pids()), taken)
+
+
 class Worker(NamedTuple):
     pid: int
-    pipe: int  # read end: the worker's ScanSummary, marshalled
+    pipe: int  # read end: the worker's Share, marshalled
 
 
-def _start_worker(pids: list[int]) -> Worker | None:
-    """Fork a worker scanning `pids`; None if it cannot be started."""
+def _start_worker(chunks: list[list[int]], queue: int) -> Worker | None:
+    """Fork a worker scanning chunks from `queue`; None if it cannot be started."""
     read_end, write_end = os.pipe()
     try:
         child = os.fork()
@@ -120,8 +156,9 @@ def _start_worker(pids: list[int]) -> Worker | None:
         status = 1
         try:
             os.close(read_end)
+            share = _scan_queued(chunks, queue)
             with open(write_end, "wb") as out:
-                out.write(marshal.dumps(to_plain(_scan_share(pids))))
+                out.write(marshal.dumps((to_plain(share.summary), share.chunks)))
             status = 0
         finally:
             # never return into the caller's code, nor flush buffers the parent owns
@@ -130,7 +167,7 @@ def _start_worker(pids: list[int]) -> Worker | None:
     return Worker(child, read_end)
 
 
-def _collect(worker: Worker) -> ScanSummary | None:
+def _collect(worker: Worker) -> Share | None:
     """The worker's result; None if it failed."""
     with open(worker.pipe, "rb") as pipe:
         data = pipe.read()
@@ -138,7 +175,8 @@ def _collect(worker: Worker) -> ScanSummary | None:
     if status != 0:
         return None
     try:
-        return from_plain(marshal.loads(data))
+        summary, chunks = marshal.loads(data)
+        return Share(from_plain(summary), chunks)
     except (EOFError, ValueError, TypeError):
         return None
 
