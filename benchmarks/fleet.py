@@ -90,9 +90,10 @@ daemon sleeps in poll, after a 3 s settle:
 
 Timestamps are CLOCK_REALTIME on both sides.  Percentiles nearest-rank.
 
-Environment: inodewatch is measured as installed -- a venv made by ``sys.executable -m venv``
-and ``pip install``, so its ``site`` sees only the venv's packages, not the .pth hooks of the
-interpreter's own site-packages (this machine's pyenv Python runs an editable finder and a
+Environment: inodewatch is measured as installed -- a venv made by ``python3 -m venv`` with
+the distribution's ``/usr/bin/python3`` (``--python``; this script's own interpreter if there
+is none) and ``pip install``, so its ``site`` sees only the venv's packages, not the .pth hooks
+of an interpreter's own site-packages (this machine's pyenv Python runs an editable finder and a
 sandbox hook importing certifi in every process: ~55 ms).  The start-up target compares
 ``inodewatch --version`` with the same venv's ``python3 -c pass``.  The checkout itself
 (``sys.executable -m inodewatch``) is measured too, as context.  Every command runs with
@@ -133,6 +134,7 @@ CSRC = REPO / "csrc"
 ROOT = Path("/srv/inodewatch-fleet")
 TICKS = os.sysconf("SC_CLK_TCK")
 VENV = ROOT / "venv"
+DISTRO_PYTHON = "/usr/bin/python3"
 VENV_PYTHON = str(VENV / "bin" / "python3")
 INODEWATCH = str(VENV / "bin" / "inodewatch")
 CHECKOUT = [sys.executable, "-m", "inodewatch"]  # context: the checkout, this interpreter
@@ -199,11 +201,15 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def ensure_tools() -> list[str]:
-    """Install lsof / needrestart / checkrestart when missing; their versions."""
+def ensure_tools(python: str) -> list[str]:
+    """Install lsof / needrestart / checkrestart (and the distribution's venv module, when
+    inodewatch is to be installed with its python3) when missing; their versions."""
     want = {"lsof": "lsof", "needrestart": "needrestart", "checkrestart": "debian-goodies",
             TIME: "time"}
     missing = sorted({pkg for cmd, pkg in want.items() if shutil.which(cmd) is None})
+    if python == DISTRO_PYTHON and subprocess.run(
+            [python, "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
+        missing.append("python3-venv")
     if missing:
         say(f"installing {' '.join(missing)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -592,7 +598,7 @@ class Bench:
         shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
             ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
             ".pytest_cache", "benchmarks", "tests", "csrc"))
-        for cmd in ([sys.executable, "-m", "venv", str(VENV)],
+        for cmd in ([self.args.python, "-m", "venv", str(VENV)],
                     [VENV_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                      str(src)]):
             done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -1009,6 +1015,10 @@ class Bench:
                     Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), "?")
         from inodewatch import __version__
+        version = subprocess.run([self.args.python, "-c", "import platform; "
+                                  "print(platform.python_version())"],
+                                 capture_output=True, text=True).stdout.strip()
+        self.venv_python = f"Python {version} ({self.args.python})"
         return [
             "# inodewatch fleet benchmark", "",
             f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -1018,8 +1028,9 @@ class Bench:
             f"{int(mem) / 1024 / 1024:.1f} GiB RAM; load average at start "
             f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
             f"- code: {self.version_at_start}",
-            f"- software: inodewatch {__version__} (installed in {VENV}), Python "
-            f"{platform.python_version()} ({sys.executable}), {', '.join(versions)}",
+            f"- software: inodewatch {__version__} installed in {VENV} with {self.venv_python}; "
+            f"this script and the context rows: Python {platform.python_version()} "
+            f"({sys.executable}); {', '.join(versions)}",
             f"- fleet: {self.args.hosts} hosts under {ROOT}, hold tick "
             f"{self.args.interval_ms} ms, {self.args.divergent * 100:g} % divergent (leak "
             f"mode), seed {self.args.seed}; `ulimit -n` "
@@ -1030,7 +1041,7 @@ class Bench:
 
     def run(self) -> None:
         a = self.args
-        versions = ensure_tools()
+        versions = ensure_tools(a.python)
         self.version_at_start = code_version()
         subprocess.run(["make", "-s", "-C", str(CSRC)], check=True)
         head = self.header(versions)
@@ -1097,6 +1108,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"),
                    help="where to write the results (default benchmarks/RESULTS.md)")
+    p.add_argument("--python", default=DISTRO_PYTHON if os.path.exists(DISTRO_PYTHON)
+                   else sys.executable,
+                   help="interpreter of the venv inodewatch is installed into (default: the "
+                        "distribution's /usr/bin/python3, as an operator has it; else this one)")
     p.add_argument("--setup-only", action="store_true",
                    help="build the fleet, print its pids and wait for Ctrl-C (for profiling)")
     a = p.parse_args()
