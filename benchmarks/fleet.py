@@ -225,6 +225,16 @@ def ensure_tools(python: str) -> list[str]:
     return versions
 
 
+HISTORY = "## Profile, fixes, before and after"
+
+
+def kept_history(results: Path) -> str:
+    """The hand-written section that ends the results file (what was profiled and changed,
+    run after run): a new run replaces the figures above it, not the history."""
+    old = results.read_text() if results.exists() else ""
+    return "\n" + old[old.index(HISTORY):] if HISTORY in old else ""
+
+
 # --- the fleet ----------------------------------------------------------------------------
 
 
@@ -1078,7 +1088,7 @@ class Bench:
                  *self.verdicts, "```", ""]
         out = "\n".join(text)
         print(out)
-        Path(a.results).write_text(out)
+        Path(a.results).write_text(out + kept_history(Path(a.results)))
         say(f"wrote {a.results}")
 
     def cleanup(self) -> None:
