@@ -194,8 +194,12 @@ class Daemon:
         self.targets[target.pid] = target
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
+        # Watches first: from the moment target.attached is logged, an in-place write is
+        # seen -- an operator (or a test) may act on that line at once.
+        events = self.look(target)
         self.say("info", "target.attached", pid=target.pid, **info)
-        self.rescan(target)
+        for event in events:
+            self.emit(event, target.pid)
 
     def consider(self, pids: list[int]) -> None:
         """Attach to those of `pids` that the selector matches (and we can read)."""
@@ -308,10 +312,15 @@ class Daemon:
         return mapped, open_files
 
     def rescan(self, target: Target) -> None:
+        for event in self.look(target):
+            self.emit(event, target.pid)
+
+    def look(self, target: Target) -> list[Event]:
+        """Read the target again and bring its watches up to date; the events that means."""
         disk = procfs.DiskView(target.pid)
         snapshot = self.read_snapshot(target, disk)
         if snapshot is None:
-            return
+            return []
         mapped, open_files = snapshot
         history = target.history
         history.learn(mapped, [(f.file, f.path) for f in open_files])
@@ -320,8 +329,7 @@ class Daemon:
         def write_watched(m: MappedFile) -> bool:
             return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
-        for event in history.update(mapped, findings, write_watched):
-            self.emit(event, target.pid)
+        events = history.update(mapped, findings, write_watched)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
         # A plugin host between its dlclose and its dlopen maps nothing: keep watching what
@@ -330,6 +338,7 @@ class Daemon:
         target.recently_mapped = {p: t for p, t in target.recently_mapped.items() if now - t < LINGER}
         target.recently_mapped.update((history.first_path(m), now) for m in mapped)
         self.sync_watches(target, self.wanted_watches(target, disk))
+        return events
 
     def on_file_events(self, events: list[FileEvent]) -> None:
         touched: set[int] = set()

@@ -194,7 +194,13 @@ class EventLog:
         return None
 
     def wait(self, name: str, timeout: float = TIMEOUT, **fields: Any) -> dict[str, Any]:
-        return wait_for(lambda: self.find(name, **fields), timeout, what=f"event {name} {fields}")
+        try:
+            return wait_for(lambda: self.find(name, **fields), timeout,
+                            what=f"event {name} {fields}")
+        except AssertionError as exc:
+            # what the daemon did log is what tells a missed event from a slow one
+            logged = "\n".join(json.dumps(e) for e in self.events[-30:])
+            raise AssertionError(f"{exc}; the log so far:\n{logged}") from None
 
     def names(self) -> list[str]:
         return [e["event"] for e in self.read()]

@@ -36,6 +36,35 @@ def test_cp_in_place_is_overwritten_then_the_crash(start_demo, start_watcher):
     assert names.count("mapping.overwritten") == 1
 
 
+def test_watches_are_in_place_when_target_attached_is_logged(start_demo):
+    """An operator (or a test) may replace a file the moment target.attached appears: the
+    in-place write must be seen, so the watches exist before that line is written.  (A
+    `cp` in that gap once went unseen: the target crashed with no mapping.overwritten.)"""
+    from inodewatch.daemon import Daemon, Options
+    from inodewatch.model import FileId
+    from inodewatch.watch import WRITE_EVENTS
+
+    demo = start_demo("leak")
+    held = FileId.of(os.stat(demo.lib))
+    at_attached: list[bool] = []
+
+    class Log:
+        def __getattr__(self, level: str):
+            def log(name: str, **fields: object) -> None:
+                if name == "target.attached":
+                    at_attached.append(daemon.watches.covers(demo.lib, held, WRITE_EVENTS))
+            return log
+
+    daemon = Daemon(Log(), sink=None, options=Options([demo.pid]))
+    try:
+        daemon.attach(daemon.prepare(demo.pid))
+    finally:
+        daemon.watcher.close()
+        for target in daemon.targets.values():
+            target.pidwatch.close()
+    assert at_attached == [True]
+
+
 def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, start_watcher):
     demo = start_demo("leak")
     watcher = start_watcher(demo.pid)
