@@ -1,5 +1,5 @@
 """`python -m inodewatch` is the same as the `inodewatch` command."""
 
-from inodewatch.cli import main
+from inodewatch.cli import run
 
-raise SystemExit(main())
+run()

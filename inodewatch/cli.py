@@ -41,7 +41,8 @@ the target died.
 def terminal_columns() -> int:
     """The width shutil.get_terminal_size() gives, without importing shutil."""
     try:
-        return int(os.environ["COLUMNS"])
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
     except (KeyError, ValueError):
         pass
     try:
@@ -177,9 +178,6 @@ def run_scan(args: argparse.Namespace) -> int:
         render.print_scan_events(summary)
     else:
         render.print_scan_table(summary)
-    # The process ends now: move every object out of the collector's sight, so the
-    # interpreter's exit does not walk them all once more (~8 ms of a 500-process scan).
-    gc.freeze()
     return EXIT_DIVERGED if summary.diverged else EXIT_OK
 
 
@@ -233,6 +231,15 @@ def guard_standard_fds() -> None:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
+def run() -> NoReturn:
+    """The `inodewatch` command (and `python -m inodewatch`): main(), then the process ends."""
+    status = main()
+    # Nothing made by now needs collecting: move it out of the collector's sight, so the
+    # interpreter's exit does not walk it all once more (~8 ms after a 500-process scan).
+    gc.freeze()
+    sys.exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

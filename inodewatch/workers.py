@@ -10,6 +10,7 @@ the parent: a failure costs time, never results.
 
 import marshal
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -38,11 +39,21 @@ def spread(items: list[int], job: Callable[[Iterable[int]], T], workers: int,
     size = max(CHUNK_ITEMS, -(-len(items) // MAX_CHUNKS))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     queue = _work_queue(len(chunks))
-    started = [_start_worker(chunks, queue, job, encode) for _ in range(workers - 1)]
-    parts = [_take(chunks, queue, job)]
-    os.close(queue)
-    parts += [part for worker in started if worker is not None
-              if (part := _collect(worker, decode)) is not None]
+    started = [w for w in (_start_worker(chunks, queue, job, encode) for _ in range(workers - 1))
+               if w is not None]
+    parts: list[Part[T]] = []
+    pending = list(started)  # not reaped yet: their pids cannot have been reused
+    try:
+        parts.append(_take(chunks, queue, job))
+        while pending:
+            if (part := _collect(pending.pop(0), decode)) is not None:
+                parts.append(part)
+    except BaseException:
+        for worker in pending:  # our own share failed (or Ctrl-C): no strays, no zombies
+            _abandon(worker)
+        raise
+    finally:
+        os.close(queue)
     done = {number for part in parts for number in part.chunks}
     left = [item for number, chunk in enumerate(chunks) if number not in done for item in chunk]
     return [part.result for part in parts] + [job(left)]
@@ -71,7 +82,10 @@ def _take(chunks: list[list[int]], queue: int, job: Callable[[Iterable[int]], T]
 def _start_worker(chunks: list[list[int]], queue: int, job: Callable[[Iterable[int]], T],
                   encode: Callable[[T], Any]) -> Worker | None:
     """Fork a worker taking chunks from `queue`; None if it cannot be started."""
-    read_end, write_end = os.pipe()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None  # out of fds: the parent does the work
     try:
         child = os.fork()
     except OSError:
@@ -94,14 +108,28 @@ def _start_worker(chunks: list[list[int]], queue: int, job: Callable[[Iterable[i
 
 
 def _collect(worker: Worker, decode: Callable[[Any], T]) -> Part[T] | None:
-    """The worker's part; None if it failed."""
+    """The worker's part; None if it failed.  The data decides, not the exit status (which
+    is lost when whoever started us ignores SIGCHLD): a worker writes only once its job is
+    done, and a cut-off marshal stream does not load."""
     with open(worker.pipe, "rb") as pipe:
         data = pipe.read()
-    _, status = os.waitpid(worker.pid, 0)
-    if status != 0:
-        return None
+    _reap(worker.pid)
     try:
         result, chunks = marshal.loads(data)
         return Part(decode(result), chunks)
     except (EOFError, ValueError, TypeError):
         return None
+
+
+def _abandon(worker: Worker) -> None:
+    """Stop a worker whose result is no longer wanted, close its pipe, reap it."""
+    os.kill(worker.pid, signal.SIGKILL)
+    os.close(worker.pipe)
+    _reap(worker.pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # SIGCHLD ignored by whoever started us: the kernel reaped it already
