@@ -4,16 +4,18 @@ Nothing here does I/O: `procfs` reads the kernel's view, the callers stat the di
 `find_divergence` compares the two.  Paths are `bytes` throughout, exactly as the kernel
 reports them; turning them into text is the renderers' job.
 
-The records are `NamedTuple`s, not dataclasses: every `scan` pays its imports at start-up
-(dataclasses pulls in inspect and ast, ~10 ms) and builds thousands of these per pass, where
-a frozen dataclass's __init__ costs several times a tuple's.  The modules defining them do not
-use `from __future__ import annotations`: typing compiles every string annotation of a
-NamedTuple into a ForwardRef at class creation (~0.1 ms a field, 3 ms a scan).
+The records are `collections.namedtuple`s (as psutil's), their fields' types in their
+docstrings: every `scan` pays its imports at start-up, and `dataclasses` (inspect, ast:
+~10 ms) or `typing.NamedTuple` (typing: ~6 ms) would cost it more than the scan of a small
+host; a scan also builds thousands of these, where a frozen dataclass's __init__ costs
+several times a tuple's.
 """
 
+from __future__ import annotations
+
 import os
+from collections import namedtuple
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 # Names the kernel gives to files that were never reachable through a path: shared memory,
 # memfd, SysV segments, DRM buffers.  They always read "(deleted)" and are never a stale
@@ -35,14 +37,13 @@ PSEUDO_PREFIXES: tuple[bytes, ...] = (
 DELETED_SUFFIX = b" (deleted)"
 
 
-class FileId(NamedTuple):
-    """An inode: the pair the kernel uses to tell files apart."""
+class FileId(namedtuple("FileId", "dev ino")):
+    """An inode: the pair the kernel uses to tell files apart (dev, ino: int)."""
 
-    dev: int
-    ino: int
+    __slots__ = ()
 
     @classmethod
-    def of(cls, st: os.stat_result) -> "FileId":
+    def of(cls, st: os.stat_result) -> FileId:
         return cls(st.st_dev, st.st_ino)
 
     @property
@@ -51,43 +52,37 @@ class FileId(NamedTuple):
         return f"{os.major(self.dev):02x}:{os.minor(self.dev):02x}"
 
 
-class MappedFile(NamedTuple):
-    """One file mapped by a process: all its VMAs grouped into one (dev, inode)."""
+class MappedFile(namedtuple("MappedFile", "path file perms deleted size mtime_ns",
+                            defaults=(None, None))):
+    """One file mapped by a process: all its VMAs grouped into one (dev, inode).
 
-    path: bytes  # the kernel's current name for it, without a " (deleted)" it added
-    file: FileId
-    perms: tuple[str, ...]  # every distinct permission string, e.g. ("r--p", "r-xp")
-    deleted: bool  # the inode has no link left on disk
-    size: int | None = None
-    mtime_ns: int | None = None
-
-
-class OpenFile(NamedTuple):
-    """One regular file held open by a process."""
-
-    fd: int
-    path: bytes
-    file: FileId
-    deleted: bool
-    size: int | None = None
-
-
-class Finding(NamedTuple):
-    """One way in which what a process holds differs from what is on disk.
-
-    kind is "deleted" (the held inode has no link left), "replaced" (the path names another
-    inode), "missing" (nothing is at the path, but the inode still has links elsewhere) or
-    "renamed" (the inode now lives under new_path).  subject is "mapping" or "fd".
+    path: bytes, the kernel's current name for it, without a " (deleted)" it added;
+    file: FileId; perms: tuple[str, ...], every distinct permission string, e.g. ("r--p",
+    "r-xp"); deleted: bool, the inode has no link left on disk; size, mtime_ns: int | None.
     """
 
-    subject: str
-    kind: str
-    path: bytes
-    mapped: FileId
-    disk: FileId | None = None
-    new_path: bytes | None = None
-    perms: tuple[str, ...] = ()
-    fd: int | None = None
+    __slots__ = ()
+
+
+class OpenFile(namedtuple("OpenFile", "fd path file deleted size", defaults=(None,))):
+    """One regular file held open by a process (fd: int, path: bytes, file: FileId,
+    deleted: bool, size: int | None)."""
+
+    __slots__ = ()
+
+
+class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perms fd",
+                         defaults=(None, None, (), None))):
+    """One way in which what a process holds differs from what is on disk.
+
+    subject: str, "mapping" or "fd"; kind: str, "deleted" (the held inode has no link
+    left), "replaced" (the path names another inode), "missing" (nothing is at the path, but
+    the inode still has links elsewhere) or "renamed" (the inode now lives under new_path);
+    path: bytes; mapped: FileId, the held inode; disk: FileId | None, what the path names
+    now; new_path: bytes | None; perms: tuple[str, ...]; fd: int | None.
+    """
+
+    __slots__ = ()
 
     @property
     def event(self) -> str:

@@ -14,12 +14,14 @@ Facts this module relies on (fs/proc/task_mmu.c, fs/seq_file.c):
   so it is judged against its own view of the file system (see root_of).
 """
 
+from __future__ import annotations
+
 import errno
 import functools
 import os
 import re
 import stat
-from typing import NamedTuple
+from collections import namedtuple
 
 from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
 
@@ -51,13 +53,15 @@ class StatParseError(ValueError):
     """/proc/PID/stat is not in the kernel's format."""
 
 
-class MappingGroup(NamedTuple):
-    """All the VMAs of one mapped file (dev, inode), before the disk is consulted."""
+class MappingGroup(namedtuple("MappingGroup", "path file perms vma")):
+    """All the VMAs of one mapped file (dev, inode), before the disk is consulted.
 
-    path: bytes  # unescaped, " (deleted)" still attached
-    file: FileId
-    perms: tuple[str, ...]
-    vma: bytes  # one VMA's range as maps prints it, e.g. b"00400000-00401000"
+    path: bytes, unescaped, " (deleted)" still attached; file: FileId; perms: tuple[str,
+    ...]; vma: bytes, one VMA's range as maps prints it, e.g. b"00400000-00401000".
+    (Records here are namedtuples for the reason given in inodewatch.model.)
+    """
+
+    __slots__ = ()
 
     @property
     def range_name(self) -> bytes:
@@ -66,19 +70,17 @@ class MappingGroup(NamedTuple):
         return b"%x-%x" % (int(start, 16), int(end, 16))
 
 
-class ProcessId(NamedTuple):
-    """A process as a pid plus its start time, so a reused pid is never taken for it."""
+class ProcessId(namedtuple("ProcessId", "pid start_time")):
+    """A process as a pid plus its start time, so a reused pid is never taken for it (pid:
+    int; start_time: int, clock ticks after boot, field 22 of /proc/PID/stat)."""
 
-    pid: int
-    start_time: int  # clock ticks after boot, field 22 of /proc/PID/stat
+    __slots__ = ()
 
 
-class ProcStat(NamedTuple):
-    comm: bytes
-    state: str
-    ppid: int
-    flags: int
-    start_time: int
+class ProcStat(namedtuple("ProcStat", "comm state ppid flags start_time")):
+    """What we use of /proc/PID/stat (comm: bytes, state: str, ppid, flags, start_time: int)."""
+
+    __slots__ = ()
 
     @property
     def is_kernel_thread(self) -> bool:
@@ -256,9 +258,10 @@ def stat_at(root: bytes, path: bytes) -> os.stat_result | None:
         raise
 
 
-class OnDisk(NamedTuple):
-    stat: os.stat_result
-    file: FileId  # FileId.of(stat), made once per path and pass
+class OnDisk(namedtuple("OnDisk", "stat file")):
+    """What a path names now: its os.stat_result and FileId.of(stat), made once a pass."""
+
+    __slots__ = ()
 
 
 class DiskView:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import IO
 
 from inodewatch.model import Finding
 from inodewatch.scan import ScanSummary
 from inodewatch.text import terminal_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the checkers only: every scan would pay its import (~6 ms)
+    from typing import IO
 
 
 def describe(f: Finding) -> str:

@@ -8,13 +8,18 @@ travel as builtins (`encode` / `decode`).  The chunks a failed worker took are d
 the parent: a failure costs time, never results.
 """
 
+from __future__ import annotations
+
 import marshal
 import os
 import signal
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, NamedTuple, TypeVar
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing for the checkers only: a one-shot scan would pay its import
+    from typing import Any, TypeVar
+    T = TypeVar("T")
 
 # Chunks small enough to even out the end, few enough that their numbers (2 bytes each) fit
 # in one atomic pipe write, which never blocks even on the smallest pipe (a page).
@@ -22,14 +27,17 @@ CHUNK_ITEMS = 16
 MAX_CHUNKS = 1000
 
 
-class Part(NamedTuple, Generic[T]):
-    result: T
-    chunks: list[int]  # the numbers of the chunks it covers
+class Part(namedtuple("Part", "result chunks")):
+    """What one process did: result: T, and chunks: list[int], the numbers of the chunks it
+    covers."""
+
+    __slots__ = ()
 
 
-class Worker(NamedTuple):
-    pid: int
-    pipe: int  # read end: the worker's Part, marshalled
+class Worker(namedtuple("Worker", "pid pipe")):
+    """A forked worker (pid: int) and the read end of its pipe (pipe: int)."""
+
+    __slots__ = ()
 
 
 def spread(items: list[int], job: Callable[[Iterable[int]], T], workers: int,
@@ -41,7 +49,7 @@ def spread(items: list[int], job: Callable[[Iterable[int]], T], workers: int,
     queue = _work_queue(len(chunks))
     started = [w for w in (_start_worker(chunks, queue, job, encode) for _ in range(workers - 1))
                if w is not None]
-    parts: list[Part[T]] = []
+    parts: list[Part] = []
     pending = list(started)  # not reaped yet: their pids cannot have been reused
     try:
         parts.append(_take(chunks, queue, job))
@@ -68,7 +76,7 @@ def _work_queue(count: int) -> int:
     return read_end
 
 
-def _take(chunks: list[list[int]], queue: int, job: Callable[[Iterable[int]], T]) -> Part[T]:
+def _take(chunks: list[list[int]], queue: int, job: Callable[[Iterable[int]], T]) -> Part:
     """`job` over the items of every chunk this process takes from the queue."""
     taken: list[int] = []
 
@@ -107,7 +115,7 @@ def _start_worker(chunks: list[list[int]], queue: int, job: Callable[[Iterable[i
     return Worker(child, read_end)
 
 
-def _collect(worker: Worker, decode: Callable[[Any], T]) -> Part[T] | None:
+def _collect(worker: Worker, decode: Callable[[Any], T]) -> Part | None:
     """The worker's part; None if it failed.  The data decides, not the exit status (which
     is lost when whoever started us ignores SIGCHLD): a worker writes only once its job is
     done, and a cut-off marshal stream does not load."""

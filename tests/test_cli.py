@@ -78,12 +78,12 @@ def test_help_fits_the_terminal_width(columns):
 
 
 def test_scan_imports_only_what_it_needs():
-    """Every scan pays its imports: keep structlog, pyinotify, psutil, dataclasses, datetime
-    and shutil (argparse sizes its help with it) off the scan path."""
+    """Every scan pays its imports: keep structlog, pyinotify, psutil, dataclasses, typing,
+    datetime and shutil (argparse sizes its help with it) off the scan path."""
     code = ("import sys, runpy; sys.argv = ['inodewatch', 'scan', '--all', '--json'];\n"
             "try:\n    runpy.run_module('inodewatch', run_name='__main__')\n"
             "except SystemExit:\n    pass\n"
-            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'datetime', 'shutil'}\n"
+            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'typing', 'datetime', 'shutil'}\n"
             "print(sorted(heavy & set(sys.modules)), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
