@@ -8,7 +8,6 @@ imported per command, because every `scan` pays the start-up time.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -234,12 +233,18 @@ def guard_standard_fds() -> None:
 
 
 def run() -> NoReturn:
-    """The `inodewatch` command (and `python -m inodewatch`): main(), then the process ends."""
+    """The `inodewatch` command (and `python -m inodewatch`): main(), then the process ends
+    without the interpreter's tear-down, which would collect and free, one by one, every
+    object a scan made (~7 ms after a 500-process scan) in a process about to vanish.  Every
+    file but stdout and stderr is written unbuffered or closed by now; those two are flushed."""
     status = main()
-    # Nothing made by now needs collecting: move it out of the collector's sight, so the
-    # interpreter's exit does not walk it all once more (~8 ms after a 500-process scan).
-    gc.freeze()
-    sys.exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: the descriptor was closed when we started
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # the reader is gone (`| head`), or the stream closed: nothing more to say
+    os._exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,11 +80,26 @@ def test_help_fits_the_terminal_width(columns):
 def test_scan_imports_only_what_it_needs():
     """Every scan pays its imports: keep structlog, pyinotify, psutil, dataclasses, typing,
     datetime and shutil (argparse sizes its help with it) off the scan path."""
-    code = ("import sys, runpy; sys.argv = ['inodewatch', 'scan', '--all', '--json'];\n"
-            "try:\n    runpy.run_module('inodewatch', run_name='__main__')\n"
-            "except SystemExit:\n    pass\n"
+    code = ("import sys\nfrom inodewatch.cli import main\nmain(['scan', '--all', '--json'])\n"
             "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'typing', 'datetime', 'shutil'}\n"
             "print(sorted(heavy & set(sys.modules)), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def scan_self_with_closed(fd: int, **streams: int) -> subprocess.CompletedProcess[str]:
+    """`inodewatch scan` of this process, started with descriptor `fd` closed (as a careless
+    cron line may start it)."""
+    return subprocess.run([sys.executable, "-m", "inodewatch", "scan", "--pid", str(os.getpid())],
+                          text=True, preexec_fn=lambda: os.close(fd), timeout=120, **streams)
+
+
+def test_scan_with_stdout_closed_ends_cleanly():
+    result = scan_self_with_closed(1, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert result.returncode in (0, 1) and result.stderr == ""
+
+
+def test_scan_with_stderr_closed_ends_cleanly():
+    result = scan_self_with_closed(2, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert result.returncode in (0, 1) and "scanned 1 processes" in result.stdout
