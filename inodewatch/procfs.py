@@ -130,8 +130,9 @@ def map_groups(data: bytes) -> list[MappingGroup]:
 
 
 # Both caches hold what every process repeats (libc, ld.so, the same few perms strings):
-# a full-host scan decodes each once, not once per process.
-@functools.lru_cache(maxsize=4096)
+# a full-host scan decodes each once, not once per process.  Bounded, because the daemon
+# meets a new inode at every plugin replacement: 1024 files, ~0.5 MB at most.
+@functools.lru_cache(maxsize=1024)
 def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId] | None:
     """(path, FileId) from maps' "major:minor inode" and raw path; None for a pseudo file."""
     path = unescape_path(raw_path)
