@@ -20,7 +20,7 @@ watch = ["/opt/app/plugins/so.so"]  # --watch: only these files; default every m
 interval = 1.0                      # --interval: seconds between full re-reads, 0.01..3600
 log_file = "/var/log/inodewatch/events.json"  # --log-file; default stdout
 log_format = "json"                 # --log-format: auto, json or console
-metrics_file = "/var/lib/prometheus/node-exporter/inodewatch.prom"  # --metrics-file
+metrics_file = "/var/lib/inodewatch/inodewatch.prom"  # --metrics-file (the unit's StateDirectory)
 ```
 
 How a given flag is told from a default: the command line gives every one of these flags the

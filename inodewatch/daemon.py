@@ -367,8 +367,8 @@ class Daemon:
         """A watched file was written.  If it is the very inode the target maps, that is the
         in-place overwrite that crashes it: log it now, before the crash can."""
         watched = self.watches.watched_inode(path)
-        if watched is None or watched not in target.mapped:
-            return
+        if watched is None or watched not in target.mapped or watched in target.history.overwritten:
+            return  # not its file, or told already: the caller's re-read of the target follows
         self.rescan(target)  # the map we hold may be older than a reload: does it still map it?
         if watched not in target.mapped or target.mapped[watched].deleted:
             return
