@@ -238,3 +238,41 @@ def start_watcher(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
     yield start
     for watcher in watchers:
         watcher.stop()
+
+
+class Attacker:
+    """An unprivileged user made for the test session: the hostile-host tests run their
+    attacks as it, as any local user could (`argv` prefixes a command to run as it)."""
+
+    def __init__(self, name: str) -> None:
+        import pwd
+        entry = pwd.getpwnam(name)
+        self.name = name
+        self.uid = entry.pw_uid
+        self.gid = entry.pw_gid
+
+    @property
+    def argv(self) -> list[str]:
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"]
+
+    def kill_all(self) -> None:
+        subprocess.run(["pkill", "-KILL", "-U", str(self.uid)], check=False)
+
+
+@pytest.fixture(scope="session")
+def attacker() -> Iterator[Attacker]:
+    """A fresh unprivileged user (useradd), removed with every process it left at the end."""
+    if os.geteuid() != 0 or not (shutil.which("useradd") and shutil.which("setpriv")):
+        pytest.skip("needs root, useradd and setpriv")
+    name = f"iwattack{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    user = Attacker(name)
+    try:
+        yield user
+    finally:
+        user.kill_all()
+        wait_for(lambda: subprocess.run(["pgrep", "-U", str(user.uid)],
+                                        capture_output=True).returncode == 1,
+                 what=f"the processes of {name} to end")
+        subprocess.run(["userdel", name], check=False, capture_output=True)
