@@ -63,6 +63,26 @@ EXIT_STATUS_GRACE = 0.5
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
 
+# The loop unresponsive this long beyond the waits it asked for is a gap in watching (the
+# daemon stopped, a frozen VM, an overloaded host): events logged after it carry the resume's
+# time, and inotify may have missed what happened (see Daemon.recheck).
+GAP_THRESHOLD = 2.0
+
+
+class Pulse:
+    """Notices when the loop did not run: each `beat` gets the clock and how long the loop
+    meant to wait since the last one, and returns the unexplained time when it exceeds the
+    threshold (else None)."""
+
+    def __init__(self, now: float, threshold: float = GAP_THRESHOLD) -> None:
+        self.last = now
+        self.threshold = threshold
+
+    def beat(self, now: float, waited: float) -> float | None:
+        lost = now - self.last - waited
+        self.last = now
+        return lost if lost > self.threshold else None
+
 
 @dataclass
 class Options:
@@ -82,6 +102,9 @@ class Target:
     follow_ups: list[float] = field(default_factory=list)
     term: tuple[str, bytes] | None = None  # the selector term it matched, if any
     recently_mapped: dict[bytes, float] = field(default_factory=dict)  # path -> last seen mapped
+    # uid and mount namespace, on every event about it: a user's own namespace can put her
+    # file at a path that means another file on the host (report tells them apart)
+    owner: dict[str, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -93,18 +116,32 @@ class AttachError(Exception):
 
 
 def describe_process(pid: int) -> dict[str, Any]:
-    """comm, exe, cmdline and start time for target.attached, through psutil."""
+    """comm, exe, cmdline (at most procfs.CMDLINE_LIMIT bytes of it, then `truncated`) and
+    start time for target.attached."""
     proc = psutil.Process(pid)
     with proc.oneshot():
         info: dict[str, Any] = {"comm": proc.name()}
         try:
             info["exe"] = os.fsencode(proc.exe())
-            info["cmdline"] = [os.fsencode(a) for a in proc.cmdline()]
         except psutil.AccessDenied:
             pass
         started = time.gmtime(proc.create_time())
-        info["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", started)
+    try:
+        info["cmdline"], truncated = procfs.read_cmdline(pid)
+        if truncated:
+            info["truncated"] = True
+    except procfs.AccessDenied:
+        pass
+    info["start_time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", started)
     return info
+
+
+def describe_owner(pid: int) -> dict[str, int]:
+    """uid and mnt_ns, for every event about the target; {} if it is gone already."""
+    try:
+        return {"uid": procfs.read_uid(pid), "mnt_ns": procfs.read_mount_namespace(pid)}
+    except (procfs.ProcError, procfs.StatParseError):
+        return {}
 
 
 class Daemon:
@@ -128,6 +165,7 @@ class Daemon:
         self.newborn: set[int] = set()  # pids the connector announced, to match
         self.gone_terms: set[tuple[str, bytes]] = set()  # terms whose target has exited
         self.reopen_log = False
+        self.own_mnt_ns = procfs.read_mount_namespace(os.getpid())
 
     # --- events out -------------------------------------------------------------------
 
@@ -137,9 +175,14 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.count_event(name)
 
-    def emit(self, event: Event, pid: int | None = None) -> None:
+    def emit(self, event: Event, pid: int | None = None, target: Target | None = None) -> None:
+        """Log `event`, about the target `pid` (or `target`, once it left self.targets)."""
         fields = dict(event.fields)
-        if pid is not None:
+        if target is None and pid is not None:
+            target = self.targets.get(pid)
+        if target is not None:
+            fields = {"pid": target.pid, **target.owner, **fields}
+        elif pid is not None:
             fields = {"pid": pid, **fields}
         self.say(event.level, event.name, **fields)
 
@@ -186,18 +229,19 @@ class Daemon:
         """Start watching a prepared target; report divergence that already exists."""
         try:
             info = describe_process(target.pid)
-        except psutil.Error:
+        except (psutil.Error, procfs.ProcError):
             info = {}  # it exited already: the pidfd is readable and says so at once
         if target.term is not None:
             info["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
             info["reattached"] = target.term in self.gone_terms
+        target.owner = describe_owner(target.pid)
         self.targets[target.pid] = target
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
         # Watches first: from the moment target.attached is logged, an in-place write is
         # seen -- an operator (or a test) may act on that line at once.
         events = self.look(target)
-        self.say("info", "target.attached", pid=target.pid, **info)
+        self.say("info", "target.attached", pid=target.pid, **target.owner, **info)
         for event in events:
             self.emit(event, target.pid)
 
@@ -381,6 +425,17 @@ class Daemon:
         if event is not None:
             self.emit(event, target.pid)
 
+    def recheck(self) -> None:
+        """Inotify may have missed events (its queue overflowed, or the loop did not run):
+        look for in-place writes by size and mtime in every target, including one that
+        has died meanwhile (what it mapped is remembered), then re-read every target."""
+        for target in list(self.targets.values()):
+            same_ns = target.owner.get("mnt_ns") == self.own_mnt_ns
+            disk = procfs.DiskView(target.pid, root=b"" if same_ns else None)
+            for event in target.history.stamp_check(target.mapped.values(), disk.look):
+                self.emit(event, target.pid)
+            self.rescan(target)
+
     def reread_some(self) -> None:
         """The periodic re-read, the safety net for what inotify cannot see: targets in turn,
         for at most a small share of this tick.  With few targets each is re-read every
@@ -432,7 +487,7 @@ class Daemon:
                   "core_dumped": status.core_dumped, "status_source": status.source,
                   "stale": target.history.stale()}
         level = "warning" if status.signal else "info"
-        self.emit(Event(level, "target.exited", fields), pid)
+        self.emit(Event(level, "target.exited", fields), target=target)
         if target.term is not None:
             self.gone_terms.add(target.term)
         self.poller.unregister(target.pidwatch.fileno())
@@ -448,7 +503,8 @@ class Daemon:
         unavailable = self.open_exit_source()
         prepared = [self.prepare(pid) for pid in self.options.pids]
         wake = self.install_signals()
-        self.say("info", "daemon.started", version=__version__, targets=self.options.pids)
+        self.say("info", "daemon.started", version=__version__, targets=self.options.pids,
+                 mnt_ns=self.own_mnt_ns)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
         for detail in missing_features(effective_capabilities()):
@@ -466,13 +522,20 @@ class Daemon:
         next_discovery = time.monotonic() + discovery
         ping_every = self.notifier.watchdog_interval()
         next_ping = time.monotonic() + (ping_every or 0)
+        pulse = Pulse(time.monotonic())
         # With a selector it runs until stopped: the host it follows may come back.
         while (self.targets or self.selector) and self.stop_reason is None:
             now = time.monotonic()
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
                        *([next_discovery] if self.selector else []),
                        *([next_ping] if ping_every else [])])
-            ready = self.poller.poll(max(0.0, due - now) * 1000)
+            wait = max(0.0, due - now)
+            ready = self.poller.poll(wait * 1000)
+            if (lost := pulse.beat(time.monotonic(), wait)) is not None:
+                self.say("warning", "watch.gap", gap_s=round(lost, 3),
+                         detail=f"the daemon did not run for {lost:.1f} s (stopped, paused or "
+                                "overloaded); events after this line carry the time it resumed")
+                self.recheck()
             exited = []
             for fd, _mask in ready:
                 if fd == wake.fileno():
@@ -482,8 +545,7 @@ class Daemon:
                     if self.watcher.overflowed:
                         self.say("warning", "watch.overflow", detail="inotify queue overflowed; "
                                          "re-reading every target")
-                        for target in self.targets.values():
-                            self.rescan(target)
+                        self.recheck()
                     self.on_file_events(events)
                 elif self.connector is not None and fd == self.connector.fileno():
                     self.read_connector()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inodewatch.model import FileId, Finding, MappedFile, OpenFile
+from inodewatch.model import FileId, Finding, MappedFile, OpenFile, same_file
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class TargetHistory:
     overwritten: dict[FileId, Event] = field(default_factory=dict)
     # path -> the inode the target held there when it diverged, until it maps the new one
     awaiting_reload: dict[bytes, FileId] = field(default_factory=dict)
+    # path -> the inode mapped there at the last snapshot (a reload between two looks)
+    mapped_at: dict[bytes, FileId] = field(default_factory=dict)
 
     def learn(self, mapped: list[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
         """Record the first name and the contents' stamp of every file not seen before, and
@@ -85,6 +87,25 @@ class TargetHistory:
         self.overwritten[file] = event
         return event
 
+    def stamp_check(self, mapped: Iterable[MappedFile],
+                    now_at: Callable[[bytes], tuple[Any, FileId] | None]) -> list[Event]:
+        """The in-place writes inotify may have missed (its queue overflowed, or the daemon
+        was paused): a file still at its first path, the same inode, with another size or
+        mtime than when first seen.  `mapped` is the last snapshot (the target may be dead
+        by now); `now_at(path)` is (os.stat_result, FileId) of what the path names, or None."""
+        events = []
+        for m in mapped:
+            if m.file in self.overwritten or m.file not in self.contents:
+                continue
+            found = now_at(self.first_paths[m.file])
+            if found is None or not same_file(found[1], m.file):
+                continue
+            st = found[0]
+            if (st.st_size, st.st_mtime_ns) != self.contents[m.file]:
+                if (event := self.overwrite(m, st.st_size)) is not None:
+                    events.append(event)
+        return events
+
     def update(self, mapped: list[MappedFile], findings: list[Finding],
                write_watched: Callable[[MappedFile], bool] = lambda m: False) -> list[Event]:
         """The events that this snapshot's findings mean, given what was seen before.
@@ -112,12 +133,22 @@ class TargetHistory:
             events.append(finding_event(f))
         self.live = current
         diverged_paths = {f.path for f in findings if f.subject == "mapping"}
+        held = {m.file for m in mapped}
+        mapped_at: dict[bytes, FileId] = {}
         for m in mapped:
             path = self.first_path(m)
+            mapped_at[path] = m.file
             old = self.awaiting_reload.get(path)
             if old is not None and m.file != old and path not in diverged_paths:
                 del self.awaiting_reload[path]
                 events.append(reloaded(path, old, m.file))
+            elif (old is None and (before := self.mapped_at.get(path)) is not None
+                  and before not in held and not same_file(before, m.file)
+                  and path not in diverged_paths):
+                # Replaced and reloaded between two looks (the daemon paused, or a host
+                # faster than its re-read): the divergence was never seen, the reload is.
+                events.append(reloaded(path, before, m.file))
+        self.mapped_at = mapped_at
         return events
 
     def stale(self) -> list[dict[str, Any]]:

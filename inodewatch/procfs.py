@@ -270,9 +270,10 @@ class DiskView:
     is mapped by several VMAs and often held by several processes).  A vanished process
     looks like an absent file: the caller learns of the exit on its own."""
 
-    def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None) -> None:
+    def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None,
+                 root: bytes | None = None) -> None:
         self.pid = pid
-        self.root = root_of(pid)
+        self.root = root_of(pid) if root is None else root  # given: the process may be dead
         # Processes in our own mount namespace see the same files: one pass over many of
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
         self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
@@ -383,3 +384,59 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
 
 def list_pids() -> list[int]:
     return sorted(int(n) for n in os.listdir(PROC) if n.isdigit())
+
+
+# --- who a process is ---------------------------------------------------------------------
+
+# What one event may carry of a command line: a process may give itself megabytes of
+# arguments, and every target.attached of its children would copy them into the log.
+CMDLINE_LIMIT = 4096
+
+
+def parse_cmdline(data: bytes, limit: int = CMDLINE_LIMIT) -> tuple[list[bytes], bool]:
+    """The arguments in /proc/PID/cmdline text (NUL-separated), at most `limit` bytes of it;
+    (arguments, whether some were cut off)."""
+    truncated = len(data) > limit
+    data = data[:limit]
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return (data.split(b"\0") if data else []), truncated
+
+
+def read_cmdline(pid: int, limit: int = CMDLINE_LIMIT) -> tuple[list[bytes], bool]:
+    """The process's arguments, reading no more than `limit` bytes (see parse_cmdline)."""
+    try:
+        fd = os.open(proc_path(pid, b"cmdline"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _error(pid, exc, "cmdline") from None
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _error(pid, exc, "cmdline") from None
+    finally:
+        os.close(fd)
+    return parse_cmdline(b"".join(chunks), limit)
+
+
+def parse_uid(status: bytes) -> int:
+    """The real uid from /proc/PID/status ("Uid:\\treal\\teffective\\tsaved\\tfs")."""
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            return int(line.split()[1])
+    raise StatParseError("no Uid line in /proc/PID/status")
+
+
+def read_uid(pid: int) -> int:
+    return parse_uid(read_proc_file(pid, b"status"))
+
+
+def read_mount_namespace(pid: int) -> int:
+    """The inode number of the process's mount namespace (as in "mnt:[4026531841]")."""
+    try:
+        return os.stat(proc_path(pid, b"ns", b"mnt")).st_ino
+    except OSError as exc:
+        raise _error(pid, exc, "ns/mnt") from None

@@ -85,3 +85,40 @@ def test_a_changed_stamp_on_a_write_watched_inode_is_not_an_overwrite():
     step(h, [mapping()], {P: OLD})
     assert h.update([mapping(size=999, mtime=9)], [], write_watched=lambda m: True) == []
     assert [e.name for e in h.update([mapping(size=999, mtime=9)], [])] == ["mapping.overwritten"]
+
+
+def test_a_reload_between_two_looks_is_told_though_the_divergence_was_never_seen():
+    """rm + cp and the host's dlclose + dlopen while the daemon was paused: it resumes to
+    find the host in step with the disk, and still tells that it reloaded."""
+    h = TargetHistory()
+    assert step(h, [mapping()], {P: OLD}) == []
+    h.learn([mapping(NEW)])
+    events = h.update([mapping(NEW)], [])
+    assert [(e.name, e.fields["old_ino"], e.fields["new_ino"]) for e in events] == [
+        ("mapping.reloaded", OLD.ino, NEW.ino)]
+    assert step(h, [mapping(NEW)], {P: NEW}) == []  # once
+
+
+def test_a_second_inode_mapped_beside_the_first_is_no_reload():
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    assert "mapping.reloaded" not in step(h, [mapping(), mapping(NEW)], {P: NEW})
+
+
+def test_stamp_check_finds_a_write_inotify_missed_even_in_a_dead_target():
+    h = TargetHistory()
+    m = mapping()
+    step(h, [m], {P: OLD})
+
+    class Stat:
+        st_size, st_mtime_ns = 23696, 7
+
+    events = h.stamp_check([m], {P: (Stat, OLD)}.get)
+    assert [(e.name, e.fields["size_before"], e.fields["size_after"]) for e in events] == [
+        ("mapping.overwritten", 15472, 23696)]
+    assert h.stamp_check([m], {P: (Stat, OLD)}.get) == []  # once
+    # another inode at the path (rm + cp) or nothing there is no in-place write
+    h2 = TargetHistory()
+    step(h2, [m], {P: OLD})
+    assert h2.stamp_check([m], {P: (Stat, NEW)}.get) == []
+    assert h2.stamp_check([m], {}.get) == []
