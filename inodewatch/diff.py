@@ -38,6 +38,19 @@ def reloaded(path: bytes, old: FileId, new: FileId) -> Event:
     return Event("info", "mapping.reloaded", {"path": path, "old_ino": old.ino, "new_ino": new.ino})
 
 
+def overwritten_event(file: FileId, path: bytes, perms: str, size_before: int | None,
+                      size_after: int | None) -> Event:
+    """mapping.overwritten: the held inode was written in place (the crash case)."""
+    return Event("critical", "mapping.overwritten", {
+        "path": path,
+        "mapped_dev": file.dev_text,
+        "mapped_ino": file.ino,
+        "perms": perms,
+        "size_before": size_before,
+        "size_after": size_after,
+    })
+
+
 @dataclass
 class TargetHistory:
     """What the daemon knows of one target across snapshots."""
@@ -48,6 +61,9 @@ class TargetHistory:
     overwritten: dict[FileId, Event] = field(default_factory=dict)
     # path -> the inode the target held there when it diverged, until it maps the new one
     awaiting_reload: dict[bytes, FileId] = field(default_factory=dict)
+    # Bumped whenever what is above changes: the state file (inodewatch.state) is rewritten
+    # only then, without comparing every target's files once a second.
+    revision: int = 0
 
     def learn(self, mapped: list[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
         """Record the first name and the contents' stamp of every file not seen before, and
@@ -55,15 +71,19 @@ class TargetHistory:
         new file, which must not inherit the old one's name or size."""
         paths = list(paths)
         held = {m.file for m in mapped} | {file for file, _ in paths}
-        for file in [f for f in self.first_paths if f not in held]:
+        gone = [f for f in self.first_paths if f not in held]
+        for file in gone:
             del self.first_paths[file]
             self.contents.pop(file, None)
             self.overwritten.pop(file, None)
+        known = (len(self.first_paths), len(self.contents))
         for m in mapped:
             self.first_paths.setdefault(m.file, m.path)
             self.contents.setdefault(m.file, (m.size, m.mtime_ns))
         for file, path in paths:
             self.first_paths.setdefault(file, path)
+        if gone or known != (len(self.first_paths), len(self.contents)):
+            self.revision += 1
 
     def first_path(self, held: MappedFile | OpenFile) -> bytes:
         """The name the file had when first seen (its current one if it is new)."""
@@ -74,15 +94,10 @@ class TargetHistory:
         file = m.file
         if file in self.overwritten or file not in self.contents:
             return None
-        event = Event("critical", "mapping.overwritten", {
-            "path": self.first_paths[file],
-            "mapped_dev": file.dev_text,
-            "mapped_ino": file.ino,
-            "perms": ",".join(m.perms),
-            "size_before": self.contents[file][0],
-            "size_after": size_after,
-        })
+        event = overwritten_event(file, self.first_paths[file], ",".join(m.perms),
+                                  self.contents[file][0], size_after)
         self.overwritten[file] = event
+        self.revision += 1
         return event
 
     def update(self, mapped: list[MappedFile], findings: list[Finding],
@@ -110,6 +125,8 @@ class TargetHistory:
                     events.append(reloaded(f.path, old, f.mapped))
                 self.awaiting_reload[f.path] = f.mapped
             events.append(finding_event(f))
+        if current.keys() != self.live.keys():
+            self.revision += 1
         self.live = current
         diverged_paths = {f.path for f in findings if f.subject == "mapping"}
         for m in mapped:
@@ -117,6 +134,7 @@ class TargetHistory:
             old = self.awaiting_reload.get(path)
             if old is not None and m.file != old and path not in diverged_paths:
                 del self.awaiting_reload[path]
+                self.revision += 1
                 events.append(reloaded(path, old, m.file))
         return events
 
