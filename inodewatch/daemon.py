@@ -38,6 +38,7 @@ from inodewatch.exits import (
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.selectors import Selector, read_facts
+from inodewatch.state import SAVE_EVERY, Loaded, StateFile
 from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher
 from inodewatch.watchset import Wanted, WatchSet
 
@@ -70,6 +71,7 @@ class Options:
     watch_paths: set[bytes] | None = None  # --watch: only these files get attention
     interval: float = 1.0
     selector: Selector = field(default_factory=Selector)  # --exe, --name, --unit, --cgroup
+    state_file: str | None = None  # --state-file: the targets' history across restarts
 
 
 @dataclass
@@ -128,6 +130,9 @@ class Daemon:
         self.newborn: set[int] = set()  # pids the connector announced, to match
         self.gone_terms: set[tuple[str, bytes]] = set()  # terms whose target has exited
         self.reopen_log = False
+        self.state = StateFile(options.state_file) if options.state_file else None
+        self.saved = Loaded()  # histories to give back at attach, until start-up is over
+        self.next_state_save = 0.0
 
     # --- events out -------------------------------------------------------------------
 
@@ -191,6 +196,10 @@ class Daemon:
         if target.term is not None:
             info["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
             info["reattached"] = target.term in self.gone_terms
+        if (history := self.saved.targets.pop(target.ident, None)) is not None:
+            # Same process as before our restart: its first look reports what changed since.
+            target.history = history
+            info["restored"] = True
         self.targets[target.pid] = target
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
@@ -441,6 +450,41 @@ class Daemon:
         self.sync_watches(target, {})
         self.follow_exits()
 
+    # --- the state file ---------------------------------------------------------------
+
+    def load_state(self) -> None:
+        if self.state is not None:
+            self.saved = self.state.load()
+            if self.saved.problem is not None:
+                self.say("warning", "watch.degraded", resource="state_file", detail=self.saved.problem)
+
+    def report_lost(self) -> None:
+        """Saved targets that are gone: they ended while we were down, unseen (one
+        target.lost each).  A saved target still running but no longer selected is dropped."""
+        lost = dict(self.saved.other_boot)
+        for ident, history in self.saved.targets.items():
+            try:
+                alive = procfs.read_identity(ident.pid) == ident
+            except (procfs.ProcError, ProcessLookupError):
+                alive = False
+            if not alive:
+                lost[ident] = history
+        for ident, history in lost.items():
+            detail = ("the machine restarted since" if ident in self.saved.other_boot
+                      else "it ended while the daemon was not running")
+            self.say("warning", "target.lost", pid=ident.pid, stale=history.stale(),
+                     detail=f"{detail}: how it ended is unknown")
+        self.saved = Loaded()
+
+    def save_state(self, now: float, force: bool = False) -> None:
+        """Rewrite the state file if it changed, at most every SAVE_EVERY seconds."""
+        if self.state is None or (now < self.next_state_save and not force):
+            return
+        self.next_state_save = now + SAVE_EVERY
+        news = self.state.save((t.ident, t.history, t.mapped) for t in self.targets.values())
+        if news is not None:
+            self.say(news[0], news[1], resource="state_file", detail=news[2])
+
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
@@ -451,6 +495,7 @@ class Daemon:
         self.say("info", "daemon.started", version=__version__, targets=self.options.pids)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
+        self.load_state()
         for detail in missing_features(effective_capabilities()):
             self.say("warning", "watch.degraded", detail=detail)
         self.poller.register(self.watcher.fileno(), select.POLLIN)
@@ -461,6 +506,7 @@ class Daemon:
         discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
         if self.selector:
             self.discover()
+        self.report_lost()
         self.notifier.ready(self.status_line())
         next_tick = time.monotonic() + self.options.interval
         next_discovery = time.monotonic() + discovery
@@ -471,7 +517,8 @@ class Daemon:
             now = time.monotonic()
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
                        *([next_discovery] if self.selector else []),
-                       *([next_ping] if ping_every else [])])
+                       *([next_ping] if ping_every else []),
+                       *([self.next_state_save] if self.state else [])])
             ready = self.poller.poll(max(0.0, due - now) * 1000)
             exited = []
             for fd, _mask in ready:
@@ -515,8 +562,10 @@ class Daemon:
             if self.selector and now >= next_discovery:
                 next_discovery = now + discovery
                 self.discover()
+            self.save_state(now)
         reason = self.stop_reason or "all targets exited"
         self.notifier.stopping(reason)
+        self.save_state(time.monotonic(), force=True)
         self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))
         self.write_metrics()
         return 0
