@@ -38,7 +38,7 @@ from inodewatch.exits import (
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.selectors import Selector, read_facts
-from inodewatch.state import SAVE_EVERY, Loaded, StateFile
+from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher
 from inodewatch.watchset import Wanted, WatchSet
 
@@ -477,11 +477,13 @@ class Daemon:
         self.saved = Loaded()
 
     def save_state(self, now: float, force: bool = False) -> None:
-        """Rewrite the state file if it changed, at most every SAVE_EVERY seconds."""
+        """Rewrite the state file if it changed, at most every SAVE_EVERY seconds (and
+        rarer if writing it takes more than SAVE_SHARE of the time)."""
         if self.state is None or (now < self.next_state_save and not force):
             return
-        self.next_state_save = now + SAVE_EVERY
+        started = time.monotonic()
         news = self.state.save((t.ident, t.history, t.mapped) for t in self.targets.values())
+        self.next_state_save = now + max(SAVE_EVERY, (time.monotonic() - started) / SAVE_SHARE)
         if news is not None:
             self.say(news[0], news[1], resource="state_file", detail=news[2])
 
