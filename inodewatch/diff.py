@@ -64,6 +64,9 @@ class TargetHistory:
     # Bumped whenever what is above changes: the state file (inodewatch.state) is rewritten
     # only then, without comparing every target's files once a second.
     revision: int = 0
+    # Writes may have happened with no watch to see them (a history restored after the
+    # daemon's restart): the next update compares every file's stamp, watched or not.
+    unseen_writes: bool = False
 
     def learn(self, mapped: list[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
         """Record the first name and the contents' stamp of every file not seen before, and
@@ -107,11 +110,14 @@ class TargetHistory:
         A changed size or mtime means an in-place write only for a file inotify is not
         watching for writes: where it is, its IN_MODIFY is the evidence, and a stamp that
         differs is more likely a freed inode number given to a new file (`write_watched`).
+        Not after `unseen_writes`: a watch added since (for another target holding the same
+        file) saw nothing of a write made before it.
         """
         events: list[Event] = []
+        every_file, self.unseen_writes = self.unseen_writes, False
         for m in mapped:
             if (m.file in self.contents and (m.size, m.mtime_ns) != self.contents[m.file]
-                    and not write_watched(m)):
+                    and (every_file or not write_watched(m))):
                 if (event := self.overwrite(m, m.size)) is not None:
                     events.append(event)
         current = {finding_key(f): f for f in findings}

@@ -214,7 +214,7 @@ def decode_target(obj: Any) -> tuple[ProcessId, TargetHistory]:
     if not isinstance(obj, dict):
         raise StateError("a target is not an object")
     ident = ProcessId(_int(obj, "pid"), _int(obj, "start_time"))
-    history = TargetHistory()
+    history = TargetHistory(unseen_writes=True)  # the daemon was down: nothing watched
     for f in _list(obj, "files"):
         file, path = _fileid(f), _path(f, "path")
         history.first_paths[file] = path  # type: ignore[assignment]  # not optional: never None

@@ -71,6 +71,28 @@ def test_cp_in_place_while_the_daemon_was_down_is_overwritten_at_restart(start_d
     assert second.log.names().count("mapping.overwritten") == 1
 
 
+def test_two_targets_mapping_the_file_overwritten_while_down_are_both_told(start_demo, start_watcher, tmp_path, demo_build):
+    """The first target's look after the restart watches the file for writes; that watch saw
+    nothing of the cp made before it, so the second target's look must not trust it."""
+    demo = start_demo("leak", interval_ms=3_600_000)
+    other = subprocess.Popen([str(demo_build / "reload"), "--mode", "leak", "--interval-ms", "3600000",
+                              "--lib", demo.lib], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: b"so1: version 1" in other.stdout.readline(), what="the second host's load")
+        state = tmp_path / "state.json"
+        first = start_watcher(demo.pid, other.pid, extra=["--state-file", str(state)])
+        wait_for(lambda: {demo.pid, other.pid} <= set(saved(state)), what="both targets saved")
+        kill_hard(first)
+        demo.copy_lib("so2.so")
+        second = start_watcher(demo.pid, other.pid, extra=["--state-file", str(state)])
+        for pid in (demo.pid, other.pid):
+            assert second.log.wait("mapping.overwritten", pid=pid)["size_after"] == os.path.getsize(demo.lib)
+    finally:
+        other.kill()
+        other.wait()
+        other.stdout.close()
+
+
 def test_rename_away_while_down_is_renamed_and_replaced_at_restart_then_reloaded(start_demo, start_watcher, tmp_path):
     demo = start_demo("hold", interval_ms=3_600_000)  # it reloads when told to
     state = tmp_path / "state.json"

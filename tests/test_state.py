@@ -105,6 +105,21 @@ def test_a_restored_history_reports_what_happened_meanwhile_once():
     assert step(again, now, {P: OLD, b"/opt/demo/b.so": other, b"/opt/demo/b.old": NEW}) == []
 
 
+def test_a_restored_history_compares_stamps_even_where_a_watch_is_in_place_now():
+    """Two targets holding one file: the first's look after the restart puts a write watch
+    on it, which saw nothing of the cp made while the daemon was down; the second target
+    must still be told."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    back = round_trip(h, [mapping()])
+    watched = lambda m: True  # noqa: E731
+    events = back.update([mapping(size=23696, mtime=9)], [], watched)
+    assert [e.name for e in events] == ["mapping.overwritten"]
+    live = TargetHistory()  # a history that was watching all along trusts its watch
+    step(live, [mapping()], {P: OLD})
+    assert live.update([mapping(size=23696, mtime=9)], [], watched) == []
+
+
 def test_a_divergence_logged_before_the_restart_is_not_logged_again_but_its_reload_is():
     h = TargetHistory()
     step(h, [mapping()], {P: OLD})
