@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, EventLog, wait_for
 from inodewatch.procfs import read_identity
 from inodewatch.state import MAX_BYTES, StateFile
 
@@ -112,6 +114,49 @@ def test_rename_away_while_down_is_renamed_and_replaced_at_restart_then_reloaded
     demo.tick("so2: version 2")
     reloaded = second.log.wait("mapping.reloaded", pid=demo.pid)
     assert (reloaded["old_ino"], reloaded["new_ino"]) == (held, os.stat(demo.lib).st_ino)
+
+
+def test_a_target_found_by_a_selector_gets_its_history_back(start_demo, tmp_path, demo_build):
+    """--exe (as the units' --unit): the target is found by the start-up walk, not named."""
+    exe = tmp_path / "myhost"
+    shutil.copy(demo_build / "reload", exe)
+    lib = tmp_path / "so.so"
+    shutil.copy(demo_build / "so1.so", lib)
+    host = subprocess.Popen([str(exe), "--mode", "hold", "--interval-ms", "3600000", "--lib", str(lib)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    state = tmp_path / "state.json"
+    daemons = []
+
+    def watch(n: int) -> EventLog:
+        log = EventLog(tmp_path / f"events{n}.json")
+        daemons.append(subprocess.Popen(
+            [sys.executable, "-m", "inodewatch", "--exe", str(exe), "--state-file", str(state),
+             "--log-file", str(log.path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        return log
+
+    try:
+        wait_for(lambda: b"so1: version 1" in host.stdout.readline(), what="the host's load")
+        watch(0).wait("target.attached", pid=host.pid)
+        wait_for(lambda: host.pid in saved(state), what="the target saved")
+        daemons[0].send_signal(signal.SIGKILL)
+        daemons[0].wait(timeout=TIMEOUT)
+        held = os.stat(lib).st_ino
+        os.rename(lib, tmp_path / "old.so")
+        shutil.copy(demo_build / "so2.so", lib)
+        log = watch(1)
+        attached = log.wait("target.attached", pid=host.pid)
+        assert (attached["selector"], attached["restored"]) == (f"exe={exe}", True)
+        renamed = log.wait("mapping.renamed", pid=host.pid)
+        assert (renamed["path"], renamed["new_path"], renamed["mapped_ino"]) == (
+            str(lib), str(tmp_path / "old.so"), held)
+    finally:
+        for proc in (*daemons, host):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        host.stdout.close()
+        for daemon in daemons:
+            daemon.stderr.close()
 
 
 def test_divergences_logged_before_the_kill_are_not_logged_again(start_demo, start_watcher, tmp_path):
