@@ -280,3 +280,17 @@ def test_the_state_file_from_the_config_and_a_clean_stop_saves_it(start_demo, st
     stopped_log(watcher)  # SIGTERM at once: the stop writes it even within the first second
     assert saved(state)[demo.pid].first_paths
     assert read_identity(demo.pid).start_time == next(iter(StateFile(str(state)).load().targets)).start_time
+
+
+def test_a_state_file_that_cannot_be_written_is_one_warning_and_the_daemon_watches_on(start_demo, start_watcher, tmp_path):
+    demo = start_demo("leak", interval_ms=3_600_000)
+    missing = tmp_path / "not-yet"
+    watcher = start_watcher(demo.pid, extra=["--state-file", str(missing / "state.json")])
+    watcher.log.wait("watch.degraded", resource="state_file")
+    the_daemon_works(demo, watcher)
+    missing.mkdir()  # the directory appears: the next write works
+    recovered = watcher.log.wait("watch.recovered", resource="state_file")
+    assert recovered["level"] == "info"
+    wait_for(lambda: saved(missing / "state.json").get(demo.pid), what="the state file written")
+    events = stopped_log(watcher)
+    assert len(degraded(events)) == 1 and "cannot write state file" in degraded(events)[0]["detail"]
