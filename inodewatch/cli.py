@@ -127,6 +127,10 @@ def build_parser(argv: Sequence[str] = ()) -> Parser:
     watch.add_argument("--metrics-file", metavar="PATH",
                        help="write Prometheus gauges here for node_exporter's textfile "
                             "collector, atomically (name it *.prom)")
+    watch.add_argument("--state-file", metavar="PATH",
+                       help="keep what is known of each target here (written atomically when it "
+                            "changes), so a restarted daemon reports what happened while it was "
+                            "down; default: none")
     watch.add_argument("--config", metavar="FILE",
                        help="settings as TOML, the same keys as these flags (default: "
                             "/etc/inodewatch/inodewatch.toml if it exists); flags win")
@@ -212,7 +216,8 @@ def run_watch(args: argparse.Namespace) -> int:
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.realpath, args.watch)) if args.watch else None,
                       selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],
-                                             args.unit or []))
+                                             args.unit or []),
+                      state_file=args.state_file)
     try:
         return Daemon(log, sink, options, metrics).run()
     except AttachError as exc:

@@ -21,6 +21,7 @@ interval = 1.0                      # --interval: seconds between full re-reads,
 log_file = "/var/log/inodewatch/events.json"  # --log-file; default stdout
 log_format = "json"                 # --log-format: auto, json or console
 metrics_file = "/var/lib/inodewatch/inodewatch.prom"  # --metrics-file (the unit's StateDirectory)
+state_file = "/var/lib/inodewatch/state.json"  # --state-file: history across restarts; default none
 ```
 
 How a given flag is told from a default: the command line gives every one of these flags the
@@ -62,6 +63,7 @@ class Config:
     log_file: str | None = None
     log_format: str | None = None
     metrics_file: str | None = None
+    state_file: str | None = None
 
 
 def _is_text(value: Any) -> bool:
@@ -114,6 +116,7 @@ SETTINGS: dict[str, _Setting] = {
     "log_file": _Setting("an absolute path", _is_absolute),
     "log_format": _Setting("one of " + ", ".join(map(repr, LOG_FORMATS)), LOG_FORMATS.__contains__),
     "metrics_file": _Setting("an absolute path", _is_absolute),
+    "state_file": _Setting("an absolute path", _is_absolute),
 }
 
 

@@ -38,6 +38,7 @@ from inodewatch.exits import (
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.selectors import Selector, read_facts
+from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher
 from inodewatch.watchset import Wanted, WatchSet
 
@@ -90,6 +91,7 @@ class Options:
     watch_paths: set[bytes] | None = None  # --watch: only these files get attention
     interval: float = 1.0
     selector: Selector = field(default_factory=Selector)  # --exe, --name, --unit, --cgroup
+    state_file: str | None = None  # --state-file: the targets' history across restarts
 
 
 @dataclass
@@ -166,6 +168,9 @@ class Daemon:
         self.gone_terms: set[tuple[str, bytes]] = set()  # terms whose target has exited
         self.reopen_log = False
         self.own_mnt_ns = procfs.read_mount_namespace(os.getpid())
+        self.state = StateFile(options.state_file) if options.state_file else None
+        self.saved = Loaded()  # histories to give back at attach, until start-up is over
+        self.next_state_save = 0.0
 
     # --- events out -------------------------------------------------------------------
 
@@ -235,6 +240,10 @@ class Daemon:
             info["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
             info["reattached"] = target.term in self.gone_terms
         target.owner = describe_owner(target.pid)
+        if (history := self.saved.targets.pop(target.ident, None)) is not None:
+            # Same process as before our restart: its first look reports what changed since.
+            target.history = history
+            info["restored"] = True
         self.targets[target.pid] = target
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
@@ -496,6 +505,43 @@ class Daemon:
         self.sync_watches(target, {})
         self.follow_exits()
 
+    # --- the state file ---------------------------------------------------------------
+
+    def load_state(self) -> None:
+        if self.state is not None:
+            self.saved = self.state.load()
+            if self.saved.problem is not None:
+                self.say("warning", "watch.degraded", resource="state_file", detail=self.saved.problem)
+
+    def report_lost(self) -> None:
+        """Saved targets that are gone: they ended while we were down, unseen (one
+        target.lost each).  A saved target still running but no longer selected is dropped."""
+        lost = dict(self.saved.other_boot)
+        for ident, history in self.saved.targets.items():
+            try:
+                alive = procfs.read_identity(ident.pid) == ident
+            except (procfs.ProcError, ProcessLookupError):
+                alive = False
+            if not alive:
+                lost[ident] = history
+        for ident, history in lost.items():
+            detail = ("the machine restarted since" if ident in self.saved.other_boot
+                      else "it ended while the daemon was not running")
+            self.say("warning", "target.lost", pid=ident.pid, stale=history.stale(),
+                     detail=f"{detail}: how it ended is unknown")
+        self.saved = Loaded()
+
+    def save_state(self, now: float, force: bool = False) -> None:
+        """Rewrite the state file if it changed, at most every SAVE_EVERY seconds (and
+        rarer if writing it takes more than SAVE_SHARE of the time)."""
+        if self.state is None or (now < self.next_state_save and not force):
+            return
+        started = time.monotonic()
+        news = self.state.save((t.ident, t.history, t.mapped) for t in self.targets.values())
+        self.next_state_save = now + max(SAVE_EVERY, (time.monotonic() - started) / SAVE_SHARE)
+        if news is not None:
+            self.say(news[0], news[1], resource="state_file", detail=news[2])
+
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
@@ -507,6 +553,7 @@ class Daemon:
                  mnt_ns=self.own_mnt_ns)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
+        self.load_state()
         for detail in missing_features(effective_capabilities()):
             self.say("warning", "watch.degraded", detail=detail)
         self.poller.register(self.watcher.fileno(), select.POLLIN)
@@ -517,6 +564,7 @@ class Daemon:
         discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
         if self.selector:
             self.discover()
+        self.report_lost()
         self.notifier.ready(self.status_line())
         next_tick = time.monotonic() + self.options.interval
         next_discovery = time.monotonic() + discovery
@@ -528,7 +576,8 @@ class Daemon:
             now = time.monotonic()
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
                        *([next_discovery] if self.selector else []),
-                       *([next_ping] if ping_every else [])])
+                       *([next_ping] if ping_every else []),
+                       *([self.next_state_save] if self.state else [])])
             wait = max(0.0, due - now)
             ready = self.poller.poll(wait * 1000)
             if (lost := pulse.beat(time.monotonic(), wait)) is not None:
@@ -577,8 +626,10 @@ class Daemon:
             if self.selector and now >= next_discovery:
                 next_discovery = now + discovery
                 self.discover()
+            self.save_state(now)
         reason = self.stop_reason or "all targets exited"
         self.notifier.stopping(reason)
+        self.save_state(time.monotonic(), force=True)
         self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))
         self.write_metrics()
         return 0

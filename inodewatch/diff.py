@@ -38,6 +38,19 @@ def reloaded(path: bytes, old: FileId, new: FileId) -> Event:
     return Event("info", "mapping.reloaded", {"path": path, "old_ino": old.ino, "new_ino": new.ino})
 
 
+def overwritten_event(file: FileId, path: bytes, perms: str, size_before: int | None,
+                      size_after: int | None) -> Event:
+    """mapping.overwritten: the held inode was written in place (the crash case)."""
+    return Event("critical", "mapping.overwritten", {
+        "path": path,
+        "mapped_dev": file.dev_text,
+        "mapped_ino": file.ino,
+        "perms": perms,
+        "size_before": size_before,
+        "size_after": size_after,
+    })
+
+
 @dataclass
 class TargetHistory:
     """What the daemon knows of one target across snapshots."""
@@ -50,6 +63,12 @@ class TargetHistory:
     awaiting_reload: dict[bytes, FileId] = field(default_factory=dict)
     # path -> the inode mapped there at the last snapshot (a reload between two looks)
     mapped_at: dict[bytes, FileId] = field(default_factory=dict)
+    # Bumped whenever what is above changes: the state file (inodewatch.state) is rewritten
+    # only then, without comparing every target's files once a second.
+    revision: int = 0
+    # Writes may have happened with no watch to see them (a history restored after the
+    # daemon's restart): the next update compares every file's stamp, watched or not.
+    unseen_writes: bool = False
 
     def learn(self, mapped: list[MappedFile], paths: Iterable[tuple[FileId, bytes]] = ()) -> None:
         """Record the first name and the contents' stamp of every file not seen before, and
@@ -57,15 +76,19 @@ class TargetHistory:
         new file, which must not inherit the old one's name or size."""
         paths = list(paths)
         held = {m.file for m in mapped} | {file for file, _ in paths}
-        for file in [f for f in self.first_paths if f not in held]:
+        gone = [f for f in self.first_paths if f not in held]
+        for file in gone:
             del self.first_paths[file]
             self.contents.pop(file, None)
             self.overwritten.pop(file, None)
+        known = (len(self.first_paths), len(self.contents))
         for m in mapped:
             self.first_paths.setdefault(m.file, m.path)
             self.contents.setdefault(m.file, (m.size, m.mtime_ns))
         for file, path in paths:
             self.first_paths.setdefault(file, path)
+        if gone or known != (len(self.first_paths), len(self.contents)):
+            self.revision += 1
 
     def first_path(self, held: MappedFile | OpenFile) -> bytes:
         """The name the file had when first seen (its current one if it is new)."""
@@ -76,15 +99,10 @@ class TargetHistory:
         file = m.file
         if file in self.overwritten or file not in self.contents:
             return None
-        event = Event("critical", "mapping.overwritten", {
-            "path": self.first_paths[file],
-            "mapped_dev": file.dev_text,
-            "mapped_ino": file.ino,
-            "perms": ",".join(m.perms),
-            "size_before": self.contents[file][0],
-            "size_after": size_after,
-        })
+        event = overwritten_event(file, self.first_paths[file], ",".join(m.perms),
+                                  self.contents[file][0], size_after)
         self.overwritten[file] = event
+        self.revision += 1
         return event
 
     def stamp_check(self, mapped: Iterable[MappedFile],
@@ -113,11 +131,14 @@ class TargetHistory:
         A changed size or mtime means an in-place write only for a file inotify is not
         watching for writes: where it is, its IN_MODIFY is the evidence, and a stamp that
         differs is more likely a freed inode number given to a new file (`write_watched`).
+        Not after `unseen_writes`: a watch added since (for another target holding the same
+        file) saw nothing of a write made before it.
         """
         events: list[Event] = []
+        every_file, self.unseen_writes = self.unseen_writes, False
         for m in mapped:
             if (m.file in self.contents and (m.size, m.mtime_ns) != self.contents[m.file]
-                    and not write_watched(m)):
+                    and (every_file or not write_watched(m))):
                 if (event := self.overwrite(m, m.size)) is not None:
                     events.append(event)
         current = {finding_key(f): f for f in findings}
@@ -131,6 +152,8 @@ class TargetHistory:
                     events.append(reloaded(f.path, old, f.mapped))
                 self.awaiting_reload[f.path] = f.mapped
             events.append(finding_event(f))
+        if current.keys() != self.live.keys():
+            self.revision += 1
         self.live = current
         diverged_paths = {f.path for f in findings if f.subject == "mapping"}
         held = {m.file for m in mapped}
@@ -141,6 +164,7 @@ class TargetHistory:
             old = self.awaiting_reload.get(path)
             if old is not None and m.file != old and path not in diverged_paths:
                 del self.awaiting_reload[path]
+                self.revision += 1
                 events.append(reloaded(path, old, m.file))
             elif (old is None and (before := self.mapped_at.get(path)) is not None
                   and before not in held and not same_file(before, m.file)

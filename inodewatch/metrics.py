@@ -29,7 +29,7 @@ LIVE_SERIES: tuple[tuple[str, str], ...] = (
 # Every event of the README's table starts at 0: a series that is born at 1 is invisible to
 # increase() and rate(), so an alert on the first mapping.overwritten would never fire.
 EVENTS: tuple[str, ...] = (
-    "daemon.started", "daemon.stopped", "target.attached", "target.exited",
+    "daemon.started", "daemon.stopped", "target.attached", "target.exited", "target.lost",
     *(f"{subject}.{kind}" for subject, kind in LIVE_SERIES),
     "mapping.reloaded", "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
 )

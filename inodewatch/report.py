@@ -10,8 +10,8 @@ A line that is not UTF-8, not a JSON object, or lacks a string `event` or a vali
 gzip file (one bad line).  Blank lines are ignored.
 
 Targets.  Every event with a `pid` belongs to one target *life*: a `target.attached` after that
-pid's `target.exited`, or with another `start_time`, starts a new one (pid reuse).  A re-attach
-of the same process (the daemon restarted) continues the life.
+pid's `target.exited` (or `target.lost`), or with another `start_time`, starts a new one (pid
+reuse).  A re-attach of the same process (the daemon restarted) continues the life.
 
 Verdicts: one sentence per life (`outcome` names the case in JSON), judged on the life's events
 up to --until; --since only trims the timeline shown, so a file replaced before it still counts.
@@ -22,6 +22,8 @@ up to --until; --since only trims the timeline shown, so a file replaced before 
   killed         "pid 7 (nginx) was killed by SIGKILL, while running 1 stale file: /x.so (deleted)"
   exited         "pid 7 (nginx) exited with status 0" (+ the same clause when `stale` is not empty)
   exit_unknown   the exit was seen through a pidfd only, without its status
+  lost           "pid 7 (nginx) ended while the daemon was not running, how is unknown" (a
+                 restarted daemon's target.lost; + the stale clause)
   running_stale  "pid 7 (nginx) was still running old code at the end of the log:
                   /x.so (deleted, replaced at 2026-01-02T03:04:05.000006Z)"
   reloaded       "pid 7 (nginx) reloaded /x.so (inode 12 -> 13) 0.300 s after it was replaced;
@@ -30,7 +32,8 @@ up to --until; --since only trims the timeline shown, so a file replaced before 
 
 "At the end of the log" becomes "at T" when --until cut the life short.  The daemon logs no
 event when a diverged file is closed or unmapped, so running_stale lists the divergences as
-last reported (a re-attach resets them: the daemon reports again what is still diverged).
+last reported (a re-attach resets them: the daemon reports again what is still diverged; not
+one with `restored: true`, whose daemon kept them in its state file and does not repeat them).
 
 Output.  Text: per target a header, its events in the window and the verdict; then the
 daemon's own warnings (watch.overflow, watch.degraded) and a summary line.  Every value from
@@ -58,6 +61,8 @@ from inodewatch.text import escape_control
 GZIP_MAGIC = b"\x1f\x8b"
 DIVERGENCE_KINDS = ("deleted", "replaced", "renamed", "missing", "overwritten")
 WARNING_LEVELS = ("warning", "error", "critical")
+# What ends a target's life: its exit seen, or found gone by a restarted daemon.
+ENDS = ("target.exited", "target.lost")
 EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
@@ -237,7 +242,7 @@ def _attached(events: Iterable[LogEvent], key: str) -> str | None:
 
 
 def _starts_new_life(life: list[LogEvent], attached: LogEvent) -> bool:
-    if any(e.name == "target.exited" for e in life):
+    if any(e.name in ENDS for e in life):
         return True
     known, new = _attached(life, "start_time"), _str(attached.fields, "start_time")
     return known is not None and new is not None and known != new
@@ -316,12 +321,17 @@ def _perms(t: Timeline, ino: int | None, stale: list[Mapping[str, Any]]) -> str 
     return found
 
 
-def _exit_verdict(t: Timeline, exited: LogEvent) -> Verdict:
-    who, fields = _who(t), exited.fields
+def _stale(fields: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[Divergence]]:
+    """An end's `stale` list: its well-formed entries, and the divergences they name."""
     raw_stale = fields.get("stale")
     stale_fields = [s for s in raw_stale if isinstance(s, dict)] if isinstance(raw_stale, list) else []
-    stale = [d for s in stale_fields
-             if isinstance(s.get("event"), str) and (d := divergence(s["event"], s)) is not None]
+    return stale_fields, [d for s in stale_fields
+                          if isinstance(s.get("event"), str) and (d := divergence(s["event"], s)) is not None]
+
+
+def _exit_verdict(t: Timeline, exited: LogEvent) -> Verdict:
+    who, fields = _who(t), exited.fields
+    stale_fields, stale = _stale(fields)
     signal = _str(fields, "signal")
     if signal:
         killed = f"{who} was killed by {escape_control(signal)}"
@@ -350,11 +360,16 @@ def _exit_verdict(t: Timeline, exited: LogEvent) -> Verdict:
     return Verdict("exit_unknown", f"{who} exited with an unknown status{how}{_stale_clause(stale)}")
 
 
+def _lost_verdict(t: Timeline, lost: LogEvent) -> Verdict:
+    return Verdict("lost", f"{_who(t)} ended while the daemon was not running, how is unknown"
+                           f"{_stale_clause(_stale(lost.fields)[1])}")
+
+
 def live_divergences(events: Iterable[LogEvent]) -> dict[Divergence, datetime]:
     """What was still diverged after these events, as last reported, and when."""
     live: dict[Divergence, datetime] = {}
     for e in events:
-        if e.name == "target.attached":
+        if e.name == "target.attached" and e.fields.get("restored") is not True:
             live.clear()  # a (re-)attach reports afresh whatever is diverged
         elif e.name == "mapping.reloaded":
             path, old = _str(e.fields, "path"), _int(e.fields, "old_ino")
@@ -380,7 +395,9 @@ def _reload_text(t: Timeline, reloaded: LogEvent) -> str:
 
 def verdict(t: Timeline) -> Verdict:
     """What happened to this target, in one terminal-safe sentence (see the module docstring)."""
-    exits = [e for e in t.events if e.name == "target.exited"]
+    exits = [e for e in t.events if e.name in ENDS]
+    if exits and exits[-1].name == "target.lost":
+        return _lost_verdict(t, exits[-1])
     if exits:
         return _exit_verdict(t, exits[-1])
     who = _who(t)

@@ -41,13 +41,15 @@ def test_every_key(tmp_path):
         log_file = "/var/log/inodewatch/events.json"
         log_format = "console"
         metrics_file = "/var/lib/prometheus/node-exporter/inodewatch.prom"
+        state_file = "/var/lib/inodewatch/state.json"
     """)
     assert load_config(path) == Config(
         pid=(38314, 38400), exe=("/usr/sbin/nginx",), name=("reload", "nginx"),
         unit=("nginx.service",), cgroup=("/system.slice/app.service",),
         watch=(b"/opt/app/so.so", "/opt/app/café.so".encode()), interval=0.5,
         log_file="/var/log/inodewatch/events.json", log_format="console",
-        metrics_file="/var/lib/prometheus/node-exporter/inodewatch.prom")
+        metrics_file="/var/lib/prometheus/node-exporter/inodewatch.prom",
+        state_file="/var/lib/inodewatch/state.json")
 
 
 def test_a_list_key_takes_one_value_and_interval_an_integer(tmp_path):
@@ -95,6 +97,7 @@ def test_a_table_is_an_unknown_key(tmp_path):
     ('log_file = ["/a"]', "key 'log_file' must be an absolute path, not ['/a']"),
     ('log_format = "xml"', "key 'log_format' must be one of 'auto', 'json', 'console', not 'xml'"),
     ('metrics_file = "m.prom"', "key 'metrics_file' must be an absolute path, not 'm.prom'"),
+    ('state_file = "state.json"', "key 'state_file' must be an absolute path, not 'state.json'"),
 ])
 def test_wrong_value(tmp_path, line, message):
     path = write(tmp_path, line + "\n")
@@ -135,7 +138,7 @@ def test_default_file_read_only_when_present(tmp_path, monkeypatch):
 
 
 FLAGS = ("pid", "exe", "name", "unit", "cgroup", "watch", "interval", "log_file", "log_format",
-         "metrics_file")
+         "metrics_file", "state_file")
 
 
 def given(**flags: object) -> argparse.Namespace:
@@ -156,6 +159,8 @@ def test_merge_takes_the_file_where_no_flag_is_given():
     merged = merge(file, given())
     assert merged.pid is None and merged.unit == ["nginx.service"] and merged.watch == [b"/x.so"]
     assert (merged.interval, merged.log_format, merged.metrics_file) == (5.0, "json", "/m.prom")
+    assert merge(Config(state_file="/s.json"), given()).state_file == "/s.json"
+    assert merge(Config(state_file="/s.json"), given(state_file="/t.json")).state_file == "/t.json"
 
 
 def test_targets_on_the_command_line_replace_all_of_the_files_targets():

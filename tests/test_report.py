@@ -157,6 +157,24 @@ def test_nothing_diverged_and_a_reattach_reports_afresh():
         "nothing diverged")
 
 
+def test_a_restored_reattach_keeps_what_was_diverged_and_a_lost_target_ends_its_life():
+    """A daemon restarted with its state file re-attaches with restored: true and does not
+    repeat what it logged before: the divergence is still live.  A target gone meanwhile is
+    target.lost: its life ends there, how is unknown."""
+    assert verdicts(attached(0), line(1, "mapping.deleted", **DELETED), attached(2, restored=True)) == [
+        "pid 38314 (reload) was still running old code at the end of the log: "
+        f"/opt/demo/so.so (deleted at {stamp(1)})"]
+    lives = build_timelines(parse_lines(x.encode() for x in [
+        attached(0), line(1, "mapping.deleted", **DELETED),
+        line(5, "target.lost", level="warning", detail="it ended while the daemon was not running",
+             stale=[{"event": "mapping.deleted", **DELETED}]),
+        attached(6, comm="other")])[0])
+    assert [(verdict(t).outcome, verdict(t).text) for t in lives] == [
+        ("lost", "pid 38314 (reload) ended while the daemon was not running, how is unknown, "
+                 "while running 1 stale file: /opt/demo/so.so (deleted)"),
+        ("running", "pid 38314 (other) was still running at the end of the log; nothing diverged")]
+
+
 def test_pid_reuse_starts_a_new_life():
     lives = build_timelines(parse_lines(x.encode() for x in [
         attached(0), exited(1, signal="SIGKILL"), attached(2, comm="other"),

@@ -121,14 +121,17 @@ def test_the_template_differs_only_in_what_it_watches():
     differ = {"ExecStart", "SyslogIdentifier"}
     assert [e for e in main if e[0] not in differ] == [e for e in template if e[0] not in differ]
     u = parse_unit(SERVICE)
-    assert one(u, "Service", "ExecStart") == f"{EXEC_PATH} --config /etc/inodewatch/inodewatch.toml"
+    assert one(u, "Service", "ExecStart") == (f"{EXEC_PATH} --config /etc/inodewatch/inodewatch.toml "
+                                              "--state-file /var/lib/inodewatch/state.json")
+    assert one(u, "Service", "StateDirectory") == "inodewatch"  # /var/lib/inodewatch, writable
     assert one(u, "Install", "WantedBy") == "multi-user.target"
 
 
 def test_the_template_follows_the_instance_unit_without_binding_to_it():
     u = parse_unit(TEMPLATE)
     # inodewatch@nginx.service: %i is "nginx"; the daemon appends ".service"
-    assert one(u, "Service", "ExecStart") == f"{EXEC_PATH} --unit %i"
+    # one state file per instance, in the StateDirectory= the instances share
+    assert one(u, "Service", "ExecStart") == f"{EXEC_PATH} --unit %i --state-file /var/lib/inodewatch/state-%i.json"
     assert one(u, "Unit", "After") == "%i.service"
     for key in ("BindsTo", "PartOf", "Requires", "Requisite", "Wants", "Upholds"):
         assert one(u, "Unit", key) is None, f"{key}= would tie the watcher's life to the host's"
