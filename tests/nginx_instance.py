@@ -33,7 +33,7 @@ MODULE_NAME = "ngx_http_echo_module.so"
 MODULE_DIRS = [Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules")]
 
 CONFIG = """\
-load_module modules/{module};
+load_module {module_ref};
 daemon off;
 master_process on;
 worker_processes 2;
@@ -111,6 +111,9 @@ class NginxInstance:
         # a file, not a pipe: nobody reads the master's stderr while it runs
         self.stderr_log = prefix / "logs" / "stderr.log"
         self.port = 0
+        # how nginx.conf names the module: relative to the prefix as Debian's snippets do;
+        # reload() can spell it otherwise (absolute, through a symlinked directory)
+        self.module_ref = f"modules/{MODULE_NAME}"
         self.proc: subprocess.Popen[bytes] | None = None
         for sub in ("modules", "logs", "temp"):
             (prefix / sub).mkdir(parents=True, exist_ok=True)
@@ -125,8 +128,7 @@ class NginxInstance:
         A port taken between free_port() and nginx's bind is retried with another."""
         for _attempt in range(5):
             self.port = free_port()
-            self.conf.write_text(CONFIG.format(module=MODULE_NAME, prefix=self.prefix,
-                                               port=self.port))
+            self._write_conf()
             with open(self.stderr_log, "wb") as stderr:
                 self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL, stderr=stderr,
@@ -169,12 +171,29 @@ class NginxInstance:
                     found.append((int(entry), info[1]))
         return sorted(found)
 
-    def reload(self) -> list[int]:
-        """`nginx -s reload` (SIGHUP through the pid file), then wait until two new workers
-        serve and the old ones have gone; return the new workers' pids."""
-        old = set(self.worker_pids())
+    def _write_conf(self) -> None:
+        self.conf.write_text(CONFIG.format(module_ref=self.module_ref, prefix=self.prefix,
+                                           port=self.port))
+
+    def send_reload(self, module_ref: str | None = None) -> None:
+        """`nginx -s reload` alone, not waiting for its outcome (a reload may crash it)."""
+        if module_ref is not None:
+            self.module_ref = module_ref
+            self._write_conf()
         subprocess.run([*self._args(), "-s", "reload"], check=True, capture_output=True,
                        timeout=TIMEOUT)
+
+    def wait_master_exit(self) -> int:
+        """The master's exit status once it has ended (negative: the signal that killed it)."""
+        assert self.proc is not None, "not started"
+        return self.proc.wait(timeout=TIMEOUT)
+
+    def reload(self, module_ref: str | None = None) -> list[int]:
+        """`nginx -s reload` (SIGHUP through the pid file), first rewriting nginx.conf's
+        load_module path to `module_ref` if given; then wait until two new workers serve and
+        the old ones have gone; return the new workers' pids."""
+        old = set(self.worker_pids())
+        self.send_reload(module_ref)
 
         def renewed() -> list[int] | None:
             now = self.worker_pids()
@@ -203,14 +222,13 @@ class NginxInstance:
         the deadline is killed."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
+        if self.proc.poll() is None:  # never a signal to a reaped, maybe reused, pid
             os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=TIMEOUT)
+        if _group_members(self.proc.pid):  # workers left by a master that crashed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=TIMEOUT)
         wait_for(lambda: not _group_members(self.proc.pid), what="nginx's workers to end")
         self.proc = None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, wait_for
 from inodewatch.content import (compare, identity_of_path, identity_of_proc_link,
                                 locate_build_id)
 from nginx_instance import (NGINX, NginxInstance, dpkg_style_install, installed_module, maps_inodes,
@@ -135,3 +136,37 @@ def test_a_start_that_fails_stops_and_says_why(tmp_path):
         instance.start()
     assert instance.proc is None
     instance.stop()  # again: harmless
+
+
+def test_module_path_spelled_otherwise_maps_both_versions(nginx):
+    """Measured: a reload whose load_module names the upgraded file by another spelling
+    (here PREFIX/modules/./NAME) makes glibc open it as a new object; the old one stays too,
+    so master and workers map both inodes under one path (the kernel's name has no "./")."""
+    old_ino = nginx.module.stat().st_ino
+    dpkg_style_install(nginx.module, with_other_build_id(nginx.module.read_bytes()))
+    new_ino = nginx.module.stat().st_ino
+    nginx.reload(f"{nginx.prefix}/modules/./{nginx.module.name}")
+    for pid in processes(nginx):
+        assert maps_inodes(pid, nginx.module) == {(old_ino, True), (new_ino, False)}, pid
+    stale = module_findings(processes(nginx), nginx.module)
+    assert all(stale.values()), stale
+    assert nginx.request().startswith("inodewatch echo from ")
+
+
+def test_in_place_rewrite_of_identical_bytes_crashes_workers_then_the_master(nginx):
+    """Measured: `cp` of the very same bytes over the live module (truncate, then write)
+    drops the processes' relocated pages: the worker serving the next request dies of
+    SIGSEGV (as does each one the master forks to replace it), and at the next reload the
+    master itself dies of SIGSEGV."""
+    data = nginx.module.read_bytes()
+    ino = nginx.module.stat().st_ino
+    with open(nginx.module, "wb") as f:  # as cp does: O_TRUNC, then write
+        f.write(data)
+    assert nginx.module.stat().st_ino == ino and nginx.module.read_bytes() == data
+    with pytest.raises(OSError):
+        nginx.request()
+    # the master logs its worker's death when it has handled the SIGCHLD: soon, not at once
+    wait_for(lambda: "exited on signal 11" in nginx.error_log.read_text(),
+             what="nginx's alert about its worker's SIGSEGV")
+    nginx.send_reload()
+    assert nginx.wait_master_exit() == -signal.SIGSEGV
