@@ -233,6 +233,8 @@ def _identity_at(path: bytes, stat_first: Callable[[bytes], os.stat_result], fol
                  budget: int) -> ContentId:
     try:
         before = stat_first(path)
+        if stat.S_ISLNK(before.st_mode):
+            return ContentId(None, None, "a symlink, not followed")
         if not stat.S_ISREG(before.st_mode):
             return ContentId(None, None, "not a regular file")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | follow)

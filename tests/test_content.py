@@ -341,7 +341,7 @@ def test_a_directory_a_symlink_and_nothing(built, tmp_path):
     assert identity_of_path(os.fsencode(tmp_path)).reason == "not a regular file"
     link = tmp_path / "link.so"
     link.symlink_to(built["so1"])
-    assert identity_of_path(os.fsencode(link)).reason == "not a regular file"  # not followed
+    assert identity_of_path(os.fsencode(link)).reason == "a symlink, not followed"
     missing = identity_of_path(os.fsencode(tmp_path / "gone.so"))
     assert missing.build_id is missing.digest is None and "No such file" in missing.reason
     with pytest.raises(ValueError):
