@@ -324,6 +324,16 @@ def test_a_deleted_mapping_read_through_map_files(built, tmp_path):
         mapping.close()
 
 
+def test_a_deleted_file_read_through_its_fd_link(built, tmp_path):
+    path = tmp_path / "held.so"
+    shutil.copyfile(built["so1-none"], path)
+    with open(path, "rb") as held:
+        path.unlink()
+        through_link = identity_of_proc_link(f"/proc/self/fd/{held.fileno()}".encode())
+    assert through_link == identity_of_path(os.fsencode(built["so1-none"]))
+    assert through_link.digest is not None
+
+
 def test_a_fifo_never_blocks(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

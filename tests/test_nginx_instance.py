@@ -138,14 +138,22 @@ def test_a_start_that_fails_stops_and_says_why(tmp_path):
     instance.stop()  # again: harmless
 
 
-def test_module_path_spelled_otherwise_maps_both_versions(nginx):
+@pytest.mark.parametrize("spelling", ["dot", "symlinked_dir"])
+def test_module_path_spelled_otherwise_maps_both_versions(nginx, spelling):
     """Measured: a reload whose load_module names the upgraded file by another spelling
-    (here PREFIX/modules/./NAME) makes glibc open it as a new object; the old one stays too,
-    so master and workers map both inodes under one path (the kernel's name has no "./")."""
+    (PREFIX/modules/./NAME, or through a symlink to the modules directory) makes glibc open
+    it as a new object (its name matches no loaded one, its inode neither); the old one
+    stays too, so master and workers map both inodes under one path (the kernel's name is
+    the resolved one)."""
+    if spelling == "dot":
+        ref = f"{nginx.prefix}/modules/./{nginx.module.name}"
+    else:
+        (nginx.prefix / "modlink").symlink_to("modules")
+        ref = f"modlink/{nginx.module.name}"
     old_ino = nginx.module.stat().st_ino
     dpkg_style_install(nginx.module, with_other_build_id(nginx.module.read_bytes()))
     new_ino = nginx.module.stat().st_ino
-    nginx.reload(f"{nginx.prefix}/modules/./{nginx.module.name}")
+    nginx.reload(ref)
     for pid in processes(nginx):
         assert maps_inodes(pid, nginx.module) == {(old_ino, True), (new_ino, False)}, pid
     stale = module_findings(processes(nginx), nginx.module)
