@@ -22,6 +22,7 @@ import os
 import re
 import stat
 from collections import namedtuple
+from collections.abc import Iterable, Iterator
 
 from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
 
@@ -109,24 +110,125 @@ _FILE_LINE = re.compile(
     rb"\n([0-9a-f]+-[0-9a-f]+) (\S+) [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) +(.*)")
 
 
+# Maps is read in chunks of this size, each folded into the groups as soon as it holds
+# complete lines: a process may map 65,000 VMAs from a 4 KB path (265 MB of maps), and its
+# text must never be held whole.  One chunk is the whole maps of nearly every process.
+MAPS_CHUNK = 1 << 17
+
+# No line the kernel writes for a file we could stat is longer: the header (~100 bytes) and a
+# path under PATH_MAX with every byte a newline escaped as \012.  A longer line (a path deeper
+# than PATH_MAX, which seq_file prints in full) is skipped, its file counted as too long.
+MAX_MAPS_LINE = 100 + 4 * 4096
+
+# The start of a file-backed line, enough to tell which file an over-long line maps.
+_LINE_HEAD = re.compile(rb"\n[0-9a-f]+-[0-9a-f]+ \S+ [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) ")
+
+
+class MapsRead(namedtuple("MapsRead", "groups too_long size lines")):
+    """What one read of /proc/PID/maps gave: groups: list[MappingGroup]; too_long:
+    list[FileId], files whose lines were longer than MAX_MAPS_LINE; size, lines: int, the
+    bytes and lines read (what the read cost: a caller may read a huge maps less often)."""
+
+    __slots__ = ()
+
+
+class _MapsFold:
+    """The groups of maps text fed to it in pieces of complete lines (the state of one read)."""
+
+    def __init__(self) -> None:
+        # per (dev, inode) as maps prints it: (raw path, perms seen, one VMA's range)
+        self.seen: dict[bytes, tuple[bytes, set[bytes], bytes]] = {}
+        self.too_long: set[bytes] = set()
+
+    def add(self, lines: bytes) -> None:
+        """Fold in `lines`: complete lines, each preceded (not followed) by its newline."""
+        # The hot loop of a full-host scan (tens of thousands of lines): per line only a dict
+        # look-up; the fields are decoded once per file, not once per VMA.
+        seen = self.seen
+        for range_text, perms, dev_inode, path in _FILE_LINE.findall(lines):
+            group = seen.get(dev_inode)
+            if group is None:
+                seen[dev_inode] = (path, {perms}, range_text)
+            else:
+                group[1].add(perms)
+
+    def skip_line(self, head: bytes) -> None:
+        """An over-long line, of which `head` (its newline first) is the start."""
+        if (match := _LINE_HEAD.match(head)) is not None:
+            self.too_long.add(match.group(1))
+
+    def result(self, size: int, lines: int) -> MapsRead:
+        found = []
+        for dev_inode, (raw_path, perms, vma) in self.seen.items():
+            file = _file_of(dev_inode, raw_path)
+            if file is not None:
+                found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
+        too_long = [_file_id(dev_inode) for dev_inode in self.too_long if dev_inode not in self.seen]
+        return MapsRead(found, too_long, size, lines)
+
+
+def fold_maps(data: bytes) -> MapsRead:
+    """The files mapped in the whole text of /proc/PID/maps, one group per (dev, inode),
+    pseudo files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are
+    skipped.  (read_maps does the same on the kernel's text in bounded memory.)"""
+    fold = _MapsFold()
+    fold.add(b"\n" + data)
+    return fold.result(len(data), data.count(b"\n"))
+
+
 def map_groups(data: bytes) -> list[MappingGroup]:
-    """The files mapped in the text of /proc/PID/maps, one group per (dev, inode), pseudo
-    files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are skipped."""
-    # The hot loop of a full-host scan (tens of thousands of lines): per line only a dict
-    # look-up; the fields are decoded once per file, not once per VMA.
-    seen: dict[bytes, tuple[bytes, set[bytes], bytes]] = {}
-    for range_text, perms, dev_inode, path in _FILE_LINE.findall(b"\n" + data):
-        group = seen.get(dev_inode)
-        if group is None:
-            seen[dev_inode] = (path, {perms}, range_text)
-        else:
-            group[1].add(perms)
-    found = []
-    for dev_inode, (raw_path, perms, vma) in seen.items():
-        file = _file_of(dev_inode, raw_path)
-        if file is not None:
-            found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
-    return found
+    """fold_maps(data)'s groups."""
+    return fold_maps(data).groups
+
+
+def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
+                max_line: int = MAX_MAPS_LINE) -> MapsRead:
+    """fold_maps over maps text arriving in `chunks`, in bounded memory: the text is folded
+    into groups whenever more than `limit` bytes are pending, up to their last complete
+    line; a line longer than `max_line` is dropped as it streams past, its file counted in
+    `too_long`.  At most about limit + max_line + one chunk is held at any time."""
+    fold = _MapsFold()
+    pending = b"\n"  # the text not folded yet, its newline first
+    size = lines = 0
+    dropping = False  # inside an over-long line: discard up to its end
+    for chunk in chunks:
+        size += len(chunk)
+        lines += chunk.count(b"\n")
+        if dropping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                continue
+            dropping, pending, chunk = False, b"", chunk[end:]
+        pending += chunk
+        if len(pending) > limit:  # a small maps is folded once, at the end
+            cut = pending.rfind(b"\n")
+            if cut > 0:
+                fold.add(pending[:cut])
+                pending = pending[cut:]
+            if len(pending) > max_line:
+                fold.skip_line(pending[:200])
+                dropping, pending = True, b"\n"
+    fold.add(pending)
+    return fold.result(size, lines)
+
+
+def read_maps(pid: int) -> MapsRead:
+    """fold_chunks over /proc/PID/maps as the kernel hands it out.  Raises ProcError
+    (ProcessGone, AccessDenied)."""
+    try:
+        fd = os.open(proc_path(pid, b"maps"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _error(pid, exc, "maps") from None
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := os.read(fd, MAPS_CHUNK):
+            yield chunk
+    try:
+        return fold_chunks(chunks())
+    except OSError as exc:
+        raise _error(pid, exc, "maps") from None
+    finally:
+        os.close(fd)
 
 
 # Both caches hold what every process repeats (libc, ld.so, the same few perms strings):
@@ -138,9 +240,13 @@ def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId] | None:
     path = unescape_path(raw_path)
     if is_pseudo_path(path):
         return None
+    return path, _file_id(dev_inode)
+
+
+def _file_id(dev_inode: bytes) -> FileId:
     dev, inode = dev_inode.split(b" ")
     major, minor = dev.split(b":")
-    return path, FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
+    return FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
 
 
 @functools.lru_cache(maxsize=256)
@@ -265,10 +371,31 @@ class OnDisk(namedtuple("OnDisk", "stat file")):
     __slots__ = ()
 
 
+# Why a held file was not looked at (Unknown.reason).
+TOO_LONG = "too_long"            # its name is PATH_MAX or longer: readlink and stat refuse it
+UNREADABLE = "unreadable"        # an error about this one file (Unknown.where: the error)
+
+# stat(2) takes a path shorter than this (PATH_MAX, its terminating NUL included).
+PATH_MAX = 4096
+
+
+class Unknown(namedtuple("Unknown", "subject path reason where", defaults=(b"",))):
+    """A held file that was not looked at, so neither reported nor cleared: subject: str,
+    "mapping" or "fd"; path: bytes, its name as far as known (b"" when even that could not be
+    read); reason: str, TOO_LONG or UNREADABLE; where: bytes, the error's text."""
+
+    __slots__ = ()
+
+
 class DiskView:
     """What paths name on disk for one process, each path stat'ed once per pass (a library
     is mapped by several VMAs and often held by several processes).  A vanished process
-    looks like an absent file: the caller learns of the exit on its own."""
+    looks like an absent file: the caller learns of the exit on its own.
+
+    It also keeps the account of one pass over the process: `unknown`, the held files that
+    were not looked at (list[Unknown]); `maps_size` and `maps_lines`, what the last read of
+    its maps cost (read_mapped_files sets them: a caller may re-read a huge maps less often).
+    """
 
     def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None) -> None:
         self.pid = pid
@@ -276,6 +403,8 @@ class DiskView:
         # Processes in our own mount namespace see the same files: one pass over many of
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
         self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
+        self.unknown: list[Unknown] = []
+        self.maps_size = self.maps_lines = 0
 
     def look(self, path: bytes) -> OnDisk | None:
         """What is at `path` now (None: nothing, or it cannot be stat'ed)."""
@@ -291,6 +420,17 @@ class DiskView:
     def __call__(self, path: bytes) -> FileId | None:
         found = self.look(path)
         return found.file if found is not None else None
+
+    def too_long(self, path: bytes) -> bool:
+        """Whether `path`, under this view's root, is too long to stat at all."""
+        return len(self.root) + len(path) >= PATH_MAX
+
+    def skip(self, subject: str, path: bytes, exc: OSError | None = None) -> None:
+        """Account for a held file not looked at: its name too long, or `exc` about it."""
+        if exc is None or exc.errno == errno.ENAMETOOLONG:
+            self.unknown.append(Unknown(subject, path, TOO_LONG))
+        else:
+            self.unknown.append(Unknown(subject, path, UNREADABLE, os.fsencode(exc.strerror or str(exc))))
 
 
 def _held_stat(link: bytes) -> os.stat_result | None:
@@ -311,12 +451,20 @@ def _resolve_name(disk: DiskView, name: bytes, held: FileId, nlink: int | None) 
 
 
 def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile]:
-    """Every file `pid` maps, one entry per inode, pseudo files left out."""
+    """Every file `pid` maps, one entry per inode, pseudo files left out.  Raises ProcError
+    about the process; a file that cannot be looked at (a name too long, any error about
+    that file alone) is left out and accounted in `disk.unknown`.  Sets `disk.maps_size` and
+    `disk.maps_lines` (bytes and lines of maps read: 265 MB for 65,000 VMAs of a 4 KB path)."""
     disk = disk or DiskView(pid)
-    groups = map_groups(read_proc_file(pid, b"maps"))
+    maps = read_maps(pid)
+    disk.maps_size, disk.maps_lines = maps.size, maps.lines
+    disk.unknown += [Unknown("mapping", b"", TOO_LONG) for _ in maps.too_long]
     files: list[MappedFile] = []
     can_read_map_files = True
-    for g in groups:
+    for g in maps.groups:
+        if disk.too_long(g.path):
+            disk.skip("mapping", g.path)
+            continue
         on_disk = None if g.path.endswith(DELETED_SUFFIX) else disk.look(g.path)
         if on_disk is not None and same_file(g.file, on_disk.file):
             # The path still names the mapped inode: intact, no need to ask map_files (the
@@ -342,6 +490,9 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
                 can_read_map_files = False
             except (FileNotFoundError, ProcessLookupError):
                 st = None  # unmapped, or the process exited, since maps was read
+            except OSError as exc:  # ENAMETOOLONG: the name and " (deleted)" pass PATH_MAX
+                disk.skip("mapping", g.path, exc)
+                continue
             if can_read_map_files and st is None:
                 continue  # unmapped between the two reads
         path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
@@ -352,7 +503,9 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
 
 
 def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
-    """Every regular file `pid` holds open (sockets, pipes, devices and memfds left out)."""
+    """Every regular file `pid` holds open (sockets, pipes, devices and memfds left out).
+    Raises ProcError about the process; a file that cannot be looked at is left out and
+    accounted in `disk.unknown` (as read_mapped_files)."""
     disk = disk or DiskView(pid)
     fd_dir = proc_path(pid, b"fd")
     try:
@@ -362,16 +515,25 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
     files: list[OpenFile] = []
     for name in names:
         link = fd_dir + b"/" + name
+        target = b""
         try:
             target = os.readlink(link)
             # sockets, pipes, anon inodes, devices: no file on disk, no stat needed
-            st = None if is_pseudo_path(target) else _held_stat(link)
+            if is_pseudo_path(target):
+                continue
+            if disk.too_long(target):
+                disk.skip("fd", target)
+                continue
+            st = _held_stat(link)
             if st is not None and os.readlink(link) != target:
                 continue  # closed and the number reused between the two reads
         except (FileNotFoundError, ProcessLookupError):
             continue  # closed meanwhile, or the process is exiting
         except PermissionError as exc:
             raise _error(pid, exc, "fd") from None
+        except OSError as exc:  # ENAMETOOLONG: a name of PATH_MAX or more, which lsof shows
+            disk.skip("fd", target, exc)  # as "(readlink: File name too long)"
+            continue
         if st is None or not stat.S_ISREG(st.st_mode):
             continue
         held = FileId.of(st)
