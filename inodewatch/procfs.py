@@ -24,6 +24,7 @@ import stat
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
 
+from inodewatch import mounts
 from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
 
 PROC = b"/proc"
@@ -337,20 +338,25 @@ def _own_mount_namespace() -> bytes:
     return os.readlink(b"/proc/self/ns/mnt")
 
 
-def root_of(pid: int) -> bytes:
+def mount_namespace(pid: int) -> bytes | None:
+    """The readlink of /proc/PID/ns/mnt ("mnt:[4026531841]"), None if it cannot be read."""
+    try:
+        return os.readlink(proc_path(pid, b"ns", b"mnt"))
+    except OSError:
+        return None  # gone (the caller finds out), or no ns access
+
+
+def root_of(pid: int, namespace: bytes | None = None) -> bytes:
     """The prefix that makes a path from the process's maps resolve as the process sees it.
 
     maps prints a path in the terms of the mount namespace the file lives in, so a target in
     another namespace (a container, `unshare -m`) is read through /proc/PID/root.  A target
     in our own namespace gets no prefix: for a chrooted one, maps already prints the path
-    from our root.
+    from our root.  `namespace`: mount_namespace(pid), when the caller has it already.
     """
-    try:
-        if os.readlink(proc_path(pid, b"ns", b"mnt")) == _own_mount_namespace():
-            return b""
-    except OSError:
-        pass  # gone (the caller finds out), or no ns access: the root link is the safe bet
-    return proc_path(pid, b"root")
+    if (namespace or mount_namespace(pid)) == _own_mount_namespace():
+        return b""
+    return proc_path(pid, b"root")  # unreadable namespace: the root link is the safe bet
 
 
 def stat_at(root: bytes, path: bytes) -> os.stat_result | None:
@@ -374,6 +380,7 @@ class OnDisk(namedtuple("OnDisk", "stat file")):
 # Why a held file was not looked at (Unknown.reason).
 TOO_LONG = "too_long"            # its name is PATH_MAX or longer: readlink and stat refuse it
 UNREADABLE = "unreadable"        # an error about this one file (Unknown.where: the error)
+UNTRUSTED_MOUNT = "untrusted_mount"  # on a FUSE or network mount (Unknown.where: the mount)
 
 # stat(2) takes a path shorter than this (PATH_MAX, its terminating NUL included).
 PATH_MAX = 4096
@@ -382,7 +389,8 @@ PATH_MAX = 4096
 class Unknown(namedtuple("Unknown", "subject path reason where", defaults=(b"",))):
     """A held file that was not looked at, so neither reported nor cleared: subject: str,
     "mapping" or "fd"; path: bytes, its name as far as known (b"" when even that could not be
-    read); reason: str, TOO_LONG or UNREADABLE; where: bytes, the error's text."""
+    read); reason: str, TOO_LONG, UNREADABLE or UNTRUSTED_MOUNT; where: bytes, the error's
+    text, or the mount as Mount.describe() gives it."""
 
     __slots__ = ()
 
@@ -392,6 +400,9 @@ class DiskView:
     is mapped by several VMAs and often held by several processes).  A vanished process
     looks like an absent file: the caller learns of the exit on its own.
 
+    It never stats a path on or through a FUSE or network mount of the process's namespace
+    (`mounts`, see inodewatch.mounts): such a path reads as unknown to `trusts`.
+
     It also keeps the account of one pass over the process: `unknown`, the held files that
     were not looked at (list[Unknown]); `maps_size` and `maps_lines`, what the last read of
     its maps cost (read_mapped_files sets them: a caller may re-read a huge maps less often).
@@ -399,7 +410,9 @@ class DiskView:
 
     def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None) -> None:
         self.pid = pid
-        self.root = root_of(pid)
+        namespace = mount_namespace(pid)
+        self.root = root_of(pid, namespace)
+        self.mounts = mounts.table_of(pid, namespace) if namespace is not None else mounts.NO_MOUNTS
         # Processes in our own mount namespace see the same files: one pass over many of
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
         self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
@@ -411,11 +424,32 @@ class DiskView:
         if path in self.seen:
             return self.seen[path]
         try:
-            st = stat_at(self.root, path)
+            if not self.mounts.points:
+                st = stat_at(self.root, path)  # the common host: one plain stat
+            elif (mount := self.mounts.covering(path)) is not None:
+                raise mounts.Untrusted(mount)  # never asked of a server that may not answer
+            else:
+                st = mounts.stat_beside(self.root, path, self.mounts)
+        except mounts.Untrusted as exc:
+            # kept in the same (maybe shared) cache, under a key no path can be: a NUL first
+            self.seen[b"\0" + path] = exc.args[0]
+            st = None
         except OSError:
             st = None
         found = self.seen[path] = OnDisk(st, FileId.of(st)) if st is not None else None
         return found
+
+    def untrusted_mount(self, path: bytes) -> mounts.Mount | None:
+        """The FUSE or network mount `path` is on or leads onto (a symlink on the way), if
+        any: then nothing may stat, open or watch it."""
+        if not self.mounts.points:
+            return None
+        self.look(path)
+        return self.seen.get(b"\0" + path)  # type: ignore[return-value]
+
+    def trusts(self, path: bytes) -> bool:
+        """Whether `path` may be stat'ed, opened or watched (see untrusted_mount)."""
+        return self.untrusted_mount(path) is None
 
     def __call__(self, path: bytes) -> FileId | None:
         found = self.look(path)
@@ -425,9 +459,13 @@ class DiskView:
         """Whether `path`, under this view's root, is too long to stat at all."""
         return len(self.root) + len(path) >= PATH_MAX
 
-    def skip(self, subject: str, path: bytes, exc: OSError | None = None) -> None:
-        """Account for a held file not looked at: its name too long, or `exc` about it."""
-        if exc is None or exc.errno == errno.ENAMETOOLONG:
+    def skip(self, subject: str, path: bytes, exc: OSError | None = None,
+             mount: mounts.Mount | None = None) -> None:
+        """Account for a held file not looked at: on `mount`, its name too long, or `exc`
+        about it."""
+        if mount is not None:
+            self.unknown.append(Unknown(subject, path, UNTRUSTED_MOUNT, mount.describe()))
+        elif exc is None or exc.errno == errno.ENAMETOOLONG:
             self.unknown.append(Unknown(subject, path, TOO_LONG))
         else:
             self.unknown.append(Unknown(subject, path, UNREADABLE, os.fsencode(exc.strerror or str(exc))))
@@ -461,11 +499,19 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
     disk.unknown += [Unknown("mapping", b"", TOO_LONG) for _ in maps.too_long]
     files: list[MappedFile] = []
     can_read_map_files = True
+    untrusted = disk.mounts.by_dev  # both empty on the common host
+    untrusted_paths = disk.mounts.points
     for g in maps.groups:
+        if untrusted and (mount := untrusted.get(g.file.dev)) is not None:
+            disk.skip("mapping", g.path, mount=mount)
+            continue
         if disk.too_long(g.path):
             disk.skip("mapping", g.path)
             continue
         on_disk = None if g.path.endswith(DELETED_SUFFIX) else disk.look(g.path)
+        if on_disk is None and untrusted_paths and (mount := disk.untrusted_mount(g.path)) is not None:
+            disk.skip("mapping", g.path, mount=mount)  # its path leads there now (a symlink)
+            continue
         if on_disk is not None and same_file(g.file, on_disk.file):
             # The path still names the mapped inode: intact, no need to ask map_files (the
             # common case, and one stat fewer per library per process).
@@ -480,6 +526,10 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
                 # The name now, exact (no \012 ambiguity), and as new as the link count: a
                 # rename since maps was read must not read as "nothing at the path".
                 name = os.readlink(link)
+                if untrusted_paths and (mount := disk.untrusted_mount(name)) is not None:
+                    # remapped from such a mount since maps was read: its stat could hang
+                    disk.skip("mapping", name, mount=mount)
+                    continue
                 st = _held_stat(link)
                 if st is not None and st.st_ino != g.file.ino:
                     # The range was unmapped and another file mapped there since maps was
@@ -513,6 +563,7 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
     except OSError as exc:
         raise _error(pid, exc, "fd") from None
     files: list[OpenFile] = []
+    untrusted = disk.mounts.by_id  # empty on the common host: no fdinfo read
     for name in names:
         link = fd_dir + b"/" + name
         target = b""
@@ -523,6 +574,9 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
                 continue
             if disk.too_long(target):
                 disk.skip("fd", target)
+                continue
+            if untrusted and (mount := _untrusted_fd(pid, name, target, disk)) is not None:
+                disk.skip("fd", target, mount=mount)
                 continue
             st = _held_stat(link)
             if st is not None and os.readlink(link) != target:
@@ -541,6 +595,14 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
         files.append(OpenFile(int(name), path, held, deleted, st.st_size))
     files.sort(key=lambda f: f.fd)
     return files
+
+
+def _untrusted_fd(pid: int, fd: bytes, target: bytes, disk: DiskView) -> mounts.Mount | None:
+    """The untrusted mount an fd's file lives on, by its fdinfo's mnt_id (exact, whatever
+    its name says), else by where its name leads.  Raises FileNotFoundError when the fd was
+    closed."""
+    mount = disk.mounts.by_id.get(mounts.mount_id_of(proc_path(pid, b"fdinfo", fd)) or -1)
+    return mount or disk.untrusted_mount(target)
 
 
 def list_pids() -> list[int]:

@@ -46,6 +46,7 @@ def summary_line(summary: ScanSummary) -> str:
 NOT_LOOKED_AT = {
     procfs.TOO_LONG: f"names of {procfs.PATH_MAX} bytes or more (readlink and stat refuse them)",
     procfs.UNREADABLE: "could not be read",
+    procfs.UNTRUSTED_MOUNT: "on FUSE/network mounts (a stat there may never return)",
 }
 
 # Pids (and mount points, errors) named in one line at most: the line is a pointer, not a list.
