@@ -29,8 +29,9 @@ UNTRUSTED_TYPES = frozenset({
     b"gpfs", b"beegfs", b"ocfs2", b"gfs2", b"davfs",
 })
 
-# mountinfo escapes space, tab, newline and backslash (and nothing else) as \ooo
-_OCTAL = re.compile(rb"\\([0-7]{3})")
+# mountinfo escapes space, tab, newline and backslash (and nothing else) as \ooo.  This and
+# _MNT_ID are left to re's own cache, compiled at first use: every scan would pay a compile.
+_OCTAL = rb"\\([0-7]{3})"
 
 # Mount tables kept open at once (one fd each): a host has few mount namespaces, a container
 # host maybe hundreds; beyond this the oldest is closed and read again when needed.
@@ -71,7 +72,9 @@ NO_MOUNTS = MountTable({}, {}, ())
 
 
 def unescape(field: bytes) -> bytes:
-    return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
+    if b"\\" not in field:
+        return field  # nearly every field: no regex at all
+    return re.sub(_OCTAL, lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
 
 
 def is_untrusted(fstype: bytes) -> bool:
@@ -105,7 +108,9 @@ def untrusted_table(mounts: list[Mount]) -> MountTable:
 # --- I/O ----------------------------------------------------------------------------------
 
 
-class _Open(namedtuple("_Open", "fd table")):
+class _Open(namedtuple("_Open", "fd poller table")):
+    """A namespace's mountinfo kept open (fd), the poll registered on it, its table."""
+
     __slots__ = ()
 
 
@@ -118,9 +123,7 @@ def table_of(pid: int, namespace: bytes) -> MountTable:
     process is gone: its caller finds out)."""
     cached = _tables.get(namespace)
     if cached is not None:
-        poller = select.poll()
-        poller.register(cached.fd, select.POLLPRI)
-        if not poller.poll(0):
+        if not cached.poller.poll(0):  # one syscall: has a mount or unmount happened?
             return cached.table
         del _tables[namespace]  # mounted or unmounted since: read it again, below
         os.close(cached.fd)
@@ -138,20 +141,22 @@ def table_of(pid: int, namespace: bytes) -> MountTable:
     table = untrusted_table(parse_mountinfo(b"".join(chunks)))
     if len(_tables) >= MAX_TABLES:
         os.close(_tables.pop(next(iter(_tables))).fd)
-    _tables[namespace] = _Open(fd, table)
+    poller = select.poll()
+    poller.register(fd, select.POLLPRI)
+    _tables[namespace] = _Open(fd, poller, table)
     return table
 
 
 # Symlinks followed in one walk at most, as the kernel's own limit (ELOOP beyond).
 MAX_LINKS = 40
 
-_MNT_ID = re.compile(rb"^mnt_id:\s*(\d+)", re.MULTILINE)
+_MNT_ID = rb"(?m)^mnt_id:\s*(\d+)"
 
 
 def mount_id_of(fdinfo: str | bytes) -> int | None:
     """The mnt_id line of an fdinfo file: the mount the descriptor's file is on."""
     with open(fdinfo, "rb", buffering=0) as info:
-        match = _MNT_ID.search(info.read(4096))
+        match = re.search(_MNT_ID, info.read(4096))
     return int(match.group(1)) if match is not None else None
 
 

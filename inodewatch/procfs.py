@@ -121,8 +121,9 @@ MAPS_CHUNK = 1 << 17
 # than PATH_MAX, which seq_file prints in full) is skipped, its file counted as too long.
 MAX_MAPS_LINE = 100 + 4 * 4096
 
-# The start of a file-backed line, enough to tell which file an over-long line maps.
-_LINE_HEAD = re.compile(rb"\n[0-9a-f]+-[0-9a-f]+ \S+ [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) ")
+# The start of a file-backed line, enough to tell which file an over-long line maps.  Left
+# to re's own cache, compiled at the first over-long line: every scan pays a compile here.
+_LINE_HEAD = rb"\n[0-9a-f]+-[0-9a-f]+ \S+ [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) "
 
 
 class MapsRead(namedtuple("MapsRead", "groups too_long size lines")):
@@ -155,7 +156,7 @@ class _MapsFold:
 
     def skip_line(self, head: bytes) -> None:
         """An over-long line, of which `head` (its newline first) is the start."""
-        if (match := _LINE_HEAD.match(head)) is not None:
+        if (match := re.match(_LINE_HEAD, head)) is not None:
             self.too_long.add(match.group(1))
 
     def result(self, size: int, lines: int) -> MapsRead:

@@ -227,3 +227,17 @@ def test_a_symlink_planted_onto_the_mount_is_not_followed(start_demo, attacker, 
     assert not [e for e in events if e["pid"] == holder.pid]
     [line] = [l for l in result.stderr.splitlines() if "not looked at" in l]
     assert f"3 files in 1 process (pid {holder.pid})" in line
+
+
+def test_the_mount_table_is_read_again_when_the_mounts_change(hanging_fuse):
+    """The daemon lives for months: a table cached per namespace must follow mounts and
+    unmounts (poll on the open mountinfo), or a FUSE mount made later would be trusted."""
+    from inodewatch import mounts, procfs
+
+    namespace = procfs.mount_namespace(os.getpid())
+    table = mounts.table_of(os.getpid(), namespace)
+    point = os.fsencode(hanging_fuse.point)
+    assert point in [m.point for m in table.points]
+    assert mounts.table_of(os.getpid(), namespace) is table  # unchanged: the cached one
+    subprocess.run(["fusermount3", "-u", str(hanging_fuse.point)], check=True)
+    assert point not in [m.point for m in mounts.table_of(os.getpid(), namespace).points]
