@@ -39,6 +39,7 @@ from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.selectors import Selector, read_facts
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
+from inodewatch.text import safe_text
 from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher
 from inodewatch.watchset import Wanted, WatchSet
 
@@ -171,6 +172,7 @@ class Daemon:
         self.state = StateFile(options.state_file) if options.state_file else None
         self.saved = Loaded()  # histories to give back at attach, until start-up is over
         self.next_state_save = 0.0
+        self.untrusted_told: set[bytes] = set()  # mounts named in watch.degraded already
 
     # --- events out -------------------------------------------------------------------
 
@@ -332,7 +334,9 @@ class Daemon:
             masks.setdefault(path, NAME_EVENTS | OPEN_EVENTS)
         if self.options.watch_paths is not None:
             masks = {p: m for p, m in masks.items() if p in self.options.watch_paths}
-        return {disk.root + path: (mask, disk(path)) for path, mask in masks.items()}
+        # never a watch on a FUSE or network mount: adding it walks the path there
+        return {disk.root + path: (mask, disk(path)) for path, mask in masks.items()
+                if disk.trusts(path)}
 
     def sync_watches(self, target: Target, wanted: Wanted) -> None:
         if self.watches.sync(target.pid, wanted):
@@ -355,6 +359,12 @@ class Daemon:
             after = procfs.read_stat(pid)
         except (procfs.ProcError, ProcessLookupError):
             return None  # exiting: its pidfd tells
+        for unknown in disk.unknown:  # each untrusted mount said once, as data
+            if unknown.reason == procfs.UNTRUSTED_MOUNT and unknown.where not in self.untrusted_told:
+                self.untrusted_told.add(unknown.where)
+                self.say("warning", "watch.degraded", resource="untrusted_mount", pid=pid,
+                         detail="files on a FUSE or network mount are not looked at (a stat "
+                                "there may never return): " + safe_text(unknown.where))
         # A dying process's maps read empty: a snapshot taken across the exit is no news.
         if after.start_time != target.ident.start_time or after.is_exiting:
             return None
@@ -425,10 +435,13 @@ class Daemon:
         self.rescan(target)  # the map we hold may be older than a reload: does it still map it?
         if watched not in target.mapped or target.mapped[watched].deleted:
             return
-        try:
-            st: os.stat_result | None = os.stat(path)  # a watch path resolves as the target sees it
-        except OSError:
-            st = None
+        disk = procfs.DiskView(target.pid)
+        st: os.stat_result | None = None
+        if path.startswith(disk.root) and disk.trusts(path[len(disk.root):]):  # mounted since?
+            try:
+                st = os.stat(path)  # a watch path resolves as the target sees it
+            except OSError:
+                pass
         size = st.st_size if st is not None and FileId.of(st).ino == watched.ino else None
         event = target.history.overwrite(target.mapped[watched], size)
         if event is not None:
@@ -439,8 +452,9 @@ class Daemon:
         look for in-place writes by size and mtime in every target, including one that
         has died meanwhile (what it mapped is remembered), then re-read every target."""
         for target in list(self.targets.values()):
-            same_ns = target.owner.get("mnt_ns") == self.own_mnt_ns
-            disk = procfs.DiskView(target.pid, root=b"" if same_ns else None)
+            known = target.owner.get("mnt_ns")
+            disk = procfs.DiskView(target.pid,
+                                   namespace=f"mnt:[{known}]".encode() if known else None)
             for event in target.history.stamp_check(target.mapped.values(), disk.look):
                 self.emit(event, target.pid)
             self.rescan(target)

@@ -22,7 +22,9 @@ import os
 import re
 import stat
 from collections import namedtuple
+from collections.abc import Iterable, Iterator
 
+from inodewatch import mounts
 from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
 
 PROC = b"/proc"
@@ -109,24 +111,126 @@ _FILE_LINE = re.compile(
     rb"\n([0-9a-f]+-[0-9a-f]+) (\S+) [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) +(.*)")
 
 
+# Maps is read in chunks of this size, each folded into the groups as soon as it holds
+# complete lines: a process may map 65,000 VMAs from a 4 KB path (265 MB of maps), and its
+# text must never be held whole.  One chunk is the whole maps of nearly every process.
+MAPS_CHUNK = 1 << 17
+
+# No line the kernel writes for a file we could stat is longer: the header (~100 bytes) and a
+# path under PATH_MAX with every byte a newline escaped as \012.  A longer line (a path deeper
+# than PATH_MAX, which seq_file prints in full) is skipped, its file counted as too long.
+MAX_MAPS_LINE = 100 + 4 * 4096
+
+# The start of a file-backed line, enough to tell which file an over-long line maps.  Left
+# to re's own cache, compiled at the first over-long line: every scan pays a compile here.
+_LINE_HEAD = rb"\n[0-9a-f]+-[0-9a-f]+ \S+ [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+ [1-9][0-9]*) "
+
+
+class MapsRead(namedtuple("MapsRead", "groups too_long size lines")):
+    """What one read of /proc/PID/maps gave: groups: list[MappingGroup]; too_long:
+    list[FileId], files whose lines were longer than MAX_MAPS_LINE; size, lines: int, the
+    bytes and lines read (what the read cost: a caller may read a huge maps less often)."""
+
+    __slots__ = ()
+
+
+class _MapsFold:
+    """The groups of maps text fed to it in pieces of complete lines (the state of one read)."""
+
+    def __init__(self) -> None:
+        # per (dev, inode) as maps prints it: (raw path, perms seen, one VMA's range)
+        self.seen: dict[bytes, tuple[bytes, set[bytes], bytes]] = {}
+        self.too_long: set[bytes] = set()
+
+    def add(self, lines: bytes) -> None:
+        """Fold in `lines`: complete lines, each preceded (not followed) by its newline."""
+        # The hot loop of a full-host scan (tens of thousands of lines): per line only a dict
+        # look-up; the fields are decoded once per file, not once per VMA.
+        seen = self.seen
+        for range_text, perms, dev_inode, path in _FILE_LINE.findall(lines):
+            group = seen.get(dev_inode)
+            if group is None:
+                seen[dev_inode] = (path, {perms}, range_text)
+            else:
+                group[1].add(perms)
+
+    def skip_line(self, head: bytes) -> None:
+        """An over-long line, of which `head` (its newline first) is the start."""
+        if (match := re.match(_LINE_HEAD, head)) is not None:
+            self.too_long.add(match.group(1))
+
+    def result(self, size: int, lines: int) -> MapsRead:
+        found = []
+        for dev_inode, (raw_path, perms, vma) in self.seen.items():
+            file = _file_of(dev_inode, raw_path)
+            if file is not None:
+                found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
+        too_long = [_file_id(dev_inode) for dev_inode in self.too_long if dev_inode not in self.seen]
+        return MapsRead(found, too_long, size, lines)
+
+
+def fold_maps(data: bytes) -> MapsRead:
+    """The files mapped in the whole text of /proc/PID/maps, one group per (dev, inode),
+    pseudo files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are
+    skipped.  (read_maps does the same on the kernel's text in bounded memory.)"""
+    fold = _MapsFold()
+    fold.add(b"\n" + data)
+    return fold.result(len(data), data.count(b"\n"))
+
+
 def map_groups(data: bytes) -> list[MappingGroup]:
-    """The files mapped in the text of /proc/PID/maps, one group per (dev, inode), pseudo
-    files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are skipped."""
-    # The hot loop of a full-host scan (tens of thousands of lines): per line only a dict
-    # look-up; the fields are decoded once per file, not once per VMA.
-    seen: dict[bytes, tuple[bytes, set[bytes], bytes]] = {}
-    for range_text, perms, dev_inode, path in _FILE_LINE.findall(b"\n" + data):
-        group = seen.get(dev_inode)
-        if group is None:
-            seen[dev_inode] = (path, {perms}, range_text)
-        else:
-            group[1].add(perms)
-    found = []
-    for dev_inode, (raw_path, perms, vma) in seen.items():
-        file = _file_of(dev_inode, raw_path)
-        if file is not None:
-            found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
-    return found
+    """fold_maps(data)'s groups."""
+    return fold_maps(data).groups
+
+
+def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
+                max_line: int = MAX_MAPS_LINE) -> MapsRead:
+    """fold_maps over maps text arriving in `chunks`, in bounded memory: the text is folded
+    into groups whenever more than `limit` bytes are pending, up to their last complete
+    line; a line longer than `max_line` is dropped as it streams past, its file counted in
+    `too_long`.  At most about limit + max_line + one chunk is held at any time."""
+    fold = _MapsFold()
+    pending = b"\n"  # the text not folded yet, its newline first
+    size = lines = 0
+    dropping = False  # inside an over-long line: discard up to its end
+    for chunk in chunks:
+        size += len(chunk)
+        lines += chunk.count(b"\n")
+        if dropping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                continue
+            dropping, pending, chunk = False, b"", chunk[end:]
+        pending += chunk
+        if len(pending) > limit:  # a small maps is folded once, at the end
+            cut = pending.rfind(b"\n")
+            if cut > 0:
+                fold.add(pending[:cut])
+                pending = pending[cut:]
+            if len(pending) > max_line:
+                fold.skip_line(pending[:200])
+                dropping, pending = True, b"\n"
+    fold.add(pending)
+    return fold.result(size, lines)
+
+
+def read_maps(pid: int) -> MapsRead:
+    """fold_chunks over /proc/PID/maps as the kernel hands it out.  Raises ProcError
+    (ProcessGone, AccessDenied)."""
+    try:
+        fd = os.open(proc_path(pid, b"maps"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _error(pid, exc, "maps") from None
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := os.read(fd, MAPS_CHUNK):
+            yield chunk
+    try:
+        return fold_chunks(chunks())
+    except OSError as exc:
+        raise _error(pid, exc, "maps") from None
+    finally:
+        os.close(fd)
 
 
 # Both caches hold what every process repeats (libc, ld.so, the same few perms strings):
@@ -138,9 +242,13 @@ def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId] | None:
     path = unescape_path(raw_path)
     if is_pseudo_path(path):
         return None
+    return path, _file_id(dev_inode)
+
+
+def _file_id(dev_inode: bytes) -> FileId:
     dev, inode = dev_inode.split(b" ")
     major, minor = dev.split(b":")
-    return path, FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
+    return FileId(os.makedev(int(major, 16), int(minor, 16)), int(inode))
 
 
 @functools.lru_cache(maxsize=256)
@@ -231,20 +339,25 @@ def _own_mount_namespace() -> bytes:
     return os.readlink(b"/proc/self/ns/mnt")
 
 
-def root_of(pid: int) -> bytes:
+def mount_namespace(pid: int) -> bytes | None:
+    """The readlink of /proc/PID/ns/mnt ("mnt:[4026531841]"), None if it cannot be read."""
+    try:
+        return os.readlink(proc_path(pid, b"ns", b"mnt"))
+    except OSError:
+        return None  # gone (the caller finds out), or no ns access
+
+
+def root_of(pid: int, namespace: bytes | None = None) -> bytes:
     """The prefix that makes a path from the process's maps resolve as the process sees it.
 
     maps prints a path in the terms of the mount namespace the file lives in, so a target in
     another namespace (a container, `unshare -m`) is read through /proc/PID/root.  A target
     in our own namespace gets no prefix: for a chrooted one, maps already prints the path
-    from our root.
+    from our root.  `namespace`: mount_namespace(pid), when the caller has it already.
     """
-    try:
-        if os.readlink(proc_path(pid, b"ns", b"mnt")) == _own_mount_namespace():
-            return b""
-    except OSError:
-        pass  # gone (the caller finds out), or no ns access: the root link is the safe bet
-    return proc_path(pid, b"root")
+    if (namespace or mount_namespace(pid)) == _own_mount_namespace():
+        return b""
+    return proc_path(pid, b"root")  # unreadable namespace: the root link is the safe bet
 
 
 def stat_at(root: bytes, path: bytes) -> os.stat_result | None:
@@ -265,33 +378,102 @@ class OnDisk(namedtuple("OnDisk", "stat file")):
     __slots__ = ()
 
 
+# Why a held file was not looked at (Unknown.reason).
+TOO_LONG = "too_long"            # its name is PATH_MAX or longer: readlink and stat refuse it
+UNREADABLE = "unreadable"        # an error about this one file (Unknown.where: the error)
+UNTRUSTED_MOUNT = "untrusted_mount"  # on a FUSE or network mount (Unknown.where: the mount)
+
+# stat(2) takes a path shorter than this (PATH_MAX, its terminating NUL included).
+PATH_MAX = 4096
+
+
+class Unknown(namedtuple("Unknown", "subject path reason where", defaults=(b"",))):
+    """A held file that was not looked at, so neither reported nor cleared: subject: str,
+    "mapping" or "fd"; path: bytes, its name as far as known (b"" when even that could not be
+    read); reason: str, TOO_LONG, UNREADABLE or UNTRUSTED_MOUNT; where: bytes, the error's
+    text, or the mount as Mount.describe() gives it."""
+
+    __slots__ = ()
+
+
 class DiskView:
     """What paths name on disk for one process, each path stat'ed once per pass (a library
     is mapped by several VMAs and often held by several processes).  A vanished process
-    looks like an absent file: the caller learns of the exit on its own."""
+    looks like an absent file: the caller learns of the exit on its own.
+
+    It never stats a path on or through a FUSE or network mount of the process's namespace
+    (`mounts`, see inodewatch.mounts): such a path reads as unknown to `trusts`.
+
+    It also keeps the account of one pass over the process: `unknown`, the held files that
+    were not looked at (list[Unknown]); `maps_size` and `maps_lines`, what the last read of
+    its maps cost (read_mapped_files sets them: a caller may re-read a huge maps less often).
+    """
 
     def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None,
-                 root: bytes | None = None) -> None:
+                 namespace: bytes | None = None) -> None:
+        # namespace: mount_namespace(pid) when the caller knows it (the process may be dead)
         self.pid = pid
-        self.root = root_of(pid) if root is None else root  # given: the process may be dead
+        namespace = namespace or mount_namespace(pid)
+        self.root = root_of(pid, namespace)
+        # A dead process's mountinfo is gone; one in our namespace has our mounts
+        reader = os.getpid() if namespace == _own_mount_namespace() else pid
+        self.mounts = mounts.table_of(reader, namespace) if namespace is not None else mounts.NO_MOUNTS
         # Processes in our own mount namespace see the same files: one pass over many of
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
         self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
+        self.unknown: list[Unknown] = []
+        self.maps_size = self.maps_lines = 0
 
     def look(self, path: bytes) -> OnDisk | None:
         """What is at `path` now (None: nothing, or it cannot be stat'ed)."""
         if path in self.seen:
             return self.seen[path]
         try:
-            st = stat_at(self.root, path)
+            if not self.mounts.points:
+                st = stat_at(self.root, path)  # the common host: one plain stat
+            elif (mount := self.mounts.covering(path)) is not None:
+                raise mounts.Untrusted(mount)  # never asked of a server that may not answer
+            else:
+                st = mounts.stat_beside(self.root, path, self.mounts)
+        except mounts.Untrusted as exc:
+            # kept in the same (maybe shared) cache, under a key no path can be: a NUL first
+            self.seen[b"\0" + path] = exc.args[0]
+            st = None
         except OSError:
             st = None
         found = self.seen[path] = OnDisk(st, FileId.of(st)) if st is not None else None
         return found
 
+    def untrusted_mount(self, path: bytes) -> mounts.Mount | None:
+        """The FUSE or network mount `path` is on or leads onto (a symlink on the way), if
+        any: then nothing may stat, open or watch it."""
+        if not self.mounts.points:
+            return None
+        self.look(path)
+        return self.seen.get(b"\0" + path)  # type: ignore[return-value]
+
+    def trusts(self, path: bytes) -> bool:
+        """Whether `path` may be stat'ed, opened or watched (see untrusted_mount)."""
+        return self.untrusted_mount(path) is None
+
     def __call__(self, path: bytes) -> FileId | None:
         found = self.look(path)
         return found.file if found is not None else None
+
+    def too_long(self, path: bytes) -> bool:
+        """Whether `path`, under this view's root, is too long to stat at all."""
+        return len(self.root) + len(path) >= PATH_MAX
+
+    def skip(self, subject: str, path: bytes, exc: OSError | None = None,
+             mount: mounts.Mount | None = None) -> None:
+        """Account for a held file not looked at: on `mount`, its name too long, or `exc`
+        about it."""
+        if mount is not None:
+            self.unknown.append(Unknown(subject, path, UNTRUSTED_MOUNT, mount.describe()))
+        elif exc is None or exc.errno == errno.ENAMETOOLONG:
+            self.unknown.append(Unknown(subject, path, TOO_LONG))
+        else:
+            self.unknown.append(Unknown(subject, path, UNREADABLE, os.fsencode(exc.strerror or str(exc))))
 
 
 def _held_stat(link: bytes) -> os.stat_result | None:
@@ -312,13 +494,29 @@ def _resolve_name(disk: DiskView, name: bytes, held: FileId, nlink: int | None) 
 
 
 def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile]:
-    """Every file `pid` maps, one entry per inode, pseudo files left out."""
+    """Every file `pid` maps, one entry per inode, pseudo files left out.  Raises ProcError
+    about the process; a file that cannot be looked at (a name too long, any error about
+    that file alone) is left out and accounted in `disk.unknown`.  Sets `disk.maps_size` and
+    `disk.maps_lines` (bytes and lines of maps read: 265 MB for 65,000 VMAs of a 4 KB path)."""
     disk = disk or DiskView(pid)
-    groups = map_groups(read_proc_file(pid, b"maps"))
+    maps = read_maps(pid)
+    disk.maps_size, disk.maps_lines = maps.size, maps.lines
+    disk.unknown += [Unknown("mapping", b"", TOO_LONG) for _ in maps.too_long]
     files: list[MappedFile] = []
     can_read_map_files = True
-    for g in groups:
+    untrusted = disk.mounts.by_dev  # both empty on the common host
+    untrusted_paths = disk.mounts.points
+    for g in maps.groups:
+        if untrusted and (mount := untrusted.get(g.file.dev)) is not None:
+            disk.skip("mapping", g.path, mount=mount)
+            continue
+        if disk.too_long(g.path):
+            disk.skip("mapping", g.path)
+            continue
         on_disk = None if g.path.endswith(DELETED_SUFFIX) else disk.look(g.path)
+        if on_disk is None and untrusted_paths and (mount := disk.untrusted_mount(g.path)) is not None:
+            disk.skip("mapping", g.path, mount=mount)  # its path leads there now (a symlink)
+            continue
         if on_disk is not None and same_file(g.file, on_disk.file):
             # The path still names the mapped inode: intact, no need to ask map_files (the
             # common case, and one stat fewer per library per process).
@@ -333,6 +531,10 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
                 # The name now, exact (no \012 ambiguity), and as new as the link count: a
                 # rename since maps was read must not read as "nothing at the path".
                 name = os.readlink(link)
+                if untrusted_paths and (mount := disk.untrusted_mount(name)) is not None:
+                    # remapped from such a mount since maps was read: its stat could hang
+                    disk.skip("mapping", name, mount=mount)
+                    continue
                 st = _held_stat(link)
                 if st is not None and st.st_ino != g.file.ino:
                     # The range was unmapped and another file mapped there since maps was
@@ -343,6 +545,9 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
                 can_read_map_files = False
             except (FileNotFoundError, ProcessLookupError):
                 st = None  # unmapped, or the process exited, since maps was read
+            except OSError as exc:  # ENAMETOOLONG: the name and " (deleted)" pass PATH_MAX
+                disk.skip("mapping", g.path, exc)
+                continue
             if can_read_map_files and st is None:
                 continue  # unmapped between the two reads
         path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
@@ -353,7 +558,9 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
 
 
 def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
-    """Every regular file `pid` holds open (sockets, pipes, devices and memfds left out)."""
+    """Every regular file `pid` holds open (sockets, pipes, devices and memfds left out).
+    Raises ProcError about the process; a file that cannot be looked at is left out and
+    accounted in `disk.unknown` (as read_mapped_files)."""
     disk = disk or DiskView(pid)
     fd_dir = proc_path(pid, b"fd")
     try:
@@ -361,18 +568,31 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
     except OSError as exc:
         raise _error(pid, exc, "fd") from None
     files: list[OpenFile] = []
+    untrusted = disk.mounts.by_id  # empty on the common host: no fdinfo read
     for name in names:
         link = fd_dir + b"/" + name
+        target = b""
         try:
             target = os.readlink(link)
             # sockets, pipes, anon inodes, devices: no file on disk, no stat needed
-            st = None if is_pseudo_path(target) else _held_stat(link)
+            if is_pseudo_path(target):
+                continue
+            if disk.too_long(target):
+                disk.skip("fd", target)
+                continue
+            if untrusted and (mount := _untrusted_fd(pid, name, target, disk)) is not None:
+                disk.skip("fd", target, mount=mount)
+                continue
+            st = _held_stat(link)
             if st is not None and os.readlink(link) != target:
                 continue  # closed and the number reused between the two reads
         except (FileNotFoundError, ProcessLookupError):
             continue  # closed meanwhile, or the process is exiting
         except PermissionError as exc:
             raise _error(pid, exc, "fd") from None
+        except OSError as exc:  # ENAMETOOLONG: a name of PATH_MAX or more, which lsof shows
+            disk.skip("fd", target, exc)  # as "(readlink: File name too long)"
+            continue
         if st is None or not stat.S_ISREG(st.st_mode):
             continue
         held = FileId.of(st)
@@ -380,6 +600,14 @@ def read_open_files(pid: int, disk: DiskView | None = None) -> list[OpenFile]:
         files.append(OpenFile(int(name), path, held, deleted, st.st_size))
     files.sort(key=lambda f: f.fd)
     return files
+
+
+def _untrusted_fd(pid: int, fd: bytes, target: bytes, disk: DiskView) -> mounts.Mount | None:
+    """The untrusted mount an fd's file lives on, by its fdinfo's mnt_id (exact, whatever
+    its name says), else by where its name leads.  Raises FileNotFoundError when the fd was
+    closed."""
+    mount = disk.mounts.by_id.get(mounts.mount_id_of(proc_path(pid, b"fdinfo", fd)) or -1)
+    return mount or disk.untrusted_mount(target)
 
 
 def list_pids() -> list[int]:

@@ -1,9 +1,11 @@
-"""What `inodewatch scan` prints: a readable table, or the daemon's JSON event lines."""
+"""What `inodewatch scan` prints: a readable table, or the daemon's JSON event lines; then a
+line per reason files were not looked at, and the summary (both on stderr with --json)."""
 
 from __future__ import annotations
 
 import sys
 
+from inodewatch import procfs
 from inodewatch.model import Finding
 from inodewatch.scan import ScanSummary
 from inodewatch.text import terminal_text
@@ -40,6 +42,41 @@ def summary_line(summary: ScanSummary) -> str:
     return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
 
+# Why files were not looked at, as the start of the line that counts them.
+NOT_LOOKED_AT = {
+    procfs.TOO_LONG: f"names of {procfs.PATH_MAX} bytes or more (readlink and stat refuse them)",
+    procfs.UNREADABLE: "could not be read",
+    procfs.UNTRUSTED_MOUNT: "on FUSE/network mounts (a stat there may never return)",
+}
+
+# Pids (and mount points, errors) named in one line at most: the line is a pointer, not a list.
+NAMED = 5
+
+
+def _some(items: list[str]) -> str:
+    shown = ", ".join(items[:NAMED])
+    return shown + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
+
+
+def unknown_lines(summary: ScanSummary) -> list[str]:
+    """One line per reason files were not looked at: how many, in which processes, and what
+    the reason names (errors); a file that was not looked at is neither reported nor cleared."""
+    by_reason: dict[str, tuple[list[procfs.Unknown], dict[int, None]]] = {}
+    for r in summary.reports:
+        for u in r.unknown:
+            files, pids = by_reason.setdefault(u.reason, ([], {}))
+            files.append(u)
+            pids[r.pid] = None
+    lines = []
+    for reason, (files, pids) in by_reason.items():
+        wheres = list(dict.fromkeys(terminal_text(u.where) for u in files if u.where))
+        lines.append(
+            f"{NOT_LOOKED_AT.get(reason, reason)}, not looked at: {len(files)} "
+            f"file{'s' * (len(files) != 1)} in {len(pids)} process{'es' * (len(pids) != 1)} "
+            f"(pid {_some([str(p) for p in pids])})" + (f": {_some(wheres)}" if wheres else ""))
+    return lines
+
+
 def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
     rows = [
         (str(r.pid), terminal_text(r.comm), f.event,
@@ -52,6 +89,8 @@ def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
         for row in [header, *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4], file=out)
+    for line in unknown_lines(summary):
+        print(line, file=out)
     print(summary_line(summary), file=out)
 
 
@@ -62,4 +101,6 @@ def print_scan_events(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
     for r in summary.reports:
         for f in r.findings:
             print(format_event("warning", f.event, {"pid": r.pid, "comm": r.comm, **f.fields()}), file=out)
+    for line in unknown_lines(summary):
+        print(line, file=sys.stderr)
     print(summary_line(summary), file=sys.stderr)

@@ -26,8 +26,9 @@ if TYPE_CHECKING:  # typing for the checkers only: every scan would pay its impo
     from typing import Any
 
 
-class ProcessReport(namedtuple("ProcessReport", "pid comm findings")):
-    """One process scanned (pid: int, comm: bytes, findings: list[Finding])."""
+class ProcessReport(namedtuple("ProcessReport", "pid comm findings unknown", defaults=((),))):
+    """One process scanned (pid: int, comm: bytes, findings: list[Finding], unknown:
+    list[procfs.Unknown], the files it holds that were not looked at)."""
 
     __slots__ = ()
 
@@ -44,19 +45,28 @@ class ScanSummary(namedtuple("ScanSummary", "reports kernel_threads unreadable e
         return [r for r in self.reports if r.findings]
 
 
-def examine(pid: int, shared: dict[bytes, procfs.OnDisk | None] | None = None) -> tuple[bool, list[Finding]]:
-    """(whether the process maps any file, its divergences).  Raises procfs.ProcError.
-    `shared`: a stat cache for the processes of one pass (see procfs.DiskView)."""
+class Examined(namedtuple("Examined", "maps_files findings unknown")):
+    """One process read: maps_files: bool, whether it maps any file (a kernel thread maps
+    none); findings: list[Finding]; unknown: list[procfs.Unknown]."""
+
+    __slots__ = ()
+
+
+def examine(pid: int, shared: dict[bytes, procfs.OnDisk | None] | None = None) -> Examined:
+    """Read one process and compare.  Raises procfs.ProcError.  `shared`: a stat cache for
+    the processes of one pass (see procfs.DiskView)."""
     disk = procfs.DiskView(pid, shared)
     mapped = procfs.read_mapped_files(pid, disk)
     open_files = procfs.read_open_files(pid, disk)
-    return bool(mapped), find_divergence(mapped, open_files, disk)
+    return Examined(bool(mapped or disk.unknown), find_divergence(mapped, open_files, disk),
+                    disk.unknown)
 
 
 def scan_process(pid: int) -> ProcessReport:
     """Scan one process.  Raises procfs.ProcError (ProcessGone, AccessDenied)."""
     st = procfs.read_stat(pid)
-    return ProcessReport(pid, st.comm, examine(pid)[1])
+    _, findings, unknown = examine(pid)
+    return ProcessReport(pid, st.comm, findings, unknown)
 
 
 def scan_pids(pids: Iterable[int]) -> ScanSummary:
@@ -90,15 +100,17 @@ def _scan_share(pids: Iterable[int]) -> ScanSummary:
     shared: dict[bytes, procfs.OnDisk | None] = {}
     for pid in pids:
         try:
-            maps_files, findings = examine(pid, shared)
+            maps_files, findings, unknown = examine(pid, shared)
             if not maps_files and procfs.read_stat(pid).is_kernel_thread:
                 kernel_threads += 1
                 continue
-            comm = procfs.read_stat(pid).comm if findings else b""
-            reports.append(ProcessReport(pid, comm, findings))
+            comm = procfs.read_stat(pid).comm if findings or unknown else b""
+            reports.append(ProcessReport(pid, comm, findings, unknown))
         except procfs.ProcessGone:
             exited += 1
-        except procfs.ProcError:
+        except (procfs.ProcError, OSError):
+            # OSError: anything procfs did not foresee about this one process costs that
+            # process, counted, never the scan of the others
             unreadable += 1
     return ScanSummary(reports, kernel_threads, unreadable, exited)
 
@@ -106,7 +118,8 @@ def _scan_share(pids: Iterable[int]) -> ScanSummary:
 def to_plain(summary: ScanSummary) -> tuple[Any, ...]:
     """The summary as builtins only (marshal takes no tuple subclass)."""
     return ([(r.pid, r.comm, [(*f[:3], tuple(f.mapped), f.disk and tuple(f.disk), *f[5:])
-                              for f in r.findings]) for r in summary.reports],
+                              for f in r.findings], [tuple(u) for u in r.unknown])
+             for r in summary.reports],
             *summary[1:])
 
 
@@ -115,6 +128,7 @@ def from_plain(plain: tuple[Any, ...]) -> ScanSummary:
     return ScanSummary(
         [ProcessReport(pid, comm, [Finding(subject, kind, path, FileId(*mapped),
                                            disk and FileId(*disk), *rest)
-                                   for subject, kind, path, mapped, disk, *rest in findings])
-         for pid, comm, findings in reports],
+                                   for subject, kind, path, mapped, disk, *rest in findings],
+                       [procfs.Unknown(*u) for u in unknown])
+         for pid, comm, findings, unknown in reports],
         *counts)

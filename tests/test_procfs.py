@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inodewatch.model import FileId, is_pseudo_path
-from inodewatch.procfs import StatParseError, map_groups, parse_stat, strip_deleted
+from inodewatch.procfs import StatParseError, fold_chunks, fold_maps, map_groups, parse_stat, strip_deleted
 
 DEV = os.makedev(0xFE, 0x00)
 
@@ -176,3 +176,63 @@ def test_parse_stat_marks_a_process_tearing_itself_down():
     zombie = b"9 (reload) Z 1 9 9 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 77 0 0 18446744073709551615"
     assert parse_stat(zombie).is_exiting
     assert not parse_stat(zombie.replace(b") Z ", b") S ")).is_exiting
+
+
+def cut_into(data: bytes, cuts: list[int]) -> list[bytes]:
+    """`data` in pieces, cut at the given offsets (as os.read may hand it out)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+def sorted_groups(groups: list) -> list:
+    return sorted(groups, key=lambda g: g.file)
+
+
+@given(st.lists(st.integers(0, 10**6), max_size=30), st.integers(1, 400))
+def test_any_chunking_folds_as_the_whole_text(cuts, limit):
+    """However the kernel cuts maps into reads, and however small the pending limit, the
+    groups are those of the whole text (every line here is shorter than max_line)."""
+    data = CAPTURED * 3 + maps_line(0x7F1C2D401000, "rw-p", 2146358, b"/opt/demo/so.so (deleted)") + b"\n"
+    whole = fold_maps(data)
+    streamed = fold_chunks(cut_into(data, cuts), limit=limit, max_line=400)
+    assert sorted_groups(streamed.groups) == sorted_groups(whole.groups)
+    assert (streamed.size, streamed.lines, streamed.too_long) == (len(data), data.count(b"\n"), [])
+
+
+@given(st.lists(st.integers(0, 10**6), max_size=30))
+def test_an_over_long_line_costs_its_file_alone(cuts):
+    """A line longer than max_line that straddles a fold is dropped and its file counted as
+    too long; one that arrives whole in a chunk is folded (memory is bounded by the chunk
+    anyway) and its path, longer than PATH_MAX, is refused later: either way the other
+    files are all there and nothing is credited to the wrong inode."""
+    long_path = b"/deep/" + b"d" * 5000 + b"/f.so"
+    data = b"\n".join([
+        maps_line(0x400000, "r-xp", 26723, b"/usr/bin/app"),
+        maps_line(0x500000, "r--p", 99, long_path),
+        maps_line(0x501000, "r-xp", 99, long_path),
+        maps_line(0x600000, "r-xp", 7, b"/usr/lib/libc.so.6"),
+        b""])
+    read = fold_chunks(cut_into(data, cuts), limit=64, max_line=1000)
+    groups = {g.path: g.file for g in read.groups}
+    assert groups.pop(long_path, FileId(DEV, 99)) == FileId(DEV, 99)
+    assert groups == {b"/usr/bin/app": FileId(DEV, 26723), b"/usr/lib/libc.so.6": FileId(DEV, 7)}
+    assert read.too_long in ([], [FileId(DEV, 99)])
+    assert (long_path in {g.path for g in read.groups}) != bool(read.too_long)
+    assert (read.size, read.lines) == (len(data), 4)
+
+
+def test_an_over_long_line_straddling_reads_is_dropped():
+    long_path = b"/deep/" + b"d" * 5000 + b"/f.so"
+    data = maps_line(0x500000, "r--p", 99, long_path) + b"\n"
+    read = fold_chunks(cut_into(data, list(range(0, len(data), 100))), limit=64, max_line=1000)
+    assert (read.groups, read.too_long) == ([], [FileId(DEV, 99)])
+
+
+def test_folding_holds_a_bounded_amount_of_text():
+    """A maps of 65,000 VMAs of one 4 KB path: every chunk folded as it comes (the memory a
+    whole-text read needed was the 804 MB of issue 13)."""
+    line = maps_line(0x7F0000000000, "r--p", 5, b"/" + b"p" * 3980) + b"\n"
+    pieces = (line * 32 for _ in range(2000))  # 64,000 lines, 255 MB, never all at once
+    read = fold_chunks(pieces)
+    assert [g.file for g in read.groups] == [FileId(DEV, 5)]
+    assert read.lines == 64000

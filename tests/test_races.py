@@ -111,8 +111,6 @@ def test_a_read_straddling_a_reload_does_not_credit_the_new_file_to_the_old_inod
     now = procfs.read_proc_file(demo.pid, b"maps")
     if not any(g.range_name == old.range_name and g.file != old.file for g in procfs.map_groups(now)):
         pytest.skip("the loader put the new library at another address this time")
-    real = procfs.read_proc_file
-    monkeypatch.setattr(procfs, "read_proc_file",
-                        lambda pid, name: maps_before if name == b"maps" else real(pid, name))
+    monkeypatch.setattr(procfs, "read_maps", lambda pid: procfs.fold_maps(maps_before))
     mapped = procfs.read_mapped_files(demo.pid)
     assert old.file not in {m.file for m in mapped}  # gone, not dressed in the new file's stat

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from inodewatch import scan
+from inodewatch import procfs, scan
 from inodewatch.model import FileId, Finding
 
 pytestmark = pytest.mark.integration
@@ -70,13 +70,16 @@ def test_plain_round_trip_keeps_hostile_bytes_and_every_field():
         [scan.ProcessReport(7, b"re\x1bload\xff", [
             Finding("mapping", "replaced", b"/opt/a\nb \xff.so", FileId(64768, 12),
                     FileId(64768, 13), perms=("r--p", "r-xp")),
-            Finding("fd", "renamed", b"/x (deleted)", FileId(1, 2), None, b"/y", (), 4)])],
+            Finding("fd", "renamed", b"/x (deleted)", FileId(1, 2), None, b"/y", (), 4)],
+            [procfs.Unknown("mapping", b"/long\xff", procfs.TOO_LONG),
+             procfs.Unknown("fd", b"", procfs.UNREADABLE, b"Input/output error")])],
         kernel_threads=3, unreadable=1, exited=2)
     # through marshal, as a worker sends it: a field marshal cannot take would make every
     # worker fail, silently (the parent redoes their work)
     back = scan.from_plain(marshal.loads(marshal.dumps(scan.to_plain(summary))))
     assert back == summary
     assert type(back.reports[0].findings[0].mapped) is FileId
+    assert type(back.reports[0].unknown[0]) is procfs.Unknown
 
 
 @pytest.mark.parametrize("per_worker", [1, 10**9])

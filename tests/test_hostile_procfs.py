@@ -1,0 +1,113 @@
+"""Hostile hosts against the /proc reading path (issue 13): what an unprivileged user can do
+to a process of her own must cost that process's files, never the scan or the daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+# Run as the attacker with the distribution's python (the test's may live under /root):
+# chdir down `depth` directories of 200 bytes, then hold f.so open and mapped, so its name is
+# longer than PATH_MAX and every readlink of it fails with ENAMETOOLONG.
+LONG_PATH_HOLDER = r"""
+import mmap, os, sys, time
+depth = int(sys.argv[1])
+for i in range(depth):
+    name = ("%03d" % i) + "d" * 197
+    os.mkdir(name)
+    os.chdir(name)
+with open("f.so", "wb") as f:
+    f.write(b"\x7fELF" + b"\0" * 8188)
+held = open("f.so", "rb")
+mapped = mmap.mmap(held.fileno(), 0, prot=mmap.PROT_READ)  # mmap keeps an fd of its own
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+@contextlib.contextmanager
+def attacker_dir(attacker) -> Iterator[Path]:
+    """A directory the attacker owns, removed after (with whatever she left in it)."""
+    path = Path(tempfile.mkdtemp(prefix="iw-hostile-"))
+    try:
+        os.chown(path, attacker.uid, attacker.gid)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def long_path_holder(attacker, where: Path, depth: int = 25, comm: str = "longpath") -> Iterator[subprocess.Popen]:
+    """A process of the attacker's holding a file (2 fds, 1 mapping) named with more than
+    200 * depth bytes, in a directory of its own under `where`."""
+    home = where / comm
+    home.mkdir()
+    os.chown(home, attacker.uid, attacker.gid)
+    (home / comm).symlink_to("/usr/bin/python3")
+    proc = subprocess.Popen([*attacker.argv, str(home / comm), "-c", LONG_PATH_HOLDER, str(depth)],
+                            cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # no deleted capture file held
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def diverge(demo) -> None:
+    """The rm + cp of DESIGN.md: the demo keeps running a deleted file, its path replaced."""
+    os.unlink(demo.lib)
+    demo.copy_lib("so2.so")
+
+
+def test_scan_all_survives_names_longer_than_path_max(start_demo, attacker):
+    demo = start_demo("leak")
+    diverge(demo)
+    with attacker_dir(attacker) as where, long_path_holder(attacker, where) as holder, \
+            long_path_holder(attacker, where, depth=90, comm="deeper") as deeper:
+        result = run_cli("scan", "--all", "--json", timeout=300)
+    assert result.returncode == 1, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {e["event"] for e in events if e["pid"] == demo.pid} == {"mapping.deleted", "mapping.replaced"}
+    assert not [e for e in events if e["pid"] in (holder.pid, deeper.pid)]  # not looked at: no verdict
+    [line] = [l for l in result.stderr.splitlines() if "not looked at" in l]
+    assert line.startswith("names of 4096 bytes or more")
+    # each holder: its 2 fds and its mapping (the 90-deep one's maps line is 18 KB long)
+    assert "6 files in 2 processes" in line and str(holder.pid) in line and str(deeper.pid) in line
+    assert "internal error" not in result.stderr
+
+
+def test_scan_pid_of_a_long_name_holder_reports_what_it_can(attacker):
+    with attacker_dir(attacker) as where, long_path_holder(attacker, where) as holder:
+        result = run_cli("scan", "--pid", str(holder.pid))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"not looked at: 3 files in 1 process (pid {holder.pid})" in result.stdout
+
+
+def test_daemon_keeps_watching_past_a_long_name_holder(start_demo, start_watcher, attacker):
+    """The daemon follows --name longpath (anyone can name a process so), attaches the
+    holder, re-reads it every tick, and still sees a root target's rm + cp."""
+    demo = start_demo("leak")
+    with attacker_dir(attacker) as where, long_path_holder(attacker, where) as holder:
+        # started after the holder, so the daemon's first walk of /proc meets its long name
+        watcher = start_watcher(demo.pid, extra=["--name", "longpath", "--interval", "0.1"])
+        watcher.log.wait("target.attached", pid=holder.pid)  # its first look is done by now
+        diverge(demo)
+        watcher.log.wait("mapping.deleted", pid=demo.pid)
+        watcher.log.wait("mapping.replaced", pid=demo.pid)
+        assert watcher.proc.poll() is None
+    assert not [e for e in watcher.log.read() if e.get("pid") == holder.pid and e["event"].startswith(("mapping.", "fd."))]
