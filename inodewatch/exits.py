@@ -200,15 +200,22 @@ class PendingExits:
         self._overrun_at = now
 
     def next_deadline(self) -> float | None:
+        """When done() next has something: a time already past (0.0) if an exit is ready to
+        be told now, else the first deadline; None when nothing is pending."""
+        if any(pid in self._status for pid in self._deadline):
+            return 0.0
         return min(self._deadline.values(), default=None)
 
     def pending(self) -> bool:
         return bool(self._deadline)
 
-    def done(self, now: float) -> list[ExitReport]:
-        """The exits settled now: by their status, or by their deadline."""
-        reports = []
+    def done(self, now: float, limit: int | None = None) -> list[ExitReport]:
+        """The exits settled now, by their status or by their deadline, in the order they
+        were seen; at most `limit` of them (the rest stay ready for the next call)."""
+        reports: list[ExitReport] = []
         for pid, deadline in list(self._deadline.items()):
+            if limit is not None and len(reports) >= limit:
+                break
             if pid in self._status:
                 status = ExitStatus.from_wait_status(self._status.pop(pid))
             elif now >= deadline or not self.connected:

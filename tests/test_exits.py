@@ -514,3 +514,15 @@ def test_read_stops_after_a_full_buffer(monkeypatch: pytest.MonkeyPatch) -> None
     conn = ProcConnector(sock)  # type: ignore[arg-type]
     assert [e.pid for e in conn.read()] == [1, 2, 3]  # type: ignore[union-attr]
     assert [e.pid for e in conn.read()] == [4, 5]  # type: ignore[union-attr]
+
+
+def test_done_tells_at_most_a_batch_and_the_rest_is_due_at_once() -> None:
+    p = pending()
+    for pid in range(1, 6):
+        p.exited(pid, now=100.0)
+        p.status(pid, 0)
+    assert [r.pid for r in p.done(100.0, limit=2)] == [1, 2]
+    assert p.next_deadline() == 0.0  # ready now: the caller must not sleep
+    assert [r.pid for r in p.done(100.0, limit=2)] == [3, 4]
+    assert [r.pid for r in p.done(100.0, limit=2)] == [5]
+    assert p.next_deadline() is None
