@@ -15,7 +15,14 @@ Per round, for one peer (this checkout, or a git worktree of another commit):
 A round waits at most `--timeout` seconds for the drain; a peer that has not finished by then
 is reported as "> timeout" with the count told.  Rounds alternate A B A B; medians.
 
+With `--churn SECONDS`, a round is instead a flood of short-lived matching processes: the
+user spawns `iwmass 0.05` (a 50 ms life) at `--rate` a second (default 1,170: 70,000 a
+minute) for SECONDS, while root does `rm so.so; cp so2.so so.so` on the demo's plugin every
+`--every` seconds; each operation counts as seen when `mapping.deleted` names the inode it
+removed, within 2 s, and its lag is that event's timestamp minus the time of the rm.
+
     sudo python3 benchmarks/massexit.py --base /tmp/iw-base [--rounds 3] [--count 2000]
+    sudo python3 benchmarks/massexit.py --base /tmp/iw-base --churn 40
 
 `--base DIR` is the peer B tree (made with `git worktree add --detach DIR 411ebf0`).
 """
@@ -60,7 +67,8 @@ def wait_until(predicate, timeout: float) -> bool:
     return False
 
 
-def run_round(tree: Path, work: Path, count: int, user: str, timeout: float) -> dict:
+def run_round(tree: Path, work: Path, count: int, user: str, timeout: float,
+              match: bool = True) -> dict:
     plugin = work / "so.so"
     shutil.copyfile(REPO / "csrc/so1.so", plugin)
     demo = subprocess.Popen([str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50",
@@ -82,8 +90,10 @@ def run_round(tree: Path, work: Path, count: int, user: str, timeout: float) -> 
             sys.exit("massexit: the herd did not start")
         time.sleep(0.2)  # the demo has mapped its plugin
         daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
-                                   "--name", NAME, "--log-file", str(log)], cwd=tree)
-        attached = lambda: sum(e["event"] == "target.attached" for e in read_log(log)) >= count + 1
+                                   "--name", NAME if match else "iwnobody",
+                                   "--log-file", str(log)], cwd=tree)
+        expected = count if match else 0
+        attached = lambda: sum(e["event"] == "target.attached" for e in read_log(log)) >= expected + 1
         if not wait_until(attached, 300):
             names = Counter(e["event"] for e in read_log(log))
             sys.exit(f"massexit: the daemon did not attach to every process: {dict(names)}")
@@ -94,7 +104,9 @@ def run_round(tree: Path, work: Path, count: int, user: str, timeout: float) -> 
 
         def exits() -> list[dict]:
             return [e for e in read_log(log) if e["event"] == "target.exited"]
-        drained = wait_until(lambda: len(exits()) == count, timeout)
+        drained = wait_until(lambda: len(exits()) == expected
+                             and any(e["event"] == "mapping.replaced" for e in read_log(log)),
+                             timeout) and expected > 0
         events = read_log(log)
         first = {}
         for e in events:
@@ -122,6 +134,72 @@ def run_round(tree: Path, work: Path, count: int, user: str, timeout: float) -> 
         shutil.rmtree(herd_dir)
 
 
+SPAWNER = """
+import os, signal, sys, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps them
+rate, until = float(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+start, n = time.monotonic(), 0
+while (now := time.monotonic()) < until:
+    if n < (now - start) * rate:
+        os.posix_spawn("./iwmass", ["iwmass", "0.05"], os.environ)
+        n += 1
+    else:
+        time.sleep(0.0005)
+print(n)
+"""
+
+
+def run_churn(tree: Path, work: Path, seconds: float, rate: float, every: float,
+              user: str) -> dict:
+    plugin = work / "so.so"
+    shutil.copyfile(REPO / "csrc/so1.so", plugin)
+    demo = subprocess.Popen([str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50",
+                             "--lib", str(plugin)], stdout=subprocess.DEVNULL)
+    herd_dir = Path(tempfile.mkdtemp(prefix="iwmass."))
+    herd_dir.chmod(0o755)
+    shutil.copy("/bin/sleep", herd_dir / NAME)
+    log = work / f"events.{time.monotonic_ns()}.json"
+    daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
+                               "--name", NAME, "--log-file", str(log)], cwd=tree)
+    spawner = None
+    try:
+        if not wait_until(lambda: any(e["event"] == "target.attached" for e in read_log(log)), 30):
+            sys.exit("massexit: the daemon did not attach to the demo")
+        spawner = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}",
+                                    "--clear-groups", "--", sys.executable, "-c", SPAWNER,
+                                    str(rate), str(seconds)], cwd=herd_dir,
+                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
+        ops = []  # (time of the rm, the inode it removed)
+        time.sleep(every / 2)
+        while spawner.poll() is None:
+            ino = os.stat(plugin).st_ino
+            ops.append((time.time(), ino))
+            os.unlink(plugin)
+            shutil.copyfile(REPO / "csrc/so1.so" if len(ops) % 2 else REPO / "csrc/so2.so", plugin)
+            time.sleep(every)
+        spawned = int(spawner.communicate()[0] or 0)
+        time.sleep(2)
+        events = read_log(log)
+        deleted = {e["mapped_ino"]: stamp(e) for e in events
+                   if e["event"] == "mapping.deleted" and e.get("pid") == demo.pid}
+        lags = [deleted[ino] - t for t, ino in ops if ino in deleted and deleted[ino] - t <= 2]
+        return {"ops": len(ops), "seen": len(lags), "lag_max": max(lags, default=None),
+                "lag_median": statistics.median(lags) if lags else None, "spawned": spawned,
+                "attached": sum(e["event"] == "target.attached" for e in events) - 1,
+                "sources": dict(Counter(e["status_source"] for e in events
+                                        if e["event"] == "target.exited")),
+                "degraded": [e.get("resource") for e in events if e["event"] == "watch.degraded"]}
+    finally:
+        if spawner is not None and spawner.poll() is None:
+            os.killpg(spawner.pid, signal.SIGKILL)
+            spawner.wait()
+        daemon.kill()
+        daemon.wait()
+        demo.kill()
+        demo.wait()
+        shutil.rmtree(herd_dir)
+
+
 def fmt(value: float | None, timeout: float) -> str:
     return f"> {timeout:.0f} s" if value is None else f"{value * 1000:.0f} ms"
 
@@ -139,25 +217,47 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--user", default="nobody")
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--order", default="AB", help="the peers of the first round, in order")
+    parser.add_argument("--order", default="AB", help="the peers of the first round, in order; "
+                        "C is this checkout with the herd unmatched (the kernel's own cost)")
+    parser.add_argument("--churn", type=float, help="seconds of short-lived processes instead")
+    parser.add_argument("--rate", type=float, default=70_000 / 60)
+    parser.add_argument("--every", type=float, default=5.0)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("massexit: run as root (the demo is root's, the herd another user's)")
     subprocess.run(["make", "-s", "-C", str(REPO / "csrc")], check=True)
     user = str(int(subprocess.run(["id", "-u", args.user], capture_output=True, text=True,
                                   check=True).stdout))
-    peers = {"A": REPO, "B": args.base.resolve()}
-    results: dict[str, list[dict]] = {"A": [], "B": []}
+    peers = {"A": REPO, "B": args.base.resolve(), "C": REPO}
+    results: dict[str, list[dict]] = {peer: [] for peer in args.order}
     work = Path(tempfile.mkdtemp(prefix="massexit."))
     try:
         for i in range(args.rounds):
             for peer in (args.order if i % 2 == 0 else args.order[::-1]):
-                r = run_round(peers[peer], work, args.count, user, args.timeout)
+                r = (run_churn(peers[peer], work, args.churn, args.rate, args.every, user)
+                     if args.churn else run_round(peers[peer], work, args.count, user,
+                                                  args.timeout, match=peer != "C"))
                 results[peer].append(r)
                 print(f"round {i + 1} {peer}: {json.dumps(r)}", flush=True)
     finally:
         shutil.rmtree(work)
     print()
+    if args.churn:
+        print("| peer | root rm+cp seen within 2 s | lag median | lag max | processes spawned "
+              "(median) | attached (median) | status_source |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for peer, rs in results.items():
+            sources = Counter()
+            for r in rs:
+                sources.update(r["sources"])
+            lags = [r["lag_median"] for r in rs if r["lag_median"] is not None]
+            worst = [r["lag_max"] for r in rs if r["lag_max"] is not None]
+            print(f"| {peer} `{commit(peers[peer])}` | {sum(r['seen'] for r in rs)} of "
+                  f"{sum(r['ops'] for r in rs)} | {fmt(median(lags) if lags else None, 2)} "
+                  f"| {fmt(max(worst) if worst else None, 2)} "
+                  f"| {statistics.median(r['spawned'] for r in rs):.0f} "
+                  f"| {statistics.median(r['attached'] for r in rs):.0f} | {dict(sources)} |")
+        return 0
     print("| peer | rm -> mapping.deleted | cp -> mapping.replaced | drain (kill -> last "
           "target.exited) | exits told | status_source | signal |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -169,7 +269,7 @@ def main() -> int:
             signals.update(r["signals"])
         print(f"| {peer} `{commit(peers[peer])}` | {fmt(median([r['deleted'] for r in rs]), args.timeout)} "
               f"| {fmt(median([r['replaced'] for r in rs]), args.timeout)} "
-              f"| {fmt(median([r['drain'] for r in rs]), args.timeout)} "
+              f"| {'(not watched)' if peer == 'C' else fmt(median([r['drain'] for r in rs]), args.timeout)} "
               f"| {statistics.median(r['told'] for r in rs):.0f} of {args.count} "
               f"| {dict(sources)} | {dict(signals)} |")
     return 0

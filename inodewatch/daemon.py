@@ -471,7 +471,8 @@ class Daemon:
                 self.say("info", "watch.recovered", resource="exit_status",
                          detail="exit statuses arrive from the proc connector again")
         if reports:
-            self.follow_exits()
+            if not self.exits.pending():  # once a mass exit is told, not at every batch
+                self.follow_exits()
             if self.fds.recovered(len(self.targets)):
                 self.say("info", "watch.recovered", resource="file_descriptors",
                          detail="file descriptors are available again for new targets")
