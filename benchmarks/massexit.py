@@ -18,8 +18,9 @@ is reported as "> timeout" with the count told.  Rounds alternate A B A B; media
 With `--churn SECONDS`, a round is instead a flood of short-lived matching processes: the
 user spawns `iwmass 0.05` (a 50 ms life) at `--rate` a second (default 1,170: 70,000 a
 minute) for SECONDS, while root does `rm so.so; cp so2.so so.so` on the demo's plugin every
-`--every` seconds; each operation counts as seen when `mapping.deleted` names the inode it
-removed, within 2 s, and its lag is that event's timestamp minus the time of the rm.
+`--every` seconds, each time on another demo (SECONDS / every of them, all by `--pid`); an
+operation counts as seen when `mapping.deleted` names that demo and the inode it removed
+within 2 s, and its lag is that event's timestamp minus the time of the rm.
 
     sudo python3 benchmarks/massexit.py --base /tmp/iw-base [--rounds 3] [--count 2000]
     sudo python3 benchmarks/massexit.py --base /tmp/iw-base --churn 40
@@ -151,41 +152,51 @@ print(n)
 
 def run_churn(tree: Path, work: Path, seconds: float, rate: float, every: float,
               user: str) -> dict:
-    plugin = work / "so.so"
-    shutil.copyfile(REPO / "csrc/so1.so", plugin)
-    demo = subprocess.Popen([str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50",
-                             "--lib", str(plugin)], stdout=subprocess.DEVNULL)
+    # One leak-mode demo per operation: a leak-mode host never maps the new file (dlopen finds
+    # the name loaded already), so only its first rm removes an inode it maps.
+    demos = []
+    for i in range(max(1, int(seconds // every))):
+        (work / f"d{i}").mkdir(exist_ok=True)
+        plugin = work / f"d{i}" / "so.so"
+        shutil.copyfile(REPO / "csrc/so1.so", plugin)
+        demos.append((plugin, subprocess.Popen(
+            [str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50", "--lib",
+             str(plugin)], stdout=subprocess.DEVNULL)))
     herd_dir = Path(tempfile.mkdtemp(prefix="iwmass."))
     herd_dir.chmod(0o755)
     shutil.copy("/bin/sleep", herd_dir / NAME)
     log = work / f"events.{time.monotonic_ns()}.json"
-    daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
-                               "--name", NAME, "--log-file", str(log)], cwd=tree)
+    pids = [a for _, d in demos for a in ("--pid", str(d.pid))]
+    time.sleep(0.2)  # the demos have mapped their plugins
+    daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", *pids, "--name", NAME,
+                               "--log-file", str(log)], cwd=tree)
     spawner = None
     try:
-        if not wait_until(lambda: any(e["event"] == "target.attached" for e in read_log(log)), 30):
-            sys.exit("massexit: the daemon did not attach to the demo")
+        attached = lambda: sum(e["event"] == "target.attached" for e in read_log(log)) >= len(demos)
+        if not wait_until(attached, 30):
+            sys.exit("massexit: the daemon did not attach to the demos")
         spawner = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}",
                                     "--clear-groups", "--", sys.executable, "-c", SPAWNER,
                                     str(rate), str(seconds)], cwd=herd_dir,
                                    stdout=subprocess.PIPE, text=True, start_new_session=True)
-        ops = []  # (time of the rm, the inode it removed)
+        ops = []  # (demo pid, time of the rm, the inode it removed)
         time.sleep(every / 2)
-        while spawner.poll() is None:
+        for plugin, demo in demos:
             ino = os.stat(plugin).st_ino
-            ops.append((time.time(), ino))
+            ops.append((demo.pid, time.time(), ino))
             os.unlink(plugin)
-            shutil.copyfile(REPO / "csrc/so1.so" if len(ops) % 2 else REPO / "csrc/so2.so", plugin)
+            shutil.copyfile(REPO / "csrc/so2.so", plugin)
             time.sleep(every)
         spawned = int(spawner.communicate()[0] or 0)
         time.sleep(2)
         events = read_log(log)
-        deleted = {e["mapped_ino"]: stamp(e) for e in events
-                   if e["event"] == "mapping.deleted" and e.get("pid") == demo.pid}
-        lags = [deleted[ino] - t for t, ino in ops if ino in deleted and deleted[ino] - t <= 2]
+        deleted = {(e["pid"], e["mapped_ino"]): stamp(e) for e in events
+                   if e["event"] == "mapping.deleted"}
+        lags = [deleted[pid, ino] - t for pid, t, ino in ops
+                if (pid, ino) in deleted and deleted[pid, ino] - t <= 2]
         return {"ops": len(ops), "seen": len(lags), "lag_max": max(lags, default=None),
                 "lag_median": statistics.median(lags) if lags else None, "spawned": spawned,
-                "attached": sum(e["event"] == "target.attached" for e in events) - 1,
+                "attached": sum(e["event"] == "target.attached" for e in events) - len(demos),
                 "sources": dict(Counter(e["status_source"] for e in events
                                         if e["event"] == "target.exited")),
                 "degraded": [e.get("resource") for e in events if e["event"] == "watch.degraded"]}
@@ -195,8 +206,9 @@ def run_churn(tree: Path, work: Path, seconds: float, rate: float, every: float,
             spawner.wait()
         daemon.kill()
         daemon.wait()
-        demo.kill()
-        demo.wait()
+        for _, demo in demos:
+            demo.kill()
+            demo.wait()
         shutil.rmtree(herd_dir)
 
 
