@@ -26,9 +26,11 @@ import psutil
 from inodewatch import __version__, procfs
 from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.diff import Event, TargetHistory
+from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.exits import (
     ConnectorUnavailable,
-    ExitStatus,
+    ExitReport,
+    PendingExits,
     PidWatch,
     ProcConnector,
     ProcessExec,
@@ -59,8 +61,12 @@ LINGER = 10.0
 REREAD_SHARE = 0.003
 REREAD_SHARE_DEGRADED = 0.05
 
-# How long the exit status may trail the pidfd's wake-up (it is normally microseconds).
+# How long the exit status may trail the pidfd's wake-up (it is normally microseconds, and
+# the connector's whole queue is read at every wake): then the exit is told without it.
 EXIT_STATUS_GRACE = 0.5
+# Exits told per wake: a mass exit is told in batches, with inotify's events (the other
+# targets') handled in between; each exit costs ~1 ms with 2,000 targets.
+EXITS_PER_WAKE = 32
 
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
@@ -118,6 +124,10 @@ class AttachError(Exception):
     """A target named on the command line cannot be watched (message is one line)."""
 
 
+class NoFdLeft(AttachError):
+    """The daemon has no file descriptor left for the target's pidfd."""
+
+
 def describe_process(pid: int) -> dict[str, Any]:
     """comm, exe, cmdline (at most procfs.CMDLINE_LIMIT bytes of it, then `truncated`) and
     start time for target.attached."""
@@ -159,7 +169,9 @@ class Daemon:
         self.watcher = FileWatcher()
         self.watches = WatchSet(self.watcher, self.on_watch_limit)
         self.connector: ProcConnector | None = None
-        self.exit_statuses: dict[int, int] = {}
+        self.exits = PendingExits(EXIT_STATUS_GRACE, connected=False)
+        self.fds = FdBudget(limit=0, base=0)  # sized when run() starts
+        self.rediscover = False  # births may have gone unseen: walk /proc at the next wake
         self.poller = select.poll()
         self.fd_owner: dict[int, int] = {}  # pidfd -> pid
         self.stop_reason: str | None = None
@@ -230,6 +242,9 @@ class Daemon:
             raise AttachError(f"no such process: {pid}") from None
         except procfs.ProcError as exc:
             raise AttachError(str(exc)) from None
+        except OSError as exc:  # EMFILE, ENFILE: pidfd_open's own errors
+            raise NoFdLeft(f"cannot watch pid {pid}: {exc.strerror} (RLIMIT_NOFILE "
+                           f"{self.fds.limit}); raise LimitNOFILE= or ulimit -n") from None
         return Target(ident, pidwatch)
 
     def attach(self, target: Target) -> None:
@@ -257,20 +272,36 @@ class Daemon:
             self.emit(event, target.pid)
 
     def consider(self, pids: list[int]) -> None:
-        """Attach to those of `pids` that the selector matches (and we can read)."""
+        """Attach to those of `pids` that the selector matches (and we can read), while the
+        fd budget lets us."""
+        matched: dict[int, tuple[str, bytes]] = {}
         for pid in pids:
             if pid in self.targets or pid == os.getpid():
                 continue
             try:
                 term = self.selector.match(read_facts(pid, self.selector))
-                if term is None:
-                    continue
-                target = self.prepare(pid)
-            except (procfs.ProcError, AttachError):
+                # A dying process has nothing left to watch (and its fd would be wasted).
+                if term is not None and not procfs.read_stat(pid).is_exiting:
+                    matched[pid] = term
+            except procfs.ProcError:
                 continue  # gone, a kernel thread, or not ours to read
+        if not matched:
+            return
+        # Let their exits through before anyone can see them attached (and kill them).
+        self.follow_exits([*self.targets, *matched])
+        for pid, term in matched.items():
+            try:
+                if not self.fds.admits(len(self.targets)):
+                    raise NoFdLeft
+                target = self.prepare(pid)
+            except NoFdLeft:
+                if self.fds.refuse():
+                    self.say("warning", "watch.degraded", resource="file_descriptors",
+                             detail=f"pid {pid} not watched: {self.fds.describe(len(self.targets))}")
+                continue
+            except AttachError:
+                continue  # gone, or not ours to read
             target.term = term
-            # Let its exit through before anyone can see it attached (and kill it).
-            self.follow_exits([*self.targets, pid])
             self.attach(target)
 
     def discover(self) -> None:
@@ -284,6 +315,7 @@ class Daemon:
             return (f"proc connector unavailable ({exc.reason}): exits are seen through "
                     "pidfds, without their status")
         self.poller.register(self.connector.fileno(), select.POLLIN)
+        self.exits.connected = True
         return None
 
     def follow_exits(self, pids: list[int] | None = None) -> None:
@@ -477,35 +509,56 @@ class Daemon:
 
     # --- exits ------------------------------------------------------------------------
 
-    def read_connector(self) -> None:
+    def read_connector(self, now: float) -> None:
+        """Take in the connector's whole queue: exit statuses, births, and overruns."""
         assert self.connector is not None
         for ev in self.connector.read():
             if isinstance(ev, ProcessExit) and ev.pid == ev.tgid and ev.pid in self.targets:
-                self.exit_statuses[ev.pid] = ev.wait_status
+                self.exits.status(ev.pid, ev.wait_status)
             elif isinstance(ev, ProcessExec) and self.selector:
                 self.newborn.add(ev.tgid)
             elif isinstance(ev, ProcessFork) and ev.child_pid == ev.child_tgid and self.selector:
                 self.newborn.add(ev.child_pid)  # a worker forked by a host it matches
+        if self.connector.overrun:  # the kernel dropped events: exits' statuses, births
+            self.connector.overrun = False
+            self.exits.overran(now)
+            self.rediscover = bool(self.selector)
 
-    def await_status(self, pid: int) -> int | None:
-        """The exit's wait status from the connector.  The kernel wakes the pidfd (in
-        exit_notify) just before it sends the connector's exit event, so give it a moment."""
-        if self.connector is None:
-            return None
-        deadline = time.monotonic() + EXIT_STATUS_GRACE
-        waiter = select.poll()
-        waiter.register(self.connector.fileno(), select.POLLIN)
-        self.read_connector()
-        while pid not in self.exit_statuses and (left := deadline - time.monotonic()) > 0:
-            waiter.poll(left * 1000)
-            self.read_connector()
-        return self.exit_statuses.pop(pid, None)
+    def on_pidfd(self, pid: int, now: float) -> None:
+        """The target's pidfd says it exited: its status is on its way (or lost); the fd is
+        not needed any more."""
+        target = self.targets[pid]
+        self.poller.unregister(target.pidwatch.fileno())
+        del self.fd_owner[target.pidwatch.fileno()]
+        target.pidwatch.close()
+        self.exits.exited(pid, now)
 
-    def on_exit(self, pid: int) -> None:
-        wait_status = self.await_status(pid)
-        target = self.targets.pop(pid)
-        status = (ExitStatus.from_wait_status(wait_status) if wait_status is not None
-                  else ExitStatus(None, None, None, "pidfd"))
+    def settle_exits(self, now: float) -> None:
+        """Tell the exits whose status came (or whose wait ran out), and what that says
+        about the connector."""
+        reports = self.exits.done(now, EXITS_PER_WAKE)
+        for report in reports:
+            self.on_exit(report)
+        for notice in self.exits.notices():
+            if notice == "degraded":
+                self.say("warning", "watch.degraded", resource="exit_status",
+                         detail="proc connector queue overran (ENOBUFS): the kernel dropped "
+                                "events; exits whose status was among them are reported with "
+                                "status_source lost")
+            else:
+                self.say("info", "watch.recovered", resource="exit_status",
+                         detail="exit statuses arrive from the proc connector again")
+        if reports:
+            if not self.exits.pending():  # once a mass exit is told, not at every batch
+                self.follow_exits()
+            if self.fds.recovered(len(self.targets)):
+                self.say("info", "watch.recovered", resource="file_descriptors",
+                         detail="file descriptors are available again for new targets")
+                self.rediscover = bool(self.selector)  # the refused ones, if still there
+
+    def on_exit(self, report: ExitReport) -> None:
+        target = self.targets.pop(report.pid)
+        status = report.status
         fields = {"exit_code": status.exit_code, "signal": status.signal,
                   "core_dumped": status.core_dumped, "status_source": status.source,
                   "stale": target.history.stale()}
@@ -513,11 +566,7 @@ class Daemon:
         self.emit(Event(level, "target.exited", fields), target=target)
         if target.term is not None:
             self.gone_terms.add(target.term)
-        self.poller.unregister(target.pidwatch.fileno())
-        del self.fd_owner[target.pidwatch.fileno()]
-        target.pidwatch.close()
         self.sync_watches(target, {})
-        self.follow_exits()
 
     # --- the state file ---------------------------------------------------------------
 
@@ -559,6 +608,7 @@ class Daemon:
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
+        self.fds.limit = raise_fd_limit()
         # Subscribe before taking the targets: an exit right after is then still told.
         unavailable = self.open_exit_source()
         prepared = [self.prepare(pid) for pid in self.options.pids]
@@ -573,6 +623,8 @@ class Daemon:
         self.poller.register(self.watcher.fileno(), select.POLLIN)
         self.poller.register(wake.fileno(), select.POLLIN)
         self.follow_exits([t.pid for t in prepared])
+        # Every fd held now stays for the daemon's life; from here on one more per target.
+        self.fds.base = _open_fds() - len(prepared)
         for target in prepared:
             self.attach(target)
         discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
@@ -588,18 +640,21 @@ class Daemon:
         # With a selector it runs until stopped: the host it follows may come back.
         while (self.targets or self.selector) and self.stop_reason is None:
             now = time.monotonic()
+            exit_due = self.exits.next_deadline()
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
                        *([next_discovery] if self.selector else []),
                        *([next_ping] if ping_every else []),
-                       *([self.next_state_save] if self.state else [])])
+                       *([self.next_state_save] if self.state else []),
+                       *([exit_due] if exit_due is not None else [])])
             wait = max(0.0, due - now)
             ready = self.poller.poll(wait * 1000)
-            if (lost := pulse.beat(time.monotonic(), wait)) is not None:
+            now = time.monotonic()
+            if (lost := pulse.beat(now, wait)) is not None:
                 self.say("warning", "watch.gap", gap_s=round(lost, 3),
                          detail=f"the daemon did not run for {lost:.1f} s (stopped, paused or "
                                 "overloaded); events after this line carry the time it resumed")
                 self.recheck()
-            exited = []
+            connector_ready = False
             for fd, _mask in ready:
                 if fd == wake.fileno():
                     _drain(wake)
@@ -611,11 +666,13 @@ class Daemon:
                         self.recheck()
                     self.on_file_events(events)
                 elif self.connector is not None and fd == self.connector.fileno():
-                    self.read_connector()
+                    connector_ready = True
                 elif fd in self.fd_owner:
-                    exited.append(self.fd_owner[fd])
-            for pid in exited:
-                self.on_exit(pid)
+                    self.on_pidfd(self.fd_owner[fd], now)
+            # After the pidfds, and at every wake while an exit is pending: the status trails.
+            if self.connector is not None and (connector_ready or self.exits.pending()):
+                self.read_connector(now)
+            self.settle_exits(now)
             if self.newborn:
                 self.consider(sorted(self.newborn))
                 self.newborn.clear()
@@ -637,8 +694,9 @@ class Daemon:
             if ping_every and now >= next_ping:
                 next_ping = now + ping_every
                 self.notifier.watchdog()
-            if self.selector and now >= next_discovery:
+            if self.selector and (now >= next_discovery or self.rediscover):
                 next_discovery = now + discovery
+                self.rediscover = False
                 self.discover()
             self.save_state(now)
         reason = self.stop_reason or "all targets exited"
@@ -647,6 +705,11 @@ class Daemon:
         self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))
         self.write_metrics()
         return 0
+
+
+def _open_fds() -> int:
+    """How many fds this process holds (the listing's own fd not counted)."""
+    return len(os.listdir("/proc/self/fd")) - 1
 
 
 def _drain(sock: socket.socket) -> None:

@@ -23,7 +23,9 @@ from typing import Self
 
 __all__ = [
     "ConnectorUnavailable",
+    "ExitReport",
     "ExitStatus",
+    "PendingExits",
     "PidWatch",
     "ProcConnector",
     "ProcEvent",
@@ -63,6 +65,17 @@ _OP = struct.Struct("=I")
 
 # One connector datagram is 16 + 20 + 40 bytes; this leaves ample headroom.
 _RECV_SIZE = 8192
+
+# The socket's receive buffer, asked for (the kernel doubles it).  Each queued datagram costs
+# ~830 bytes of it (the skb's truesize, measured on 6.18), so the default 208 KiB holds ~250
+# events and a mass exit of 2,000 targets overran it (ENOBUFS: statuses lost).  8 MiB hold
+# ~10,000; the memory is used only while the daemon lags behind.
+RECEIVE_BUFFER = 4 << 20
+_SO_RCVBUFFORCE = 33  # beyond net.core.rmem_max; needs CAP_NET_ADMIN
+
+# At most this many datagrams per read(): about a full buffer, so a fork flood that refills
+# the queue as fast as it is read cannot keep the caller from its other fds.
+_MAX_DATAGRAMS = 12_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +150,91 @@ class ExitStatus:
     def from_wait_status(cls, status: int, source: str = "proc_connector") -> ExitStatus:
         exit_code, signal_name, core_dumped = decode_wait_status(status)
         return cls(exit_code, signal_name, core_dumped, source)
+
+    @classmethod
+    def unknown(cls, source: str) -> ExitStatus:
+        return cls(None, None, None, source)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReport:
+    """A target's exit, ready to be told."""
+
+    pid: int
+    status: ExitStatus
+
+
+class PendingExits:
+    """Exits seen on a pidfd, each waiting for its status from the proc connector until a
+    deadline.  Nothing here waits or reads a clock: the caller tells what it saw, with the
+    time, and takes what is done.
+
+    The kernel wakes the pidfd (exit_notify) just before it sends the connector's exit event,
+    so a status normally trails by microseconds; under a mass exit it trails the connector's
+    queue.  A status that has not come by the deadline is reported as source "lost" (without
+    a connector, "pidfd": the kernel reveals nothing else to a non-parent).  An overrun of the
+    connector's queue (ENOBUFS: the kernel dropped events) is the "degraded" notice, once,
+    and "recovered" follows the first status that arrives again once every exit pending at
+    the overrun is settled.
+    """
+
+    def __init__(self, grace: float, connected: bool) -> None:
+        self.grace = grace
+        self.connected = connected
+        self._deadline: dict[int, float] = {}  # pid -> when to stop waiting (insertion order)
+        self._status: dict[int, int] = {}  # raw wait statuses already in, by pid
+        self._overrun_at: float | None = None  # while degraded: the last overrun
+        self._notices: list[str] = []
+
+    def exited(self, pid: int, now: float) -> None:
+        """The pid's pidfd became readable."""
+        self._deadline.setdefault(pid, now + self.grace if self.connected else now)
+
+    def status(self, pid: int, wait_status: int) -> None:
+        """The connector reported the exit of `pid` (a target's; the caller filters)."""
+        self._status[pid] = wait_status
+
+    def overran(self, now: float) -> None:
+        if self._overrun_at is None:
+            self._notices.append("degraded")
+        self._overrun_at = now
+
+    def next_deadline(self) -> float | None:
+        """When done() next has something: a time already past (0.0) if an exit is ready to
+        be told now, else the first deadline; None when nothing is pending."""
+        if any(pid in self._status for pid in self._deadline):
+            return 0.0
+        return min(self._deadline.values(), default=None)
+
+    def pending(self) -> bool:
+        return bool(self._deadline)
+
+    def done(self, now: float, limit: int | None = None) -> list[ExitReport]:
+        """The exits settled now, by their status or by their deadline, in the order they
+        were seen; at most `limit` of them (the rest stay ready for the next call)."""
+        reports: list[ExitReport] = []
+        for pid, deadline in list(self._deadline.items()):
+            if limit is not None and len(reports) >= limit:
+                break
+            if pid in self._status:
+                status = ExitStatus.from_wait_status(self._status.pop(pid))
+            elif now >= deadline or not self.connected:
+                status = ExitStatus.unknown("lost" if self.connected else "pidfd")
+            else:
+                continue
+            del self._deadline[pid]
+            reports.append(ExitReport(pid, status))
+        if (self._overrun_at is not None
+                and any(r.status.source == "proc_connector" for r in reports)
+                and all(d > self._overrun_at + self.grace for d in self._deadline.values())):
+            self._overrun_at = None
+            self._notices.append("recovered")
+        return reports
+
+    def notices(self) -> list[str]:
+        """"degraded" / "recovered" transitions since the last call, in order."""
+        notices, self._notices = self._notices, []
+        return notices
 
 
 def _parse_event(payload: bytes) -> ProcEvent | None:
@@ -256,6 +354,15 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _size_receive_buffer(sock: socket.socket) -> None:
+    """Room for a mass exit (see RECEIVE_BUFFER): forced past net.core.rmem_max when we may,
+    else as much as rmem_max allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
 class _Closing:
     """`with` support for the fd holders below: leave the block, close the fd."""
 
@@ -301,6 +408,7 @@ class ProcConnector(_Closing):
             raise ConnectorUnavailable(_reason(exc)) from exc
         try:
             sock.setblocking(False)
+            _size_receive_buffer(sock)
             # Port id 0 lets the kernel pick a unique one, so several
             # instances can coexist in one process; the groups bitmask
             # 1 << (CN_IDX_PROC - 1) joins the proc events multicast group.
@@ -315,6 +423,11 @@ class ProcConnector(_Closing):
     def fileno(self) -> int:
         return self._sock.fileno()
 
+    @property
+    def receive_buffer(self) -> int:
+        """The receive buffer in bytes, as the kernel granted it."""
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
     def follow(self, pids: Iterable[int], births: bool = False) -> None:
         """From now on, receive only the exits of `pids`, and forks and execs with `births`
         (see exit_filter)."""
@@ -325,13 +438,14 @@ class ProcConnector(_Closing):
         self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
     def read(self) -> list[ProcEvent]:
-        """Drain all pending datagrams and return their events."""
+        """Drain the pending datagrams (at most about a full buffer) and return their
+        events."""
         events: list[ProcEvent] = []
-        while True:
+        for _ in range(_MAX_DATAGRAMS):
             try:
                 data, (sender, _groups) = self._sock.recvfrom(_RECV_SIZE)
             except BlockingIOError:
-                return events
+                break
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
@@ -341,6 +455,7 @@ class ProcConnector(_Closing):
             # (port 0) is trusted to report deaths.
             if sender == 0:
                 events.extend(parse_proc_events(data))
+        return events
 
     def close(self) -> None:
         if self._sock.fileno() < 0:

@@ -423,3 +423,106 @@ def test_followed_exits_pass_and_others_do_not(connector: ProcConnector) -> None
     finally:
         followed.wait()
     assert seen == [ProcessExit(followed.pid, followed.pid, signal.SIGKILL)]
+
+
+# --- PendingExits: the pidfd says "gone", the connector says how; nothing waits ------------
+
+def pending(connected: bool = True) -> exits.PendingExits:
+    return exits.PendingExits(grace=0.5, connected=connected)
+
+
+def test_a_status_after_the_pidfd_settles_the_exit() -> None:
+    p = pending()
+    p.exited(10, now=100.0)
+    assert p.done(100.0) == [] and p.next_deadline() == 100.5
+    p.status(10, signal.SIGKILL)
+    assert p.done(100.01) == [
+        exits.ExitReport(10, ExitStatus(None, "SIGKILL", False, "proc_connector"))]
+    assert not p.pending() and p.next_deadline() is None and p.notices() == []
+
+
+def test_a_status_before_the_pidfd_is_kept_for_it() -> None:
+    p = pending()
+    p.status(10, 0x100)  # exit code 1, read in the same wake, before the pidfd
+    assert p.done(100.0) == []  # nothing pending yet: the pidfd has not spoken
+    p.exited(10, now=100.0)
+    assert p.done(100.0) == [exits.ExitReport(10, ExitStatus(1, None, False, "proc_connector"))]
+
+
+def test_the_deadline_says_lost_not_pidfd() -> None:
+    p = pending()
+    p.exited(10, now=100.0)
+    p.exited(11, now=100.2)
+    assert p.done(100.49) == []
+    assert p.done(100.5) == [exits.ExitReport(10, ExitStatus.unknown("lost"))]
+    assert p.next_deadline() == pytest.approx(100.7)
+    assert p.done(101.0) == [exits.ExitReport(11, ExitStatus.unknown("lost"))]
+
+
+def test_without_a_connector_the_pidfd_is_all_there_is() -> None:
+    p = pending(connected=False)
+    p.exited(10, now=100.0)
+    assert p.done(100.0) == [exits.ExitReport(10, ExitStatus.unknown("pidfd"))]
+
+
+def test_a_second_pidfd_wake_keeps_the_first_deadline() -> None:
+    p = pending()
+    p.exited(10, now=100.0)
+    p.exited(10, now=100.4)
+    assert p.next_deadline() == 100.5
+
+
+def test_many_exits_settle_together_in_their_order() -> None:
+    p = pending()
+    for pid in range(1, 2001):
+        p.exited(pid, now=100.0)
+    for pid in reversed(range(1, 2001)):
+        p.status(pid, signal.SIGKILL)
+    reports = p.done(100.001)
+    assert [r.pid for r in reports] == list(range(1, 2001))
+    assert {r.status.signal for r in reports} == {"SIGKILL"}
+
+
+def test_an_overrun_is_degraded_once_then_recovered_by_a_status_after_it() -> None:
+    p = pending()
+    p.exited(10, now=100.0)
+    p.overran(now=100.0)
+    p.overran(now=100.1)  # the same episode
+    assert p.notices() == ["degraded"]
+    p.exited(11, now=100.2)
+    p.status(11, signal.SIGKILL)
+    # 11 came with its status, but 10, pending across the overrun, is still unsettled
+    assert [r.pid for r in p.done(100.2)] == [11] and p.notices() == []
+    assert p.done(100.5) == [exits.ExitReport(10, ExitStatus.unknown("lost"))]
+    assert p.notices() == []  # a lost status is no recovery
+    p.exited(12, now=101.0)
+    p.status(12, 0)
+    assert [r.status.source for r in p.done(101.0)] == ["proc_connector"]
+    assert p.notices() == ["recovered"]
+    p.overran(now=102.0)
+    assert p.notices() == ["degraded"]  # a new episode
+
+
+def test_the_receive_buffer_holds_a_mass_exit(connector: ProcConnector) -> None:
+    # ~830 bytes per queued event: room for thousands of exits, not the default ~250
+    assert connector.receive_buffer >= (exits.RECEIVE_BUFFER if os.geteuid() == 0 else 200_000)
+
+
+def test_read_stops_after_a_full_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exits, "_MAX_DATAGRAMS", 3)
+    sock = FakeSocket([(exit_(pid, pid, 0), (0, 1)) for pid in range(1, 6)])
+    conn = ProcConnector(sock)  # type: ignore[arg-type]
+    assert [e.pid for e in conn.read()] == [1, 2, 3]  # type: ignore[union-attr]
+    assert [e.pid for e in conn.read()] == [4, 5]  # type: ignore[union-attr]
+
+
+def test_done_tells_at_most_a_batch_and_the_rest_is_due_at_once() -> None:
+    p = pending()
+    for pid in range(1, 6):
+        p.exited(pid, now=100.0)
+        p.status(pid, 0)
+    assert [r.pid for r in p.done(100.0, limit=2)] == [1, 2]
+    assert p.next_deadline() == 0.0  # ready now: the caller must not sleep
+    assert [r.pid for r in p.done(100.0, limit=2)] == [3, 4]
+    assert [r.pid for r in p.done(100.0, limit=2)] == [5]
+    assert p.next_deadline() is None
