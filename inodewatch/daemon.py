@@ -71,6 +71,17 @@ EXITS_PER_WAKE = 32
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
 
+# /proc/PID/maps is read this many chunks (procfs.MAPS_CHUNK, 128 KB) in one go: nearly every
+# process's whole maps is one chunk.  A bigger one (a user can make it 265 MB, which the kernel
+# takes ~3 s to print) is read on, MAPS_CHUNKS_PER_TURN at each turn of the loop, between the
+# other targets' events; at most MAX_READINGS such reads at once (each holds an fd); and such
+# a target is looked at again only once its reads have cost at most HUGE_MAPS_SHARE of the
+# time since.
+INLINE_MAPS_CHUNKS = 8
+MAPS_CHUNKS_PER_TURN = 2
+MAX_READINGS = 8
+HUGE_MAPS_SHARE = 0.02
+
 # The loop unresponsive this long beyond the waits it asked for is a gap in watching (the
 # daemon stopped, a frozen VM, an overloaded host): events logged after it carry the resume's
 # time, and inotify may have missed what happened (see Daemon.recheck).
@@ -114,6 +125,13 @@ class Target:
     # uid and mount namespace, on every event about it: a user's own namespace can put her
     # file at a path that means another file on the host (report tells them apart)
     owner: dict[str, int] = field(default_factory=dict)
+    # A huge maps read over many turns of the loop (see INLINE_MAPS_CHUNKS): the read under
+    # way, the time it has taken, when the target may be looked at again, and whether a look
+    # was asked for meanwhile.
+    reading: procfs.MapsReading | None = None
+    reading_spent: float = 0.0
+    next_look: float = 0.0
+    look_wanted: bool = False
 
     @property
     def pid(self) -> int:
@@ -185,6 +203,7 @@ class Daemon:
         self.saved = Loaded()  # histories to give back at attach, until start-up is over
         self.next_state_save = 0.0
         self.untrusted_told: set[bytes] = set()  # mounts named in watch.degraded already
+        self.readings: set[int] = set()  # targets whose huge maps is being read
 
     # --- events out -------------------------------------------------------------------
 
@@ -382,11 +401,13 @@ class Daemon:
 
     # --- looking again ----------------------------------------------------------------
 
-    def read_snapshot(self, target: Target, disk: procfs.DiskView) -> tuple[list[MappedFile], list[OpenFile]] | None:
-        """The target's files now, or None when it is exiting (then the pidfd tells)."""
+    def read_snapshot(self, target: Target, disk: procfs.DiskView,
+                      maps: procfs.MapsRead) -> tuple[list[MappedFile], list[OpenFile]] | None:
+        """The target's files now (`maps`: its maps, just read), or None when it is exiting
+        (then the pidfd tells)."""
         pid = target.pid
         try:
-            mapped = procfs.read_mapped_files(pid, disk)
+            mapped = procfs.read_mapped_files(pid, disk, maps)
             open_files = procfs.read_open_files(pid, disk)
             after = procfs.read_stat(pid)
         except (procfs.ProcError, ProcessLookupError):
@@ -411,9 +432,59 @@ class Daemon:
             self.emit(event, target.pid)
 
     def look(self, target: Target) -> list[Event]:
-        """Read the target again and bring its watches up to date; the events that means."""
+        """Read the target again and bring its watches up to date; the events that means.
+        A huge maps is read on in later turns of the loop (read_on): then the events come
+        from there, and a look asked for meanwhile is made once that read is done."""
+        if target.reading is not None or time.monotonic() < target.next_look:
+            target.look_wanted = True
+            return []
+        try:
+            target.reading = procfs.MapsReading(target.pid)
+        except procfs.ProcError:
+            return []  # exiting: its pidfd tells
+        target.reading_spent = 0.0
+        events = self.read_on(target, INLINE_MAPS_CHUNKS)
+        if target.reading is not None and len(self.readings) > MAX_READINGS:
+            self.stop_reading(target)  # too many under way: this one starts again later
+            target.next_look = time.monotonic() + self.options.interval
+            target.look_wanted = True
+        return events
+
+    def read_on(self, target: Target, chunks: int) -> list[Event]:
+        """Read `chunks` more of the target's maps; once it is whole, the look's events."""
+        assert target.reading is not None
+        started = time.monotonic()
+        try:
+            maps = target.reading.advance(chunks)
+        except procfs.ProcError:
+            maps = None  # exiting: its pidfd tells
+            self.stop_reading(target)
+        now = time.monotonic()
+        target.reading_spent += now - started
+        if maps is None:
+            if target.reading is not None:
+                self.readings.add(target.pid)
+            return []
+        self.stop_reading(target)
+        if maps.size > INLINE_MAPS_CHUNKS * procfs.MAPS_CHUNK:
+            target.next_look = now + target.reading_spent / HUGE_MAPS_SHARE
+        return self.finish_look(target, maps)
+
+    def stop_reading(self, target: Target) -> None:
+        if target.reading is not None:
+            target.reading.close()
+            target.reading = None
+        self.readings.discard(target.pid)
+
+    def read_huge_maps(self) -> None:
+        """One turn's share of every huge maps under way."""
+        for pid in list(self.readings):
+            for event in self.read_on(self.targets[pid], MAPS_CHUNKS_PER_TURN):
+                self.emit(event, pid)
+
+    def finish_look(self, target: Target, maps: procfs.MapsRead) -> list[Event]:
         disk = procfs.DiskView(target.pid)
-        snapshot = self.read_snapshot(target, disk)
+        snapshot = self.read_snapshot(target, disk, maps)
         if snapshot is None:
             return []
         mapped, open_files = snapshot
@@ -558,6 +629,7 @@ class Daemon:
 
     def on_exit(self, report: ExitReport) -> None:
         target = self.targets.pop(report.pid)
+        self.stop_reading(target)
         status = report.status
         fields = {"exit_code": status.exit_code, "signal": status.signal,
                   "core_dumped": status.core_dumped, "status_source": status.source,
@@ -642,6 +714,8 @@ class Daemon:
             now = time.monotonic()
             exit_due = self.exits.next_deadline()
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
+                       *(t.next_look for t in self.targets.values() if t.look_wanted),
+                       *([now] if self.readings else []),
                        *([next_discovery] if self.selector else []),
                        *([next_ping] if ping_every else []),
                        *([self.next_state_save] if self.state else []),
@@ -679,11 +753,15 @@ class Daemon:
             if self.reopen_log:
                 self.reopen_log = False
                 self.sink.reopen()
+            self.read_huge_maps()
             now = time.monotonic()
             for target in list(self.targets.values()):
                 if target.follow_ups and target.follow_ups[0] <= now:
                     while target.follow_ups and target.follow_ups[0] <= now:
                         target.follow_ups.pop(0)
+                    self.rescan(target)
+                if target.look_wanted and target.reading is None and target.next_look <= now:
+                    target.look_wanted = False
                     self.rescan(target)
             if now >= next_tick:
                 next_tick = now + self.options.interval

@@ -21,8 +21,9 @@ import functools
 import os
 import re
 import stat
+import sys
 from collections import namedtuple
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from inodewatch import mounts
 from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
@@ -183,54 +184,92 @@ def map_groups(data: bytes) -> list[MappingGroup]:
     return fold_maps(data).groups
 
 
-def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
-                max_line: int = MAX_MAPS_LINE) -> MapsRead:
-    """fold_maps over maps text arriving in `chunks`, in bounded memory: the text is folded
+class MapsStream:
+    """fold_maps over maps text arriving in chunks, in bounded memory: the text is folded
     into groups whenever more than `limit` bytes are pending, up to their last complete
     line; a line longer than `max_line` is dropped as it streams past, its file counted in
     `too_long`.  At most about limit + max_line + one chunk is held at any time."""
-    fold = _MapsFold()
-    pending = b"\n"  # the text not folded yet, its newline first
-    size = lines = 0
-    dropping = False  # inside an over-long line: discard up to its end
-    for chunk in chunks:
-        size += len(chunk)
-        lines += chunk.count(b"\n")
-        if dropping:
+
+    def __init__(self, limit: int = MAPS_CHUNK, max_line: int = MAX_MAPS_LINE) -> None:
+        self.limit, self.max_line = limit, max_line
+        self.fold = _MapsFold()
+        self.pending = b"\n"  # the text not folded yet, its newline first
+        self.size = self.lines = 0
+        self.dropping = False  # inside an over-long line: discard up to its end
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.lines += chunk.count(b"\n")
+        if self.dropping:
             end = chunk.find(b"\n")
             if end < 0:
-                continue
-            dropping, pending, chunk = False, b"", chunk[end:]
-        pending += chunk
-        if len(pending) > limit:  # a small maps is folded once, at the end
-            cut = pending.rfind(b"\n")
+                return
+            self.dropping, self.pending, chunk = False, b"", chunk[end:]
+        self.pending += chunk
+        if len(self.pending) > self.limit:  # a small maps is folded once, at the end
+            cut = self.pending.rfind(b"\n")
             if cut > 0:
-                fold.add(pending[:cut])
-                pending = pending[cut:]
-            if len(pending) > max_line:
-                fold.skip_line(pending[:200])
-                dropping, pending = True, b"\n"
-    fold.add(pending)
-    return fold.result(size, lines)
+                self.fold.add(self.pending[:cut])
+                self.pending = self.pending[cut:]
+            if len(self.pending) > self.max_line:
+                self.fold.skip_line(self.pending[:200])
+                self.dropping, self.pending = True, b"\n"
+
+    def result(self) -> MapsRead:
+        self.fold.add(self.pending)
+        self.pending = b""
+        return self.fold.result(self.size, self.lines)
+
+
+def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
+                max_line: int = MAX_MAPS_LINE) -> MapsRead:
+    """MapsStream over `chunks`, whole."""
+    stream = MapsStream(limit, max_line)
+    for chunk in chunks:
+        stream.feed(chunk)
+    return stream.result()
+
+
+class MapsReading:
+    """One read of /proc/PID/maps that may be spread over many turns of a loop: a 265 MB
+    maps costs the kernel ~3 s to print, and a daemon must not stop for that.  Holds its fd
+    until done or closed.  Raises ProcError (ProcessGone, AccessDenied)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stream = MapsStream()
+        try:
+            self.fd: int | None = os.open(proc_path(pid, b"maps"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _error(pid, exc, "maps") from None
+
+    def advance(self, chunks: int) -> MapsRead | None:
+        """Read at most `chunks` chunks more: the whole maps once the end is reached (the fd
+        is then closed), else None."""
+        assert self.fd is not None, "advance after the end"
+        try:
+            for _ in range(chunks):
+                chunk = os.read(self.fd, MAPS_CHUNK)
+                if not chunk:
+                    self.close()
+                    return self.stream.result()
+                self.stream.feed(chunk)
+        except OSError as exc:
+            self.close()
+            raise _error(self.pid, exc, "maps") from None
+        return None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def read_maps(pid: int) -> MapsRead:
-    """fold_chunks over /proc/PID/maps as the kernel hands it out.  Raises ProcError
-    (ProcessGone, AccessDenied)."""
-    try:
-        fd = os.open(proc_path(pid, b"maps"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _error(pid, exc, "maps") from None
-
-    def chunks() -> Iterator[bytes]:
-        while chunk := os.read(fd, MAPS_CHUNK):
-            yield chunk
-    try:
-        return fold_chunks(chunks())
-    except OSError as exc:
-        raise _error(pid, exc, "maps") from None
-    finally:
-        os.close(fd)
+    """/proc/PID/maps folded, in one go (MapsReading to the end)."""
+    maps = MapsReading(pid).advance(sys.maxsize)
+    assert maps is not None  # read to the end
+    return maps
 
 
 # Both caches hold what every process repeats (libc, ld.so, the same few perms strings):
@@ -405,8 +444,7 @@ class DiskView:
     (`mounts`, see inodewatch.mounts): such a path reads as unknown to `trusts`.
 
     It also keeps the account of one pass over the process: `unknown`, the held files that
-    were not looked at (list[Unknown]); `maps_size` and `maps_lines`, what the last read of
-    its maps cost (read_mapped_files sets them: a caller may re-read a huge maps less often).
+    were not looked at (list[Unknown]).
     """
 
     def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None,
@@ -422,7 +460,6 @@ class DiskView:
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
         self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
         self.unknown: list[Unknown] = []
-        self.maps_size = self.maps_lines = 0
 
     def look(self, path: bytes) -> OnDisk | None:
         """What is at `path` now (None: nothing, or it cannot be stat'ed)."""
@@ -493,14 +530,14 @@ def _resolve_name(disk: DiskView, name: bytes, held: FileId, nlink: int | None) 
     return strip_deleted(name, nlink, name_is_this_file)
 
 
-def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile]:
-    """Every file `pid` maps, one entry per inode, pseudo files left out.  Raises ProcError
+def read_mapped_files(pid: int, disk: DiskView | None = None,
+                      maps: MapsRead | None = None) -> list[MappedFile]:
+    """Every file `pid` maps, one entry per inode, pseudo files left out, from `maps` (a
+    read the caller made, maybe over many turns of its loop) or read now.  Raises ProcError
     about the process; a file that cannot be looked at (a name too long, any error about
-    that file alone) is left out and accounted in `disk.unknown`.  Sets `disk.maps_size` and
-    `disk.maps_lines` (bytes and lines of maps read: 265 MB for 65,000 VMAs of a 4 KB path)."""
+    that file alone) is left out and accounted in `disk.unknown`."""
     disk = disk or DiskView(pid)
-    maps = read_maps(pid)
-    disk.maps_size, disk.maps_lines = maps.size, maps.lines
+    maps = read_maps(pid) if maps is None else maps
     disk.unknown += [Unknown("mapping", b"", TOO_LONG) for _ in maps.too_long]
     files: list[MappedFile] = []
     can_read_map_files = True
