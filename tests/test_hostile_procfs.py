@@ -18,18 +18,21 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-# Run as the attacker with the distribution's python (the test's may live under /root):
-# chdir down `depth` directories of 200 bytes, then hold f.so open and mapped, so its name is
-# longer than PATH_MAX and every readlink of it fails with ENAMETOOLONG.
-LONG_PATH_HOLDER = r"""
-import mmap, os, sys, time
-depth = int(sys.argv[1])
-for i in range(depth):
+# The start of both holders, run as the attacker with the distribution's python (the test's
+# may live under /root): chdir down argv[1] directories of 200 bytes, write f.so there.
+DIVE = r"""
+import ctypes, mmap, os, sys, time
+for i in range(int(sys.argv[1])):
     name = ("%03d" % i) + "d" * 197
     os.mkdir(name)
     os.chdir(name)
 with open("f.so", "wb") as f:
     f.write(b"\x7fELF" + b"\0" * 8188)
+"""
+
+# Hold f.so open and mapped under 25 such directories: its name is longer than PATH_MAX and
+# every readlink of it fails with ENAMETOOLONG.
+LONG_PATH_HOLDER = DIVE + r"""
 held = open("f.so", "rb")
 mapped = mmap.mmap(held.fileno(), 0, prot=mmap.PROT_READ)  # mmap keeps an fd of its own
 print("ready", flush=True)
@@ -38,15 +41,8 @@ time.sleep(3600)
 
 # As the attacker: map one page of a file under a ~3,900-byte path 60,000 times (the kernel
 # prints a maps line for each: ~240 MB, seconds of its time to read), then delete the file.
-HUGE_MAPS_HOLDER = r"""
-import ctypes, os, sys, time
-depth, vmas = int(sys.argv[1]), int(sys.argv[2])
-for i in range(depth):
-    name = ("%03d" % i) + "d" * 197
-    os.mkdir(name)
-    os.chdir(name)
-with open("f.so", "wb") as f:
-    f.write(b"\x7fELF" + b"\0" * 4092)
+HUGE_MAPS_HOLDER = DIVE + r"""
+vmas = int(sys.argv[2])
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
