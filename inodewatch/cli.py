@@ -195,7 +195,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_watch(args: argparse.Namespace) -> int:
     from inodewatch.daemon import AttachError, Daemon, Options
-    from inodewatch.eventlog import LogSink, choose_format, make_logger
+    from inodewatch.eventlog import LogSink, choose_format, make_logger, origin
     from inodewatch.selectors import make_selector
 
     if not (args.pid or args.exe or args.name or args.unit or args.cgroup):
@@ -212,7 +212,13 @@ def run_watch(args: argparse.Namespace) -> int:
         sink = LogSink(path=args.log_file)
     except OSError as exc:
         return fail(f"cannot open log file {args.log_file}: {exc.strerror}")
-    log = make_logger(sink, choose_format(args.log_format, sink))
+    fmt = choose_format(args.log_format, sink)
+    if fmt == "json" and args.log_file is None:
+        from inodewatch.journal import JournalSink
+
+        if (native := JournalSink.for_stdout()) is not None:  # stdout is journald's stream
+            sink, fmt = native, "journal"
+    log = make_logger(sink, fmt, origin())
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.realpath, args.watch)) if args.watch else None,
                       selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],

@@ -83,14 +83,17 @@ class Service:
                 found.append({**json.loads(message), "_entry": entry})
         return found
 
-    def wait(self, name: str, timeout: float = TIMEOUT, **fields: Any) -> dict[str, Any]:
+    def find(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        return [e for e in self.events()
+                if e["event"] == name and all(e.get(k) == v for k, v in fields.items())]
+
+    def wait(self, name: str, timeout: float = TIMEOUT, count: int = 1, **fields: Any) -> dict[str, Any]:
+        """The `count`-th event `name` with these fields, once it is in the journal."""
         def found() -> dict[str, Any] | None:
-            for event in self.events():
-                if event["event"] == name and all(event.get(k) == v for k, v in fields.items()):
-                    return event
-            return None
+            matching = self.find(name, **fields)
+            return matching[count - 1] if len(matching) >= count else None
         try:
-            return wait_for(found, timeout, what=f"{self.name}: {name} {fields}")
+            return wait_for(found, timeout, what=f"{self.name}: {name} #{count} {fields}")
         except AssertionError as exc:
             logged = "\n".join(e.get("MESSAGE", "") if isinstance(e.get("MESSAGE"), str) else "?"
                                for e in self.entries()[-30:])
@@ -105,6 +108,16 @@ def demo(machine: nspawn.Machine) -> Iterator[Service]:
              what="the demo's first plugin call")
     yield unit
     unit.stop()
+
+
+def tick(machine: nspawn.Machine, demo: Service, watcher: Service, count: int) -> dict[str, Any]:
+    """Make the demo reload now (SIGUSR1: dlclose + dlopen), until the watcher has seen its
+    `count`-th mapping.reloaded (the signal is sent again if it landed outside the demo's wait)."""
+    def reloaded() -> dict[str, Any] | None:
+        machine.systemctl("kill", "--signal=SIGUSR1", demo.name)
+        done = watcher.find("mapping.reloaded")
+        return done[count - 1] if len(done) >= count else None
+    return wait_for(reloaded, what=f"the demo's reload #{count}")
 
 
 @pytest.fixture
@@ -176,3 +189,47 @@ def test_inodewatch_service_reads_its_config_file(machine, demo):
     finally:
         unit.stop()
         machine.path("/etc/inodewatch/inodewatch.toml").unlink()
+
+
+PRIORITY = {"critical": "2", "warning": "4", "info": "6"}
+
+
+def test_the_seeds_operations_land_at_their_priorities(machine, demo, watcher):
+    """rm+cp, mv over and cp in place under inodewatch@demo: each event is one journal entry
+    at its level's priority, with its fields; -p crit finds the overwrite."""
+    pid = int(demo.show("MainPID")["MainPID"])
+    machine.sh(f"rm {LIB} && cp {nspawn.DEMO_DIR}/so2.so {LIB}")  # rm + cp
+    watcher.wait("mapping.replaced", pid=pid)
+    tick(machine, demo, watcher, 1)
+    machine.sh(f"cp {nspawn.DEMO_DIR}/so1.so {LIB}.new && mv -f {LIB}.new {LIB}")  # mv over
+    watcher.wait("mapping.replaced", pid=pid, count=2)
+    tick(machine, demo, watcher, 2)
+    machine.sh(f"cp {nspawn.DEMO_DIR}/so2.so {LIB}")  # cp in place: the crash case
+    overwritten = watcher.wait("mapping.overwritten", pid=pid, path=LIB)
+
+    events = watcher.events()
+    names = [e["event"] for e in events]
+    for wanted in ("mapping.deleted", "mapping.replaced", "mapping.reloaded", "mapping.overwritten"):
+        assert wanted in names
+    for event in events:
+        entry = event["_entry"]
+        assert entry["PRIORITY"] == PRIORITY[event["level"]], event
+        assert entry["INODEWATCH_EVENT"] == event["event"]
+        assert entry["SYSLOG_IDENTIFIER"] == "inodewatch"
+        assert entry["_SYSTEMD_UNIT"] == "inodewatch@demo.service"
+    assert overwritten["_entry"]["INODEWATCH_PATH"] == LIB
+    assert overwritten["_entry"]["INODEWATCH_MAPPED_INO"] == str(overwritten["mapped_ino"])
+
+    crit = [e for e in machine.journal("-p", "crit", "-u", watcher.name)
+            if e.get("_SYSTEMD_INVOCATION_ID") == watcher.invocation]
+    assert [e["INODEWATCH_EVENT"] for e in crit] == ["mapping.overwritten"]
+    warning = [e.get("INODEWATCH_EVENT") for e in machine.journal("-p", "warning", "-u", watcher.name)
+               if e.get("_SYSTEMD_INVOCATION_ID") == watcher.invocation]
+    assert "mapping.replaced" in warning and "mapping.reloaded" not in warning
+    by_field = machine.journal(f"_SYSTEMD_INVOCATION_ID={watcher.invocation}",
+                               "INODEWATCH_EVENT=mapping.overwritten")
+    assert [e["INODEWATCH_PATH"] for e in by_field] == [LIB]
+    # -o cat: the JSON lines a log file would hold, nothing else from the daemon
+    cat = machine.run(["journalctl", "--no-pager", "-o", "cat",
+                       f"_SYSTEMD_INVOCATION_ID={watcher.invocation}"]).stdout.splitlines()
+    assert [json.loads(line)["event"] for line in cat] == names
