@@ -303,6 +303,7 @@ def booted(name: str, cache: Path = CACHE) -> Iterator[Machine]:
     try:
         subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(machine.root)], check=True)
         shutil.copy(wheel, machine.path("/opt/wheels"))
+        machine.write("/etc/hostname", f"{name}\n")  # its own name (mmdebstrap copied ours)
         for unit in (REPO / "systemd").glob("*.service"):
             shutil.copy(unit, machine.path("/etc/systemd/system"))
         demo = machine.path(DEMO_DIR)

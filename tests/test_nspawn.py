@@ -130,7 +130,7 @@ def watcher(machine: nspawn.Machine, demo: Service) -> Iterator[Service]:
     unit.stop()
 
 
-def test_ready_once_attached_with_its_status(watcher):
+def test_ready_once_attached_with_its_status(machine, watcher):
     state = watcher.show("ActiveState", "SubState", "StatusText", "Type", "NotifyAccess")
     assert (state["ActiveState"], state["SubState"]) == ("active", "running")
     assert state["StatusText"] == "watching 1 targets, 0 divergences live"
@@ -138,6 +138,14 @@ def test_ready_once_attached_with_its_status(watcher):
     attached = watcher.wait("target.attached")
     assert attached["selector"] == "unit=demo.service" and attached["reattached"] is False
     assert started["_entry"]["__REALTIME_TIMESTAMP"] <= attached["_entry"]["__REALTIME_TIMESTAMP"]
+    # where it happened, in the JSON itself: the host name journald records too; the kernel's
+    # boot id (nspawn mounts a boot_id of the container's own, which journald records, but
+    # the unit's ProtectKernelTunables= mounts /proc/sys afresh and shows the kernel's)
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        kernels = f.read().strip()
+    for event in (started, attached):
+        assert event["host"] == machine.name == event["_entry"]["_HOSTNAME"]
+        assert event["boot_id"] in (kernels, uuid_text(event["_entry"]["_BOOT_ID"]))
 
 
 def test_a_clean_stop_logs_daemon_stopped(machine, watcher):
@@ -189,6 +197,10 @@ def test_inodewatch_service_reads_its_config_file(machine, demo):
     finally:
         unit.stop()
         machine.path("/etc/inodewatch/inodewatch.toml").unlink()
+
+
+def uuid_text(hex32: str) -> str:
+    return "-".join((hex32[:8], hex32[8:12], hex32[12:16], hex32[16:20], hex32[20:]))
 
 
 PRIORITY = {"critical": "2", "warning": "4", "info": "6"}
