@@ -245,3 +245,36 @@ def test_the_seeds_operations_land_at_their_priorities(machine, demo, watcher):
     cat = machine.run(["journalctl", "--no-pager", "-o", "cat",
                        f"_SYSTEMD_INVOCATION_ID={watcher.invocation}"]).stdout.splitlines()
     assert [json.loads(line)["event"] for line in cat] == names
+
+
+def test_logrotate_and_sighup_move_the_log_file_without_losing_a_line(machine, demo):
+    """systemd/inodewatch.logrotate, forced: the file is renamed, the daemon (SIGHUP from the
+    postrotate) writes its next events to a new file at the path."""
+    log = "/var/log/inodewatch/demo.json"
+    dropin = "/etc/systemd/system/inodewatch@demo.service.d/log-file.conf"
+    machine.write(dropin, "[Service]\nExecStart=\nExecStart=/usr/local/bin/inodewatch --unit %i "
+                          f"--state-file /var/lib/inodewatch/state-%i.json --log-file {log}\n")
+    machine.write("/etc/logrotate.d/inodewatch",
+                  (nspawn.REPO / "systemd" / "inodewatch.logrotate").read_text())
+    machine.systemctl("daemon-reload")
+    unit = Service(machine, "inodewatch@demo.service")
+
+    def events(path: str) -> list[str]:
+        text = machine.run(["cat", path], check=False).stdout
+        return [json.loads(line)["event"] for line in text.splitlines()]
+    try:
+        unit.start()
+        wait_for(lambda: "target.attached" in events(log), what="the attach in the log file")
+        machine.run(["logrotate", "--force", "/etc/logrotate.d/inodewatch"])
+        assert events(f"{log}.1")[:2] == ["daemon.started", "target.attached"]
+        machine.sh(f"rm {LIB} && cp {nspawn.DEMO_DIR}/so2.so {LIB}")
+        wait_for(lambda: "mapping.replaced" in events(log), what="the next event in the new file")
+        assert "mapping.replaced" not in events(f"{log}.1")
+        mode = machine.run(["stat", "-L", "-c", "%a %U", log]).stdout.split()
+        assert mode[0] == "600"  # made by the daemon itself (nocreate), under its UMask=
+        assert unit.show("MainPID")["MainPID"] != "0"  # reopened, not restarted
+        assert unit.show("NRestarts")["NRestarts"] == "0"
+    finally:
+        unit.stop()
+        machine.path(dropin).unlink()
+        machine.systemctl("daemon-reload")
