@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from inodewatch import __version__, procfs
+from inodewatch import __version__, cgroupwalk, procfs
 from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
@@ -39,6 +39,7 @@ from inodewatch.exits import (
 )
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
+from inodewatch.pidns import own_connector_deafness
 from inodewatch.selectors import Selector, read_facts
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
@@ -204,6 +205,7 @@ class Daemon:
         self.next_state_save = 0.0
         self.untrusted_told: set[bytes] = set()  # mounts named in watch.degraded already
         self.readings: set[int] = set()  # targets whose huge maps is being read
+        self.cgroup_walk: cgroupwalk.CgroupWalk | None = None  # births, without the connector
 
     # --- events out -------------------------------------------------------------------
 
@@ -326,8 +328,27 @@ class Daemon:
     def discover(self) -> None:
         self.consider(procfs.list_pids())
 
+    def discovery_period(self) -> float:
+        """Seconds between walks of /proc.  With the connector, births announce themselves;
+        without it, a selector of units and cgroups only is served by a walk of those cgroups
+        at every tick (see walk_cgroups), and anything else by the walk of /proc."""
+        if self.connector is not None:
+            return DISCOVERY_WITH_CONNECTOR
+        if cgroupwalk.covers(self.selector) and (root := cgroupwalk.cgroup_root()) is not None:
+            self.cgroup_walk = cgroupwalk.CgroupWalk(self.selector, root)
+            return DISCOVERY_WITH_CONNECTOR
+        return self.options.interval
+
+    def walk_cgroups(self) -> None:
+        """The new processes of the selected units and cgroups (no connector to tell them)."""
+        if self.cgroup_walk is not None:
+            self.consider(self.cgroup_walk.pids())
+
     def open_exit_source(self) -> str | None:
         """Subscribe to the proc connector; the reason it is unavailable, if it is."""
+        if (deaf := own_connector_deafness()) is not None:  # it would subscribe, then hear nothing
+            return (f"proc connector unusable: {deaf}, so exits are seen through pidfds, "
+                    "without their status (signal and exit code unknown)")
         try:
             self.connector = ProcConnector.open()
         except ConnectorUnavailable as exc:
@@ -699,7 +720,7 @@ class Daemon:
         self.fds.base = _open_fds() - len(prepared)
         for target in prepared:
             self.attach(target)
-        discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
+        discovery = self.discovery_period()
         if self.selector:
             self.discover()
         self.report_lost()
@@ -766,6 +787,7 @@ class Daemon:
             if now >= next_tick:
                 next_tick = now + self.options.interval
                 self.reread_some()
+                self.walk_cgroups()
                 self.write_metrics()
                 self.sink.check()
                 self.notifier.status(self.status_line())

@@ -266,7 +266,8 @@ def test_logrotate_and_sighup_move_the_log_file_without_losing_a_line(machine, d
         unit.start()
         wait_for(lambda: "target.attached" in events(log), what="the attach in the log file")
         machine.run(["logrotate", "--force", "/etc/logrotate.d/inodewatch"])
-        assert events(f"{log}.1")[:2] == ["daemon.started", "target.attached"]
+        rotated = events(f"{log}.1")
+        assert rotated[0] == "daemon.started" and "target.attached" in rotated
         machine.sh(f"rm {LIB} && cp {nspawn.DEMO_DIR}/so2.so {LIB}")
         wait_for(lambda: "mapping.replaced" in events(log), what="the next event in the new file")
         assert "mapping.replaced" not in events(f"{log}.1")
@@ -278,3 +279,32 @@ def test_logrotate_and_sighup_move_the_log_file_without_losing_a_line(machine, d
         unit.stop()
         machine.path(dropin).unlink()
         machine.systemctl("daemon-reload")
+
+
+def test_in_a_container_the_daemon_says_why_exits_have_no_status(machine, demo, watcher):
+    """The container's PID namespace: the kernel ignores the proc connector's subscription.
+    Said once, up front; a crash is then an exit seen through the pidfd, its signal unknown."""
+    [degraded] = [e for e in watcher.find("watch.degraded") if "proc connector" in e["detail"]]
+    assert "PID namespace other than the initial one" in degraded["detail"]
+    assert degraded["_entry"]["PRIORITY"] == "4"
+    assert watcher.find("daemon.started")[0]["_entry"]["__REALTIME_TIMESTAMP"] <= \
+        degraded["_entry"]["__REALTIME_TIMESTAMP"] <= watcher.find("target.attached")[0]["_entry"]["__REALTIME_TIMESTAMP"]
+    pid = int(demo.show("MainPID")["MainPID"])
+    machine.systemctl("kill", "--signal=SIGSEGV", demo.name)
+    exited = watcher.wait("target.exited", pid=pid)
+    assert (exited["status_source"], exited["signal"]) == ("pidfd", None)
+
+
+def test_a_restarted_unit_is_attached_again_within_5_s(machine, demo, watcher):
+    """No connector to announce the new process: the walk of demo.service's cgroup at every
+    --interval finds it (the walk of /proc would take up to 60 s)."""
+    old = int(demo.show("MainPID")["MainPID"])
+    machine.systemctl("restart", demo.name)
+    state = demo.show("MainPID", "ExecMainStartTimestampMonotonic")
+    new = int(state["MainPID"])
+    assert new != old
+    attached = watcher.wait("target.attached", pid=new)
+    assert attached["reattached"] is True and attached["selector"] == "unit=demo.service"
+    started_us = int(state["ExecMainStartTimestampMonotonic"])
+    delay = (int(attached["_entry"]["__MONOTONIC_TIMESTAMP"]) - started_us) / 1e6
+    assert delay <= 5.0, f"attached {delay:.1f} s after the restart"
