@@ -92,20 +92,21 @@ def dependency_wheels(cache: Path = CACHE) -> list[Path]:
     return sorted(where.glob("*.whl"))
 
 
-def inodewatch_wheel(cache: Path = CACHE) -> Path:
+def inodewatch_wheel(cache: Path = CACHE, repo: Path = REPO) -> Path:
     """The checkout's own wheel (pip wheel --no-deps), remade when its sources change."""
-    sources = [REPO / "pyproject.toml", REPO / "README.md", *sorted((REPO / "inodewatch").glob("*.py"))]
+    sources = [repo / "pyproject.toml", repo / "README.md", *sorted((repo / "inodewatch").glob("*.py"))]
     where = cache / f"inodewatch-{_digest(*(p.read_bytes() for p in sources))}"
     with _locked(cache):
         if not where.is_dir():
-            for old in cache.glob("inodewatch-*"):  # one checkout's wheel is all we keep
-                shutil.rmtree(old, ignore_errors=True)
+            for old in cache.glob("inodewatch-*"):  # wheels of sources a day old are stale
+                if time.time() - old.stat().st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
             partial = where.with_name(where.name + ".partial")
             # built from a copy: pip would leave build/ in the checkout
             with _scratch(cache) as tree:
                 for name in ("pyproject.toml", "README.md"):
-                    shutil.copy(REPO / name, tree / name)
-                shutil.copytree(REPO / "inodewatch", tree / "inodewatch",
+                    shutil.copy(repo / name, tree / name)
+                shutil.copytree(repo / "inodewatch", tree / "inodewatch",
                                 ignore=shutil.ignore_patterns("__pycache__"))
                 _pip("wheel", "--no-deps", "--wheel-dir", str(partial), str(tree))
             partial.rename(where)
@@ -289,14 +290,15 @@ class Machine:
 
 
 @contextlib.contextmanager
-def booted(name: str, cache: Path = CACHE) -> Iterator[Machine]:
+def booted(name: str, cache: Path = CACHE, repo: Path = REPO) -> Iterator[Machine]:
     """A booted copy of the image, with the checkout's wheel installed, its units in
     /etc/systemd/system and the C demo (built on this host: the same bookworm glibc) in
     /opt/demo; powered off and removed at the end, whatever happened.  `name` ends in the
-    caller's pid: a copy left by a session that died is removed by the next one."""
+    caller's pid: a copy left by a session that died is removed by the next one.  `repo`: the
+    tree whose package, units and demo go in (benchmarks boot another commit's)."""
     image = rootfs(dependency_wheels(cache), cache)
-    wheel = inodewatch_wheel(cache)
-    subprocess.run(["make", "-s", "-C", str(REPO / "csrc")], check=True)
+    wheel = inodewatch_wheel(cache, repo)
+    subprocess.run(["make", "-s", "-C", str(repo / "csrc")], check=True)
     run_dir = _runs(cache) / name
     run_dir.mkdir()
     machine = Machine(name, run_dir / "root", run_dir / "console.log")
@@ -304,12 +306,12 @@ def booted(name: str, cache: Path = CACHE) -> Iterator[Machine]:
         subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(machine.root)], check=True)
         shutil.copy(wheel, machine.path("/opt/wheels"))
         machine.write("/etc/hostname", f"{name}\n")  # its own name (mmdebstrap copied ours)
-        for unit in (REPO / "systemd").glob("*.service"):
+        for unit in (repo / "systemd").glob("*.service"):
             shutil.copy(unit, machine.path("/etc/systemd/system"))
         demo = machine.path(DEMO_DIR)
         demo.mkdir(parents=True)
         for built in ("reload", "so1.so", "so2.so"):
-            shutil.copy2(REPO / "csrc" / built, demo / built)
+            shutil.copy2(repo / "csrc" / built, demo / built)
         machine.boot()
         machine.run([f"{VENV}/bin/pip", "install", "-q", "--no-index", "--no-deps",
                      "--disable-pip-version-check", f"/opt/wheels/{wheel.name}"])
