@@ -31,7 +31,7 @@ LIVE_SERIES: tuple[tuple[str, str], ...] = (
 EVENTS: tuple[str, ...] = (
     "daemon.started", "daemon.stopped", "target.attached", "target.exited", "target.lost",
     *(f"{subject}.{kind}" for subject, kind in LIVE_SERIES),
-    "mapping.reloaded", "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
+    "mapping.overwrite_closed", "mapping.reloaded", "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
 )
 
 

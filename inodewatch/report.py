@@ -16,10 +16,12 @@ reuse).  A re-attach of the same process (the daemon restarted) continues the li
 Verdicts: one sentence per life (`outcome` names the case in JSON), judged on the life's events
 up to --until; --since only trims the timeline shown, so a file replaced before it still counts.
 
-  crashed_after_overwrite  killed by a signal after a file it mapped was overwritten in place:
+  crashed_after_overwrite  killed by a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP,
+      SIGSYS: FAULT_SIGNALS) after a file it mapped was overwritten in place:
       "pid 38314 (reload) was killed by SIGSEGV 1.2 s after /opt/demo/so.so (inode 2146358,
       mapped r--p,r-xp,rw-p) was overwritten in place" (perms from an earlier event or `stale`)
   killed         "pid 7 (nginx) was killed by SIGKILL, while running 1 stale file: /x.so (deleted)"
+                 (also after an overwrite: a SIGKILL or SIGTERM is never its symptom)
   exited         "pid 7 (nginx) exited with status 0" (+ the same clause when `stale` is not empty)
   exit_unknown   the exit was seen through a pidfd only, without its status
   lost           "pid 7 (nginx) ended while the daemon was not running, how is unknown" (a
@@ -61,6 +63,9 @@ from inodewatch.text import escape_control
 GZIP_MAGIC = b"\x1f\x8b"
 DIVERGENCE_KINDS = ("deleted", "replaced", "renamed", "missing", "overwritten")
 WARNING_LEVELS = ("warning", "error", "critical")
+# The signals by which an in-place overwrite shows: the process faults on pages that changed
+# under it.  A SIGKILL, a SIGTERM or an exit is someone's decision, never that symptom.
+FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
 # What ends a target's life: its exit seen, or found gone by a restarted daemon.
 ENDS = ("target.exited", "target.lost")
 EPOCH = datetime.min.replace(tzinfo=timezone.utc)
@@ -340,7 +345,7 @@ def _exit_verdict(t: Timeline, exited: LogEvent) -> Verdict:
         overwrites = [(e, d) for e in t.events
                       if e.name == "mapping.overwritten" and e.time <= exited.time
                       and (d := divergence(e.name, e.fields)) is not None]
-        if not overwrites:
+        if not overwrites or signal not in FAULT_SIGNALS:
             return Verdict("killed", killed + _stale_clause(stale))
         # The last overwrite before the death: the likeliest cause, and the shortest delay.
         event, over = overwrites[-1]
@@ -482,9 +487,12 @@ def describe(e: LogEvent) -> str:
         return how
     if e.name == "mapping.reloaded":
         return f"{path}: inode {_text(f.get('old_ino'))} -> {_text(f.get('new_ino'))}"
-    if e.name == "mapping.overwritten":
-        return (f"{path}: inode {_text(f.get('mapped_ino'))} written in place, "
-                f"{_text(f.get('size_before'))} -> {_text(f.get('size_after'))} bytes")
+    if e.name in ("mapping.overwritten", "mapping.overwrite_closed"):
+        # size_after is null in an overwrite seen as it began: overwrite_closed follows with it
+        how = "written in place" if kind == "overwritten" else "closed by its writer"
+        return (f"{path}: inode {_text(f.get('mapped_ino'))} {how}, "
+                f"{_text(f.get('size_before'))} -> {_text(f.get('size_after'))} bytes"
+                + (", truncated first" if f.get("truncated") is True else ""))
     if kind == "renamed":
         return f"{path}: inode {_text(f.get('mapped_ino'))} now at {_text(f.get('new_path'))}"
     if kind == "replaced":
