@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterable
 
 # Names the kernel gives to files that were never reachable through a path: shared memory,
 # memfd, SysV segments, DRM buffers.  They always read "(deleted)" and are never a stale
-# shared object.  Everything under /dev/ is IPC or a device, not code on disk (as needrestart).
+# shared object.  Under /dev/ live IPC and devices (POSIX shm segments in /dev/shm, shared
+# mappings of /dev/zero, device memory): not a file on disk, except code (see runs_code).
+DEVICE_DIR = b"/dev/"
 PSEUDO_PREFIXES: tuple[bytes, ...] = (
     b"/memfd:",
     b"/SYSV",
-    b"/dev/",
+    DEVICE_DIR,
     b"/anon_hugepage",
     b"/[aio]",
     b"/drm mm object",
@@ -108,6 +110,15 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
 def is_pseudo_path(path: bytes) -> bool:
     """True for names that are not files on a real file system (never reported)."""
     return not path.startswith(b"/") or path.startswith(PSEUDO_PREFIXES)
+
+
+def runs_code(perms: Iterable[str]) -> bool:
+    """Whether a file's VMAs (their maps permissions, e.g. "r-xp") include a private
+    executable one, as the loader maps every object it loads.  That makes a file under /dev/
+    code like anywhere else: a library copied to /dev/shm (tmpfs), dlopen'ed, then deleted.
+    POSIX shm data, /dev/zero and devices are mapped shared or without exec; so is the
+    double mapping of a JIT or of libffi's closures (one file, mapped rw-s and r-xs)."""
+    return any(p[2:4] == "xp" for p in perms)
 
 
 def same_file(held: FileId, on_disk: FileId) -> bool:

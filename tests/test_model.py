@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inodewatch.model import FileId, MappedFile, OpenFile, compare, find_divergence, is_pseudo_path
+from inodewatch.model import FileId, MappedFile, OpenFile, compare, find_divergence, is_pseudo_path, runs_code
 
 HELD = FileId(0xFE00, 100)
 NEW = FileId(0xFE00, 200)
@@ -59,3 +59,8 @@ def test_pseudo_paths():
     for p in [b"/memfd:x", b"/SYSV00000000", b"/dev/zero", b"anon_inode:[x]", b"[vdso]", b""]:
         assert is_pseudo_path(p)
     assert not is_pseudo_path(b"/usr/lib/libc.so.6")
+
+
+def test_runs_code_is_a_private_executable_mapping():
+    assert runs_code(("r--p", "r-xp", "rw-p")) and runs_code(("--xp",))
+    assert not runs_code(("rw-s",)) and not runs_code(("rw-s", "r-xs")) and not runs_code(())
