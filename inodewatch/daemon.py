@@ -25,6 +25,7 @@ import psutil
 
 from inodewatch import __version__, procfs
 from inodewatch.caps import effective_capabilities, missing_features
+from inodewatch.contentpass import ContentPass
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.exits import (
@@ -67,6 +68,12 @@ EXIT_STATUS_GRACE = 0.5
 # Exits told per wake: a mass exit is told in batches, with inotify's events (the other
 # targets') handled in between; each exit costs ~1 ms with 2,000 targets.
 EXITS_PER_WAKE = 32
+
+# What the content comparison of one look may hash: a file up to 2 MiB, 4 MiB in all (a
+# larger one: content "unknown").  BLAKE2b takes ~3 ms a MiB here, so a target's big data
+# files never hold the loop up for more than ~12 ms; libraries carry a build-id, never hashed.
+HASH_PER_FILE = 2 * 1024 * 1024
+HASH_PER_LOOK = 4 * 1024 * 1024
 
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
@@ -424,7 +431,9 @@ class Daemon:
         def write_watched(m: MappedFile) -> bool:
             return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
-        events = history.update(mapped, findings, write_watched)
+        judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
+        events = history.update(mapped, findings, write_watched,
+                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts))
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
         # A plugin host between its dlclose and its dlopen maps nothing: keep watching what

@@ -31,7 +31,7 @@ def finding_key(f: Finding) -> FindingKey:
 
 
 def finding_event(f: Finding) -> Event:
-    return Event("warning", f.event, f.fields())
+    return Event(f.level, f.event, f.fields())
 
 
 def reloaded(path: bytes, old: FileId, new: FileId) -> Event:
@@ -164,8 +164,12 @@ class TargetHistory:
         return events
 
     def update(self, mapped: list[MappedFile], findings: list[Finding],
-               write_watched: Callable[[MappedFile], bool] = lambda m: False) -> list[Event]:
+               write_watched: Callable[[MappedFile], bool] = lambda m: False,
+               judge: Callable[[Finding], Finding] = lambda f: f) -> list[Event]:
         """The events that this snapshot's findings mean, given what was seen before.
+
+        `judge` gives a new finding its content (inodewatch.contentpass): called once per
+        divergence, when it is first seen; a live one keeps what it was told with.
 
         A changed size or mtime means an in-place write only for a file inotify is not
         watching for writes: where it is, its IN_MODIFY is the evidence, and a stamp that
@@ -183,7 +187,9 @@ class TargetHistory:
         current = {finding_key(f): f for f in findings}
         for key, f in current.items():
             if key in self.live:
+                current[key] = self.live[key]
                 continue
+            f = current[key] = judge(f)
             if f.subject == "mapping":
                 old = self.awaiting_reload.get(f.path)
                 if old is not None and old != f.mapped:

@@ -69,8 +69,13 @@ class MappingGroup(namedtuple("MappingGroup", "path file perms vma")):
     @property
     def range_name(self) -> bytes:
         """The VMA's name under /proc/PID/map_files/: the range without maps' zero padding."""
-        start, end = self.vma.split(b"-")
-        return b"%x-%x" % (int(start, 16), int(end, 16))
+        return range_name(self.vma)
+
+
+def range_name(vma: bytes) -> bytes:
+    """A VMA's range as maps prints it -> its name under /proc/PID/map_files/."""
+    start, end = vma.split(b"-")
+    return b"%x-%x" % (int(start, 16), int(end, 16))
 
 
 class ProcessId(namedtuple("ProcessId", "pid start_time")):
@@ -529,7 +534,7 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
             if not stat.S_ISREG(on_disk.stat.st_mode):
                 continue  # a device mapped private and executable: no file on disk
             files.append(MappedFile(g.path, g.file, g.perms, False, on_disk.stat.st_size,
-                                    on_disk.stat.st_mtime_ns))
+                                    on_disk.stat.st_mtime_ns, g.vma))
             continue
         st = None
         name = g.path
@@ -561,7 +566,7 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
         path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
         files.append(MappedFile(path, g.file, g.perms, deleted,
                                 st.st_size if st is not None else None,
-                                st.st_mtime_ns if st is not None else None))
+                                st.st_mtime_ns if st is not None else None, g.vma))
     return files
 
 

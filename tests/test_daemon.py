@@ -110,6 +110,10 @@ def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, 
     replaced = watcher.log.wait("mapping.replaced", pid=demo.pid)
     assert deleted["mapped_ino"] == replaced["mapped_ino"] != replaced["disk_ino"]
     assert replaced["disk_ino"] == os.stat(demo.lib).st_ino
+    # judged when first seen: at the unlink nothing was at the path yet
+    assert (deleted["content"], deleted["content_reason"]) == ("unknown", "nothing at the path")
+    assert (replaced["level"], replaced["content"]) == ("warning", "different")
+    assert replaced["mapped_build_id"] != replaced["disk_build_id"]
     demo.wait_for_line("so1: version 1", after=len(demo.lines))
     assert demo.proc.poll() is None
     code, _out, err = watcher.stop()
@@ -117,6 +121,19 @@ def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, 
     assert watcher.log.find("daemon.stopped", reason="SIGTERM")
     # each state change once, not at every poll
     assert watcher.log.names().count("mapping.replaced") == 1
+
+
+def test_a_reinstall_of_the_same_bytes_is_identical_content(start_demo, start_watcher):
+    """dpkg-style (write X.dpkg-new, rename it over X) with the very same file: the inode
+    changed, the code did not: content identical, logged at info (no restart needed)."""
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    demo.copy_lib("so1.so", demo.lib + b".dpkg-new")
+    os.rename(demo.lib + b".dpkg-new", demo.lib)
+    for name in ("mapping.deleted", "mapping.replaced"):
+        event = watcher.log.wait(name, pid=demo.pid)
+        assert (event["level"], event["content"]) == ("info", "identical")
+        assert event["mapped_build_id"] == event["disk_build_id"]
 
 
 def test_hold_mode_mv_over_is_replaced_then_reloaded(start_demo, start_watcher):
