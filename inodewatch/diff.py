@@ -180,10 +180,18 @@ class TargetHistory:
         events: list[Event] = []
         every_file, self.unseen_writes = self.unseen_writes, False
         for m in mapped:
-            if (m.file in self.contents and (m.size, m.mtime_ns) != self.contents[m.file]
-                    and (every_file or not write_watched(m))):
+            if m.file not in self.contents or (m.size, m.mtime_ns) == self.contents[m.file]:
+                continue
+            if every_file or not write_watched(m):
                 if (event := self.overwrite(m, m.size)) is not None:
                     events.append(event)
+            elif m.size == self.contents[m.file][0]:
+                # Watched, and only its mtime moved: a touch (a write raises IN_MODIFY, told
+                # by the daemon).  That is its stamp from now on, or it would read as an
+                # overwrite once the watch moves on (the path replaced: an upgrade).  A size
+                # that moved stays unrefreshed: size_before must be the size before the write.
+                self.contents[m.file] = (m.size, m.mtime_ns)
+                self.revision += 1
         current = {finding_key(f): f for f in findings}
         for key, f in current.items():
             if key in self.live:

@@ -22,7 +22,8 @@ disable_created_metrics()
 
 # (subject, kind) of every divergence the daemon can hold live; an fd is never "overwritten".
 LIVE_SERIES: tuple[tuple[str, str], ...] = (
-    *(("mapping", kind) for kind in ("deleted", "replaced", "renamed", "missing", "overwritten")),
+    *(("mapping", kind) for kind in ("deleted", "replaced", "renamed", "missing", "overwritten",
+                                     "duplicated")),
     *(("fd", kind) for kind in ("deleted", "replaced", "renamed", "missing")),
 )
 

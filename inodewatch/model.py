@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 # Names the kernel gives to files that were never reachable through a path: shared memory,
 # memfd, SysV segments, DRM buffers.  They always read "(deleted)" and are never a stale
@@ -130,6 +130,10 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
 
     def fields(self) -> dict[str, object]:
         """The event fields of DESIGN.md for this finding (paths still as bytes)."""
+        if self.kind == "duplicated":
+            return {"path": self.path, "old_ino": self.mapped.ino,
+                    "new_ino": self.disk.ino if self.disk is not None else None,
+                    "perms": ",".join(self.perms)}
         out: dict[str, object] = {"path": self.path}
         if self.fd is not None:
             out["fd"] = self.fd
@@ -210,7 +214,7 @@ def compare(
 
 
 def find_divergence(
-    mapped: Iterable[MappedFile],
+    mapped: Sequence[MappedFile],
     open_files: Iterable[OpenFile],
     disk: DiskLookup,
     first_paths: dict[FileId, bytes] | None = None,
@@ -224,7 +228,22 @@ def find_divergence(
             "mapping", m.path, m.file, m.deleted, disk(expected),
             perms=m.perms, first_path=expected, vma=m.vma,
         )
+    found += duplicates(mapped, [f for f in found if f.kind == "replaced"], first_paths)
     for f in open_files:
         expected = first_paths.get(f.file, f.path)
         found += compare("fd", f.path, f.file, f.deleted, disk(expected), fd=f.fd, first_path=expected)
     return found
+
+
+def duplicates(mapped: Sequence[MappedFile], replaced: list[Finding],
+               first_paths: dict[FileId, bytes]) -> list[Finding]:
+    """Two versions loaded at once: a mapping replaced on disk (`replaced`, its findings)
+    whose new file the process maps too, under the same path (nginx reloaded with its
+    load_module spelled otherwise: glibc matches no loaded object by the new name, and loads
+    the new file beside the old one).  One finding per older inode; only a process with a
+    replaced mapping pays for the look."""
+    if not replaced:
+        return []
+    at = {(first_paths.get(m.file, m.path), m.file.ino) for m in mapped}
+    return [Finding("mapping", "duplicated", f.path, f.mapped, f.disk, perms=f.perms, vma=f.vma)
+            for f in replaced if f.disk is not None and (f.path, f.disk.ino) in at]

@@ -48,7 +48,7 @@ SAVE_SHARE = 0.01
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 SUBJECTS = ("mapping", "fd")
-KINDS = ("deleted", "replaced", "missing", "renamed")
+KINDS = ("deleted", "replaced", "missing", "renamed", "duplicated")
 MAX_INT = 2 ** 64
 
 Stamp = tuple[int | None, int | None]  # size, mtime_ns

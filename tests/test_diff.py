@@ -149,3 +149,19 @@ def test_stamp_check_finds_a_write_inotify_missed_even_in_a_dead_target():
     step(h2, [m], {P: OLD})
     assert h2.stamp_check([m], {P: (Stat, NEW)}.get) == []
     assert h2.stamp_check([m], {}.get) == []
+
+
+def test_a_touch_seen_while_watched_is_no_overwrite_once_the_path_is_replaced():
+    """Seen on nginx: touch (its watch saw no write), then a dpkg-style upgrade: the watch
+    moves to the new inode, and the held one's moved mtime read as an overwrite."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    watched = lambda m: m.file == OLD  # noqa: E731  (the path's watch is on the held inode)
+    assert h.update([mapping(mtime=2)], [], watched) == []  # the touch
+    h.learn([mapping(deleted=True, mtime=2)])
+    findings = find_divergence([mapping(deleted=True, mtime=2)], [], {P: NEW}.get, h.first_paths)
+    events = h.update([mapping(deleted=True, mtime=2)], findings, lambda m: False)
+    assert [e.name for e in events] == ["mapping.deleted", "mapping.replaced"]
+    # a size that moved while watched is left to the IN_MODIFY the daemon gets: size_before
+    assert h.update([mapping(size=1, mtime=3)], [], watched) == []
+    assert h.write_began(mapping(), 1).fields["size_before"] == 15472

@@ -420,3 +420,25 @@ def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp
     assert [e["event"] for e in target["timeline"] if e["event"] != "mapping.overwrite_closed"] == [
         "target.attached", "mapping.overwritten", "target.exited"]
     assert (summary["files"], summary["skipped"], summary["targets"]) == (2, 0, 1)
+
+
+def test_two_versions_loaded_at_once_is_a_state_of_its_own():
+    dup = {"path": SO, "old_ino": 2146358, "new_ino": 2146377, "perms": "r--p,r-xp,rw-p"}
+    reports = select(parse_lines(x.encode() for x in [
+        attached(0), line(1, "mapping.deleted", **DELETED), line(1, "mapping.replaced", **REPLACED),
+        line(2, "mapping.duplicated", **dup),
+        attached(0, pid=7), line(1, "mapping.duplicated", pid=7, **dup),
+        line(3, "mapping.reloaded", pid=7, path=SO, old_ino=2146358, new_ino=2146377)])[0])
+    assert [(r.verdict.outcome, r.verdict.text) for r in reports] == [
+        ("running_duplicated", "pid 38314 (reload) was still running two versions of "
+                               "/opt/demo/so.so (inode 2146358 and 2146377) at once at the end of the log"),
+        ("reloaded", "pid 7 (reload) reloaded /opt/demo/so.so (inode 2146358 -> 2146377) 2.0 s after "
+                     "it was loaded twice, inode 2146358 beside 2146377; still running at the end of the log")]
+    assert "inode 2146358 and inode 2146377 both mapped [r--p,r-xp,rw-p]" in report_text(reports)
+
+
+def report_text(reports) -> str:
+    from inodewatch.report import render_text
+    out = io.StringIO()
+    render_text(reports, [], "", out)
+    return out.getvalue()
