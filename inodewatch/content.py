@@ -193,12 +193,23 @@ def compare(mapped: ContentId, disk: ContentId) -> str:
     return UNKNOWN
 
 
+# Read at once when looking for a build-id: a shared object's header, program headers and
+# build-id note lie in its first page, so one pread answers where several small ones would.
+HEAD = 4096
+
+
 def build_id_of_fd(fd: int, size: int) -> str | None:
     """The GNU build-id (hex) of the file of `size` bytes open as `fd`, read with pread
     only; None when it has none, or is an ELF that cannot be trusted (still bytes: hash
     them).  Raises OSError."""
+    head = os.pread(fd, min(size, HEAD), 0)
+
+    def read_at(offset: int, length: int) -> bytes:
+        if offset + length <= len(head):
+            return head[offset:offset + length]
+        return os.pread(fd, length, offset)
     try:
-        note = locate_build_id(lambda offset, length: os.pread(fd, length, offset), size)
+        note = locate_build_id(read_at, size)
     except ElfError:
         return None
     return note.value.hex() if note is not None else None

@@ -68,6 +68,9 @@ class ContentPass:
         self.sides: dict[FileId, Side] = {}
         self.digests: dict[FileId, content.ContentId] = {}
         self.verdicts: dict[tuple[FileId, FileId], Content] = {}
+        # (held inode, path as the process sees it) -> its judgment: `rm; cp` or `mv` over
+        # is a deleted and a replaced finding of one held inode at one path
+        self.judged: dict[tuple[FileId, bytes], Content] = {}
 
     def judge(self, pid: int, finding: Finding, root: bytes = b"",
               table: mounts.MountTable = mounts.NO_MOUNTS) -> Finding:
@@ -82,6 +85,8 @@ class ContentPass:
         else:
             link = proc_path(pid, b"fd", str(finding.fd).encode())
         path = root + finding.path
+        if (finding.mapped, path) in self.judged:
+            return finding._replace(content=self.judged[finding.mapped, path])
 
         def open_disk() -> int:
             if table.points:
@@ -97,16 +102,20 @@ class ContentPass:
                 raise
             return fd
 
+        found = self.judged[finding.mapped, path] = self._judge(finding, open_held, open_disk)
+        return finding._replace(content=found)
+
+    def _judge(self, finding: Finding, open_held: Opener, open_disk: Opener) -> Content:
         disk = self._side(open_disk, finding.disk)
         if disk.reason is not None:  # nothing at the path (rm alone): nothing to read of the held
-            return finding._replace(content=Content(content.UNKNOWN, None, None, disk.reason))
+            return Content(content.UNKNOWN, None, None, disk.reason)
         held = self._side(open_held, finding.mapped)
         if held.file is None:
-            return finding._replace(content=Content(content.UNKNOWN, None, None, held.reason))
+            return Content(content.UNKNOWN, None, None, held.reason)
         key = (held.file, disk.file)
         if key not in self.verdicts:
             self.verdicts[key] = self._compare(held, open_held, disk, open_disk)
-        return finding._replace(content=self.verdicts[key])
+        return self.verdicts[key]
 
     def _side(self, opener: Opener, expected: FileId | None) -> Side:
         """The inode `opener` reaches (it must be `expected`, when given), read once a pass."""
