@@ -1,7 +1,7 @@
 """Command line: argument parsing, exit codes, one-line error messages.
 
-Exit codes: 0 nothing diverged / clean stop, 1 a scan found divergence, 2 usage or
-environment error.  Every error is one line on stderr, never a traceback.  Modules are
+Exit codes: 0 nothing diverged (or only to identical content) / clean stop, 1 a scan found
+divergence that needs a restart, 2 usage or environment error.  Every error is one line on stderr, never a traceback.  Modules are
 imported per command, because every `scan` pays the start-up time.
 """
 
@@ -31,7 +31,7 @@ the target died.
 
   inodewatch --pid 38314                 watch until the target exits
   inodewatch --exe /usr/sbin/nginx       watch every nginx, re-attach when it restarts
-  inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if any)
+  inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if a restart is needed)
   inodewatch scan --all --json           the same for every process, as JSON lines
   inodewatch report events.json*         post-mortem: per target a timeline and a verdict
 """
@@ -181,7 +181,7 @@ def run_scan(args: argparse.Namespace) -> int:
         render.print_scan_events(summary)
     else:
         render.print_scan_table(summary)
-    return EXIT_DIVERGED if summary.diverged else EXIT_OK
+    return EXIT_DIVERGED if summary.restart_needed else EXIT_OK
 
 
 def run_report(args: argparse.Namespace) -> int:

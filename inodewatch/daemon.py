@@ -25,6 +25,7 @@ import psutil
 
 from inodewatch import __version__, procfs
 from inodewatch.caps import effective_capabilities, missing_features
+from inodewatch.contentpass import ContentPass
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.exits import (
@@ -67,6 +68,12 @@ EXIT_STATUS_GRACE = 0.5
 # Exits told per wake: a mass exit is told in batches, with inotify's events (the other
 # targets') handled in between; each exit costs ~1 ms with 2,000 targets.
 EXITS_PER_WAKE = 32
+
+# What the content comparison of one look may hash: a file up to 2 MiB, 4 MiB in all (a
+# larger one: content "unknown").  BLAKE2b takes ~3 ms a MiB here, so a target's big data
+# files never hold the loop up for more than ~12 ms; libraries carry a build-id, never hashed.
+HASH_PER_FILE = 2 * 1024 * 1024
+HASH_PER_LOOK = 4 * 1024 * 1024
 
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
@@ -495,7 +502,9 @@ class Daemon:
         def write_watched(m: MappedFile) -> bool:
             return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
-        events = history.update(mapped, findings, write_watched)
+        judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
+        events = history.update(mapped, findings, write_watched,
+                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts))
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
         # A plugin host between its dlclose and its dlopen maps nothing: keep watching what
@@ -514,8 +523,10 @@ class Daemon:
                 self.watches.forget(ev.path)
             for pid in self.watches.users.get(ev.path, ()):
                 target = self.targets[pid]
-                if ev.kind in ("modified", "written"):
+                if ev.kind == "modified":  # a write or truncation of the data itself
                     self.overwritten(target, ev.path)
+                elif ev.kind == "written":  # a close after writing: a touch, or the end of one
+                    self.write_closed(target, ev.path)
                 if ev.kind in RELOAD_KINDS:
                     reloading.add(pid)
                 touched.add(pid)
@@ -530,25 +541,38 @@ class Daemon:
         target.follow_ups = [now + d for d in RELOAD_FOLLOW_UP]
 
     def overwritten(self, target: Target, path: bytes) -> None:
-        """A watched file was written.  If it is the very inode the target maps, that is the
-        in-place overwrite that crashes it: log it now, before the crash can."""
+        """A watched file's data was written (IN_MODIFY).  If it is the very inode the
+        target maps, that is the in-place overwrite that crashes it: log it now, before the
+        crash can."""
         watched = self.watches.watched_inode(path)
         if watched is None or watched not in target.mapped or watched in target.history.overwritten:
             return  # not its file, or told already: the caller's re-read of the target follows
         self.rescan(target)  # the map we hold may be older than a reload: does it still map it?
         if watched not in target.mapped or target.mapped[watched].deleted:
             return
-        disk = procfs.DiskView(target.pid)
-        st: os.stat_result | None = None
-        if path.startswith(disk.root) and disk.trusts(path[len(disk.root):]):  # mounted since?
-            try:
-                st = os.stat(path)  # a watch path resolves as the target sees it
-            except OSError:
-                pass
-        size = st.st_size if st is not None and FileId.of(st).ino == watched.ino else None
-        event = target.history.overwrite(target.mapped[watched], size)
+        event = target.history.write_began(target.mapped[watched], self.size_at(target, path, watched))
         if event is not None:
             self.emit(event, target.pid)
+
+    def write_closed(self, target: Target, path: bytes) -> None:
+        """A watched file was closed after writing: the size an overwrite left, if one began."""
+        watched = self.watches.watched_inode(path)
+        if watched is not None and watched in target.history.writing:
+            event = target.history.write_closed(watched, self.size_at(target, path, watched))
+            if event is not None:
+                self.emit(event, target.pid)
+
+    @staticmethod
+    def size_at(target: Target, path: bytes, file: FileId) -> int | None:
+        """The size of `file` at the watch path `path`, if that is still where it is."""
+        disk = procfs.DiskView(target.pid)
+        if not (path.startswith(disk.root) and disk.trusts(path[len(disk.root):])):  # mounted since?
+            return None
+        try:
+            st = os.stat(path)  # a watch path resolves as the target sees it
+        except OSError:
+            return None
+        return st.st_size if FileId.of(st).ino == file.ino else None
 
     def recheck(self) -> None:
         """Inotify may have missed events (its queue overflowed, or the loop did not run):
