@@ -432,8 +432,14 @@ class Daemon:
             return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
         judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
+        def stamp_at(path: bytes) -> tuple[int, int, int] | None:
+            found = disk.look(path)  # stat'ed already by find_divergence: a cache hit
+            return None if found is None else (found.stat.st_ino, found.stat.st_size,
+                                               found.stat.st_mtime_ns)
+
         events = history.update(mapped, findings, write_watched,
-                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts))
+                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts),
+                                stamp_at)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
         # A plugin host between its dlclose and its dlopen maps nothing: keep watching what
