@@ -194,6 +194,13 @@ def test_fd_held_on_a_deleted_log_file(tmp_path, start_watcher):
         log.unlink()
         event = watcher.log.wait("fd.deleted", pid=holder.pid)
         assert (event["fd"], event["path"]) == (1, str(log))
+        # an fd's divergence is judged too: nothing at the path to compare with
+        assert (event["content"], event["content_reason"]) == ("unknown", "nothing at the path")
+        log.with_name("app.log.new").write_text("a new log\n")
+        os.rename(log.with_name("app.log.new"), log)  # complete when it appears
+        event = watcher.log.wait("fd.replaced", pid=holder.pid)
+        assert (event["level"], event["content"]) == ("warning", "different")
+        assert "mapped_build_id" not in event  # not ELF: sizes (0, 10) tell them apart
     finally:
         holder.kill()
         holder.wait()
