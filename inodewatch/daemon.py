@@ -3,7 +3,8 @@
 It polls four kinds of fd: the inotify fd (files the targets map and hold, and their
 directories), one pidfd per target (the exit, never missed), the proc connector socket (how
 the target died), and a signal wake-up pipe (SIGTERM, SIGINT, SIGHUP); plus a timer for the
-periodic re-read that catches whatever inotify cannot see (a write through a shared mmap).
+periodic re-read that catches whatever inotify cannot see (a file mapped since, a watch
+that could not be added).
 
 Every inotify event only says "look again": the truth always comes from re-reading the
 target's /proc and the disk, compared by the pure core (model, diff).
@@ -609,8 +610,15 @@ class Daemon:
             return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
         judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
+
+        def stamp_at(path: bytes) -> tuple[int, int, int] | None:
+            found = disk.look(path)  # stat'ed already by find_divergence: a cache hit
+            return None if found is None else (found.stat.st_ino, found.stat.st_size,
+                                               found.stat.st_mtime_ns)
+
         events = history.update(mapped, findings, write_watched,
-                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts))
+                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts),
+                                stamp_at)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
         # A plugin host between its dlclose and its dlopen maps nothing: keep watching what

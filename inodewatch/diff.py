@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inodewatch.model import FileId, Finding, MappedFile, OpenFile, same_file
+from inodewatch.model import UNKNOWN, FileId, Finding, MappedFile, OpenFile, same_file
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,12 @@ def finding_key(f: Finding) -> FindingKey:
 
 def finding_event(f: Finding) -> Event:
     return Event(f.level, f.event, f.fields())
+
+
+def content_event(f: Finding) -> Event:
+    """mapping.content / fd.content: the content of a divergence first judged unknown (the
+    file at the path was still being written), now known; `kind` names the divergence."""
+    return Event(f.level, f"{f.subject}.content", {"kind": f.kind, **f.fields()})
 
 
 def reloaded(path: bytes, old: FileId, new: FileId) -> Event:
@@ -61,6 +67,9 @@ class TargetHistory:
     first_paths: dict[FileId, bytes] = field(default_factory=dict)
     contents: dict[FileId, tuple[int | None, int | None]] = field(default_factory=dict)  # size, mtime
     live: dict[FindingKey, Finding] = field(default_factory=dict)
+    # a live divergence whose content was unknown -> what its path's file was when judged
+    # (inode, size, mtime): judged again once that changes (a file still being written)
+    unknown_at: dict[FindingKey, object] = field(default_factory=dict)
     overwritten: dict[FileId, Event] = field(default_factory=dict)
     # the overwrites seen as they began (IN_MODIFY), whose writer has not closed the file yet
     writing: set[FileId] = field(default_factory=set)
@@ -165,11 +174,16 @@ class TargetHistory:
 
     def update(self, mapped: list[MappedFile], findings: list[Finding],
                write_watched: Callable[[MappedFile], bool] = lambda m: False,
-               judge: Callable[[Finding], Finding] = lambda f: f) -> list[Event]:
+               judge: Callable[[Finding], Finding] = lambda f: f,
+               stamp_at: Callable[[bytes], object] = lambda path: None) -> list[Event]:
         """The events that this snapshot's findings mean, given what was seen before.
 
         `judge` gives a new finding its content (inodewatch.contentpass): called once per
-        divergence, when it is first seen; a live one keeps what it was told with.
+        divergence, when it is first seen; a live one keeps what it was told with, unless
+        its content was unknown and the file at its path has changed since (`stamp_at(path)`,
+        taken before the judging: e.g. its inode, size and mtime): `rm; cp` is seen when cp
+        creates the file, still empty; judged again once written, the verdict known is
+        logged as mapping.content (fd.content).
 
         A changed size or mtime means an in-place write only for a file inotify is not
         watching for writes: where it is, its IN_MODIFY is the evidence, and a stamp that
@@ -193,11 +207,26 @@ class TargetHistory:
                 self.contents[m.file] = (m.size, m.mtime_ns)
                 self.revision += 1
         current = {finding_key(f): f for f in findings}
+        unknown_at: dict[FindingKey, object] = {}
+        # a deleted inode with a new file at its path is also replaced: that one tells
+        replaced = {(f.mapped, f.path, f.fd) for f in findings if f.kind == "replaced"}
         for key, f in current.items():
             if key in self.live:
                 current[key] = self.live[key]
+                if key in self.unknown_at and not (f.kind == "deleted"
+                                                   and (f.mapped, f.path, f.fd) in replaced):
+                    if (stamp := stamp_at(f.path)) == self.unknown_at[key]:
+                        unknown_at[key] = stamp
+                    elif (again := judge(f)).content is not None and again.content.verdict == UNKNOWN:
+                        unknown_at[key] = stamp
+                    else:
+                        current[key] = again
+                        events.append(content_event(again))
                 continue
+            stamp = stamp_at(f.path)
             f = current[key] = judge(f)
+            if f.content is not None and f.content.verdict == UNKNOWN:
+                unknown_at[key] = stamp
             if f.subject == "mapping":
                 old = self.awaiting_reload.get(f.path)
                 if old is not None and old != f.mapped:
@@ -207,7 +236,7 @@ class TargetHistory:
             events.append(finding_event(f))
         if current.keys() != self.live.keys():
             self.revision += 1
-        self.live = current
+        self.live, self.unknown_at = current, unknown_at
         diverged_paths = {f.path for f in findings if f.subject == "mapping"}
         held = {m.file for m in mapped}
         mapped_at: dict[bytes, FileId] = {}

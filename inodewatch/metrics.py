@@ -32,7 +32,8 @@ LIVE_SERIES: tuple[tuple[str, str], ...] = (
 EVENTS: tuple[str, ...] = (
     "daemon.started", "daemon.stopped", "target.attached", "target.exited", "target.lost",
     *(f"{subject}.{kind}" for subject, kind in LIVE_SERIES),
-    "mapping.overwrite_closed", "mapping.reloaded", "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
+    "mapping.overwrite_closed", "mapping.content", "fd.content", "mapping.reloaded",
+    "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
 )
 
 

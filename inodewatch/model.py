@@ -95,6 +95,7 @@ class Content(namedtuple("Content", "verdict mapped_build_id disk_build_id reaso
 
 
 IDENTICAL = "identical"
+UNKNOWN = "unknown"
 
 
 class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perms fd vma content",

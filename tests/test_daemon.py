@@ -112,8 +112,12 @@ def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, 
     assert replaced["disk_ino"] == os.stat(demo.lib).st_ino
     # judged when first seen: at the unlink nothing was at the path yet
     assert (deleted["content"], deleted["content_reason"]) == ("unknown", "nothing at the path")
-    assert (replaced["level"], replaced["content"]) == ("warning", "different")
-    assert replaced["mapped_build_id"] != replaced["disk_build_id"]
+    # cp's create is seen before its write, as a rule: the empty file's content is
+    # unknown, then judged again once written (mapping.content); known at once otherwise
+    judged = replaced if replaced["content"] != "unknown" else watcher.log.wait(
+        "mapping.content", pid=demo.pid)
+    assert (judged["level"], judged["content"]) == ("warning", "different")
+    assert judged["mapped_build_id"] != judged["disk_build_id"]
     demo.wait_for_line("so1: version 1", after=len(demo.lines))
     assert demo.proc.poll() is None
     code, _out, err = watcher.stop()
@@ -134,6 +138,26 @@ def test_a_reinstall_of_the_same_bytes_is_identical_content(start_demo, start_wa
         event = watcher.log.wait(name, pid=demo.pid)
         assert (event["level"], event["content"]) == ("info", "identical")
         assert event["mapped_build_id"] == event["disk_build_id"]
+
+
+def test_a_new_file_judged_while_empty_is_judged_again_once_written(start_demo, start_watcher):
+    """`rm; cp` is seen at cp's create: the file is empty, its content cannot be compared
+    (unknown); once written, mapping.content tells the verdict, once."""
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    os.unlink(demo.lib)
+    watcher.log.wait("mapping.deleted", pid=demo.pid)
+    with open(demo.lib, "wb") as new:  # created, nothing written yet
+        replaced = watcher.log.wait("mapping.replaced", pid=demo.pid)
+        assert (replaced["content"], replaced["content_reason"]) == (
+            "unknown", "one file has a build-id, the other none")
+        new.write((demo.dir / "so2.so").read_bytes())
+    judged = watcher.log.wait("mapping.content", pid=demo.pid)
+    assert (judged["kind"], judged["level"], judged["content"], judged["disk_ino"]) == (
+        "replaced", "warning", "different", replaced["disk_ino"])
+    assert judged["mapped_build_id"] == replaced["mapped_build_id"] != judged["disk_build_id"]
+    watcher.stop()
+    assert watcher.log.names().count("mapping.content") == 1
 
 
 def test_hold_mode_mv_over_is_replaced_then_reloaded(start_demo, start_watcher):
@@ -170,6 +194,13 @@ def test_fd_held_on_a_deleted_log_file(tmp_path, start_watcher):
         log.unlink()
         event = watcher.log.wait("fd.deleted", pid=holder.pid)
         assert (event["fd"], event["path"]) == (1, str(log))
+        # an fd's divergence is judged too: nothing at the path to compare with
+        assert (event["content"], event["content_reason"]) == ("unknown", "nothing at the path")
+        log.with_name("app.log.new").write_text("a new log\n")
+        os.rename(log.with_name("app.log.new"), log)  # complete when it appears
+        event = watcher.log.wait("fd.replaced", pid=holder.pid)
+        assert (event["level"], event["content"]) == ("warning", "different")
+        assert "mapped_build_id" not in event  # not ELF: sizes (0, 10) tell them apart
     finally:
         holder.kill()
         holder.wait()

@@ -165,3 +165,32 @@ def test_a_touch_seen_while_watched_is_no_overwrite_once_the_path_is_replaced():
     # a size that moved while watched is left to the IN_MODIFY the daemon gets: size_before
     assert h.update([mapping(size=1, mtime=3)], [], watched) == []
     assert h.write_began(mapping(), 1).fields["size_before"] == 15472
+
+
+def test_content_unknown_while_the_new_file_is_written_is_judged_again_once():
+    """`rm; cp`: the replaced finding is seen at cp's create, the file still empty (content
+    unknown); once its stamp moves the divergence is judged again, and the verdict told once
+    (mapping.content); a stamp that stays put is never judged again."""
+    from inodewatch.model import Content
+
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    verdicts = iter([Content("unknown", "ab", None, "one file has a build-id, the other none"),
+                     Content("different", "ab", "cd", None)])
+    judged = []
+
+    def judge(f):
+        judged.append(f.kind)
+        return f._replace(content=next(verdicts)) if f.kind == "replaced" else f
+    held = [mapping(deleted=True)]
+    h.learn(held)
+    findings = find_divergence(held, [], {P: NEW}.get, h.first_paths)
+    events = h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 0, 1))
+    assert [e.fields.get("content") for e in events] == [None, "unknown"]
+    assert h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 0, 1)) == []
+    assert judged == ["deleted", "replaced"]  # the same stamp: not judged again
+    events = h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 15472, 2))
+    assert [(e.level, e.name, e.fields["kind"], e.fields["content"]) for e in events] == [
+        ("warning", "mapping.content", "replaced", "different")]
+    assert h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 15472, 3)) == []
+    assert [s.get("content") for s in h.stale()] == [None, "different"]
