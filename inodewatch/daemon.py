@@ -355,7 +355,7 @@ class Daemon:
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
         # Watches first: from the moment target.attached is logged, an in-place write is
         # seen -- an operator (or a test) may act on that line at once.
-        events = self.look(target)
+        events = self.paced_look(target)
         self.say("info", "target.attached", pid=target.pid, **target.owner, **info)
         for event in events:
             self.emit(event, target.pid)
@@ -517,13 +517,17 @@ class Daemon:
         same_kind = self.operator_count if target.operator else len(self.targets) - self.operator_count
         return LOOK_SHARE[target.operator] / max(1, same_kind)
 
-    def rescan(self, target: Target) -> None:
-        """Look at the target now, whatever its pace (the time is charged to it)."""
+    def paced_look(self, target: Target) -> list[Event]:
+        """look(), its time charged to the target's pace."""
         started = time.monotonic()
         events = self.look(target)
         now = time.monotonic()
         target.pace.take(now - started, now, self.look_rate(target))
-        for event in events:
+        return events
+
+    def rescan(self, target: Target) -> None:
+        """Look at the target now, whatever its pace."""
+        for event in self.paced_look(target):
             self.emit(event, target.pid)
 
     def want_look(self, target: Target) -> None:

@@ -250,8 +250,8 @@ def test_watch_limit_exhausted_degrades_to_polling(start_demo, start_watcher):
     demo = start_demo("leak")
     with lowered_sysctl("max_user_watches", 1):
         watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
-        degraded = watcher.log.wait("watch.degraded")
-        assert "max_user_watches" in degraded["detail"]
+        degraded = watcher.log.wait("watch.degraded", resource="inotify_watches")
+        assert "max_user_watches" in degraded["detail"] and degraded["pids"] == [demo.pid]
     os.unlink(demo.lib)
     demo.copy_lib("so2.so")
     watcher.log.wait("mapping.replaced", pid=demo.pid)
