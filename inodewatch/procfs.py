@@ -26,7 +26,8 @@ from collections import namedtuple
 from collections.abc import Iterable
 
 from inodewatch import mounts
-from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
+from inodewatch.model import (DELETED_SUFFIX, DEVICE_DIR, FileId, MappedFile, OpenFile, is_pseudo_path,
+                              runs_code, same_file)
 
 PROC = b"/proc"
 
@@ -69,8 +70,13 @@ class MappingGroup(namedtuple("MappingGroup", "path file perms vma")):
     @property
     def range_name(self) -> bytes:
         """The VMA's name under /proc/PID/map_files/: the range without maps' zero padding."""
-        start, end = self.vma.split(b"-")
-        return b"%x-%x" % (int(start, 16), int(end, 16))
+        return range_name(self.vma)
+
+
+def range_name(vma: bytes) -> bytes:
+    """A VMA's range as maps prints it -> its name under /proc/PID/map_files/."""
+    start, end = vma.split(b"-")
+    return b"%x-%x" % (int(start, 16), int(end, 16))
 
 
 class ProcessId(namedtuple("ProcessId", "pid start_time")):
@@ -165,14 +171,17 @@ class _MapsFold:
         for dev_inode, (raw_path, perms, vma) in self.seen.items():
             file = _file_of(dev_inode, raw_path)
             if file is not None:
-                found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
+                names = _perm_names(frozenset(perms))
+                if file[2] and not runs_code(names):
+                    continue  # POSIX shm data, /dev/zero, device memory: not a file on disk
+                found.append(MappingGroup(file[0], file[1], names, vma))
         too_long = [_file_id(dev_inode) for dev_inode in self.too_long if dev_inode not in self.seen]
         return MapsRead(found, too_long, size, lines)
 
 
 def fold_maps(data: bytes) -> MapsRead:
     """The files mapped in the whole text of /proc/PID/maps, one group per (dev, inode),
-    pseudo files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are
+    pseudo files (memfd, SysV shm, /dev/... but code, see model.runs_code) left out.  Lines not in the kernel's format are
     skipped.  (read_maps does the same on the kernel's text in bounded memory.)"""
     fold = _MapsFold()
     fold.add(b"\n" + data)
@@ -276,12 +285,14 @@ def read_maps(pid: int) -> MapsRead:
 # a full-host scan decodes each once, not once per process.  Bounded, because the daemon
 # meets a new inode at every plugin replacement: 1024 files, ~0.5 MB at most.
 @functools.lru_cache(maxsize=1024)
-def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId] | None:
-    """(path, FileId) from maps' "major:minor inode" and raw path; None for a pseudo file."""
+def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId, bool] | None:
+    """(path, FileId, whether it is under /dev/: a file only if it runs code) from maps'
+    "major:minor inode" and raw path; None for a pseudo file."""
     path = unescape_path(raw_path)
-    if is_pseudo_path(path):
+    under_dev = path.startswith(DEVICE_DIR)
+    if is_pseudo_path(path) and not under_dev:
         return None
-    return path, _file_id(dev_inode)
+    return path, _file_id(dev_inode), under_dev
 
 
 def _file_id(dev_inode: bytes) -> FileId:
@@ -557,8 +568,10 @@ def read_mapped_files(pid: int, disk: DiskView | None = None,
         if on_disk is not None and same_file(g.file, on_disk.file):
             # The path still names the mapped inode: intact, no need to ask map_files (the
             # common case, and one stat fewer per library per process).
+            if not stat.S_ISREG(on_disk.stat.st_mode):
+                continue  # a device mapped private and executable: no file on disk
             files.append(MappedFile(g.path, g.file, g.perms, False, on_disk.stat.st_size,
-                                    on_disk.stat.st_mtime_ns))
+                                    on_disk.stat.st_mtime_ns, g.vma))
             continue
         st = None
         name = g.path
@@ -585,12 +598,12 @@ def read_mapped_files(pid: int, disk: DiskView | None = None,
             except OSError as exc:  # ENAMETOOLONG: the name and " (deleted)" pass PATH_MAX
                 disk.skip("mapping", g.path, exc)
                 continue
-            if can_read_map_files and st is None:
-                continue  # unmapped between the two reads
+            if can_read_map_files and (st is None or not stat.S_ISREG(st.st_mode)):
+                continue  # unmapped between the two reads, or a device: no file on disk
         path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
         files.append(MappedFile(path, g.file, g.perms, deleted,
                                 st.st_size if st is not None else None,
-                                st.st_mtime_ns if st is not None else None))
+                                st.st_mtime_ns if st is not None else None, g.vma))
     return files
 
 

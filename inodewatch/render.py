@@ -27,6 +27,17 @@ def describe(f: Finding) -> str:
     return f"{held} held, nothing at the path"
 
 
+def content_note(f: Finding) -> str:
+    """What the content comparison says of a finding, for the table ("" if not judged)."""
+    if f.content is None:
+        return ""
+    if f.content.verdict == "identical":
+        return "; identical content, no restart needed"
+    if f.content.verdict == "different":
+        return "; content different"
+    return f"; content unknown ({f.content.reason})" if f.content.reason else "; content unknown"
+
+
 def summary_line(summary: ScanSummary) -> str:
     scanned = len(summary.reports)
     findings = sum(len(r.findings) for r in summary.reports)
@@ -37,8 +48,9 @@ def summary_line(summary: ScanSummary) -> str:
         skipped.append(f"{summary.unreadable} unreadable")
     if summary.exited:
         skipped.append(f"{summary.exited} exited meanwhile")
+    identical = sum(not f.needs_restart for r in summary.reports for f in r.findings)
     line = (f"scanned {scanned} processes: {len(summary.diverged)} diverged, "
-            f"{findings} findings")
+            f"{findings} findings" + (f" ({identical} of identical content)" if identical else ""))
     return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
 
@@ -81,7 +93,7 @@ def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
     rows = [
         (str(r.pid), terminal_text(r.comm), f.event,
          terminal_text(f.path) + (f" (fd {f.fd})" if f.fd is not None else ""),
-         describe(f) + (f" [{','.join(f.perms)}]" if f.perms else ""))
+         describe(f) + (f" [{','.join(f.perms)}]" if f.perms else "") + content_note(f))
         for r in summary.reports for f in r.findings
     ]
     if rows:
@@ -100,7 +112,7 @@ def print_scan_events(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
 
     for r in summary.reports:
         for f in r.findings:
-            print(format_event("warning", f.event, {"pid": r.pid, "comm": r.comm, **f.fields()}), file=out)
+            print(format_event(f.level, f.event, {"pid": r.pid, "comm": r.comm, **f.fields()}), file=out)
     for line in unknown_lines(summary):
         print(line, file=sys.stderr)
     print(summary_line(summary), file=sys.stderr)

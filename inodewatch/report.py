@@ -16,14 +16,18 @@ reuse).  A re-attach of the same process (the daemon restarted) continues the li
 Verdicts: one sentence per life (`outcome` names the case in JSON), judged on the life's events
 up to --until; --since only trims the timeline shown, so a file replaced before it still counts.
 
-  crashed_after_overwrite  killed by a signal after a file it mapped was overwritten in place:
+  crashed_after_overwrite  killed by a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP,
+      SIGSYS: FAULT_SIGNALS) after a file it mapped was overwritten in place:
       "pid 38314 (reload) was killed by SIGSEGV 1.2 s after /opt/demo/so.so (inode 2146358,
       mapped r--p,r-xp,rw-p) was overwritten in place" (perms from an earlier event or `stale`)
   killed         "pid 7 (nginx) was killed by SIGKILL, while running 1 stale file: /x.so (deleted)"
+                 (also after an overwrite: a SIGKILL or SIGTERM is never its symptom)
   exited         "pid 7 (nginx) exited with status 0" (+ the same clause when `stale` is not empty)
   exit_unknown   the exit was seen through a pidfd only, without its status
   lost           "pid 7 (nginx) ended while the daemon was not running, how is unknown" (a
                  restarted daemon's target.lost; + the stale clause)
+  running_duplicated  "pid 7 (nginx) was still running two versions of /x.so (inode 12 and
+                 13) at once at the end of the log" (mapping.duplicated, until a reload)
   running_stale  "pid 7 (nginx) was still running old code at the end of the log:
                   /x.so (deleted, replaced at 2026-01-02T03:04:05.000006Z)"
   reloaded       "pid 7 (nginx) reloaded /x.so (inode 12 -> 13) 0.300 s after it was replaced;
@@ -59,8 +63,11 @@ from typing import Any, TextIO
 from inodewatch.text import escape_control
 
 GZIP_MAGIC = b"\x1f\x8b"
-DIVERGENCE_KINDS = ("deleted", "replaced", "renamed", "missing", "overwritten")
+DIVERGENCE_KINDS = ("deleted", "replaced", "renamed", "missing", "overwritten", "duplicated")
 WARNING_LEVELS = ("warning", "error", "critical")
+# The signals by which an in-place overwrite shows: the process faults on pages that changed
+# under it.  A SIGKILL, a SIGTERM or an exit is someone's decision, never that symptom.
+FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
 # What ends a target's life: its exit seen, or found gone by a restarted daemon.
 ENDS = ("target.exited", "target.lost")
 EPOCH = datetime.min.replace(tzinfo=timezone.utc)
@@ -120,6 +127,7 @@ class Divergence:
     fd: int | None
     ino: int | None
     new_path: str | None
+    new_ino: int | None = None  # duplicated: the new version, mapped beside the old one
 
     @property
     def file(self) -> tuple[str, str, int | None, int | None]:
@@ -129,6 +137,8 @@ class Divergence:
     def label(self) -> str:
         if self.kind == "renamed" and self.new_path is not None:
             return f"renamed to {escape_control(self.new_path)}"
+        if self.kind == "duplicated":
+            return f"loaded twice, inode {self.ino} beside {_text(self.new_ino)}"
         return "overwritten in place" if self.kind == "overwritten" else self.kind
 
 
@@ -269,8 +279,9 @@ def divergence(name: str, fields: Mapping[str, Any]) -> Divergence | None:
     path = _str(fields, "path")
     if subject not in ("mapping", "fd") or kind not in DIVERGENCE_KINDS or path is None:
         return None
-    return Divergence(subject, kind, path, _int(fields, "fd"), _int(fields, "mapped_ino"),
-                      _str(fields, "new_path"))
+    return Divergence(subject, kind, path, _int(fields, "fd"),
+                      _int(fields, "mapped_ino") if kind != "duplicated" else _int(fields, "old_ino"),
+                      _str(fields, "new_path"), _int(fields, "new_ino"))
 
 
 def _who(t: Timeline) -> str:
@@ -340,7 +351,7 @@ def _exit_verdict(t: Timeline, exited: LogEvent) -> Verdict:
         overwrites = [(e, d) for e in t.events
                       if e.name == "mapping.overwritten" and e.time <= exited.time
                       and (d := divergence(e.name, e.fields)) is not None]
-        if not overwrites:
+        if not overwrites or signal not in FAULT_SIGNALS:
             return Verdict("killed", killed + _stale_clause(stale))
         # The last overwrite before the death: the likeliest cause, and the shortest delay.
         event, over = overwrites[-1]
@@ -403,6 +414,11 @@ def verdict(t: Timeline) -> Verdict:
     who = _who(t)
     end = "at the end of the log" if t.cut_at is None else f"at {format_time(t.cut_at)}"
     live = live_divergences(t.events)
+    twice = [d for d in live if d.kind == "duplicated"]
+    if twice:  # two versions of one library at once: a state of its own
+        return Verdict("running_duplicated", f"{who} was still running two versions of "
+                       + ", ".join(f"{escape_control(d.path)} (inode {d.ino} and {_text(d.new_ino)})"
+                                   for d in twice) + f" at once {end}")
     if live:
         what = ("running old code" if any(d.subject == "mapping" for d in live)
                 else "holding stale files open")
@@ -482,11 +498,17 @@ def describe(e: LogEvent) -> str:
         return how
     if e.name == "mapping.reloaded":
         return f"{path}: inode {_text(f.get('old_ino'))} -> {_text(f.get('new_ino'))}"
-    if e.name == "mapping.overwritten":
-        return (f"{path}: inode {_text(f.get('mapped_ino'))} written in place, "
-                f"{_text(f.get('size_before'))} -> {_text(f.get('size_after'))} bytes")
+    if e.name in ("mapping.overwritten", "mapping.overwrite_closed"):
+        # size_after is null in an overwrite seen as it began: overwrite_closed follows with it
+        how = "written in place" if kind == "overwritten" else "closed by its writer"
+        return (f"{path}: inode {_text(f.get('mapped_ino'))} {how}, "
+                f"{_text(f.get('size_before'))} -> {_text(f.get('size_after'))} bytes"
+                + (", truncated first" if f.get("truncated") is True else ""))
     if kind == "renamed":
         return f"{path}: inode {_text(f.get('mapped_ino'))} now at {_text(f.get('new_path'))}"
+    if kind == "duplicated":
+        return (f"{path}: inode {_text(f.get('old_ino'))} and inode {_text(f.get('new_ino'))} "
+                f"both mapped [{_text(f.get('perms'))}]")
     if kind == "replaced":
         return (f"{path}: inode {_text(f.get('mapped_ino'))} held, "
                 f"path now names inode {_text(f.get('disk_ino'))}")

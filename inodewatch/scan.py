@@ -44,6 +44,11 @@ class ScanSummary(namedtuple("ScanSummary", "reports kernel_threads unreadable e
     def diverged(self) -> list[ProcessReport]:
         return [r for r in self.reports if r.findings]
 
+    @property
+    def restart_needed(self) -> bool:
+        """Some finding is not of identical content (scan's exit status 1)."""
+        return any(f.needs_restart for r in self.reports for f in r.findings)
+
 
 class Examined(namedtuple("Examined", "maps_files findings unknown")):
     """One process read: maps_files: bool, whether it maps any file (a kernel thread maps
@@ -71,7 +76,26 @@ def scan_process(pid: int) -> ProcessReport:
 
 def scan_pids(pids: Iterable[int]) -> ScanSummary:
     """Scan the named processes; the first one that cannot be read raises ProcError."""
-    return ScanSummary([scan_process(pid) for pid in pids])
+    return judge_content(ScanSummary([scan_process(pid) for pid in pids]))
+
+
+def judge_content(summary: ScanSummary) -> ScanSummary:
+    """Every deleted or replaced finding with its content judged (inodewatch.contentpass):
+    one pass for the whole scan, so an inode many processes hold is read once; only here,
+    in the parent, after the workers, for the same reason."""
+    if not summary.diverged:
+        return summary
+    from inodewatch.contentpass import ContentPass  # only a scan with findings pays for it
+
+    judge = ContentPass()
+    reports = []
+    for r in summary.reports:
+        if r.findings:
+            view = procfs.DiskView(r.pid)
+            r = r._replace(findings=[judge.judge(r.pid, f, view.root, view.mounts)
+                                     for f in r.findings])
+        reports.append(r)
+    return summary._replace(reports=reports)
 
 
 def scan_all(workers: int | None = None) -> ScanSummary:
@@ -84,12 +108,12 @@ def scan_all(workers: int | None = None) -> ScanSummary:
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS, len(pids) // PIDS_PER_WORKER)
     if workers <= 1:
-        return _scan_share(pids)
+        return judge_content(_scan_share(pids))
     parts = spread(pids, _scan_share, workers, to_plain, from_plain)
-    return ScanSummary(
+    return judge_content(ScanSummary(
         sorted((r for part in parts for r in part.reports), key=lambda r: r.pid),
         sum(p.kernel_threads for p in parts), sum(p.unreadable for p in parts),
-        sum(p.exited for p in parts))
+        sum(p.exited for p in parts)))
 
 
 def _scan_share(pids: Iterable[int]) -> ScanSummary:

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from inodewatch import procfs
 from inodewatch.model import DELETED_SUFFIX
 
+# The terms only root can make a process match: a unit or a cgroup is where systemd or root
+# put it.  Anyone can give a process any comm (prctl) or exec a world-executable file, so a
+# target matched by --name or --exe may be an attacker's (it gets watches only after the
+# operator's own targets, and is paced apart: inodewatch.watchset, inodewatch.daemon).
+OPERATOR_TERMS = frozenset({"unit", "cgroup"})
+
 CGROUP_MOUNTS = (b"/sys/fs/cgroup/unified", b"/sys/fs/cgroup/systemd", b"/sys/fs/cgroup")
 COMM_LENGTH = 15  # the kernel truncates comm to TASK_COMM_LEN - 1
 
@@ -49,6 +55,12 @@ class Selector:
                 if unit in path.split(b"/"):
                     return ("unit", unit)
         return None
+
+
+def operator_named(term: tuple[str, bytes] | None) -> bool:
+    """Whether a target found by `term` (None: named by --pid) is one the operator chose
+    rather than one any user can make match."""
+    return term is None or term[0] in OPERATOR_TERMS
 
 
 def make_selector(exes: list[str], names: list[str], cgroups: list[str], units: list[str]) -> Selector:

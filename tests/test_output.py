@@ -70,3 +70,25 @@ def test_escape_control():
     assert escape_control("plain name.so") == "plain name.so"
     assert escape_control("a\nb\tc\x1b\x7f") == "a\\x0ab\\x09c\\x1b\\x7f"
     assert terminal_text(b"\xff") == "\\xff"
+
+
+def test_identical_content_says_no_restart_is_needed_on_a_terminal():
+    from inodewatch.model import Content
+
+    same = Content("identical", "ab" * 20, "ab" * 20, None)
+    other = Content("different", "ab" * 20, "cd" * 20, None)
+    out = io.StringIO()
+    log = make_logger(LogSink(stream=out), "console")
+    for content in (same, other):
+        log.info("mapping.replaced", pid=1, path=b"/opt/x.so", **content.fields())
+    first, second = out.getvalue().splitlines()
+    assert "identical content, no restart needed" in first
+    assert "no restart needed" not in second and "content=different" in second
+    findings = [Finding("mapping", "replaced", b"/opt/x.so", FileId(1, 2), FileId(1, 3),
+                        content=c) for c in (same, other)]
+    out = io.StringIO()
+    print_scan_table(ScanSummary([ProcessReport(7, b"nginx", findings)]), out)
+    rows = out.getvalue().splitlines()
+    assert rows[1].endswith("; identical content, no restart needed")
+    assert rows[2].endswith("; content different")
+    assert rows[3] == "scanned 1 processes: 1 diverged, 2 findings (1 of identical content)"
