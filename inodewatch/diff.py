@@ -196,6 +196,10 @@ class TargetHistory:
         for m in mapped:
             if m.file not in self.contents or (m.size, m.mtime_ns) == self.contents[m.file]:
                 continue
+            if m.mtime_ns is None:
+                # Its stamp is unknown (no map_files, and the path names another file now:
+                # rm+cp, mv over): nothing says it was written.  Not a changed stamp.
+                continue
             if every_file or not write_watched(m):
                 if (event := self.overwrite(m, m.size)) is not None:
                     events.append(event)
