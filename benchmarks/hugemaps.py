@@ -158,11 +158,11 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
     return "\n".join(lines) + "\n"
 
 
-def write_section(results: Path, text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next "## " or the end)."""
+def write_section(results: Path, text: str, section: str = SECTION) -> None:
+    """Replace a benchmark's section of RESULTS.md (up to the next "## " or the end)."""
     old = results.read_text() if results.exists() else ""
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
+    if section in old:
+        head, rest = old.split(section, 1)
         tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
         new = head + text + tail.lstrip("\n")
     else:
