@@ -102,6 +102,9 @@ GAP_THRESHOLD = 2.0
 # separate shares, so an attacker's processes cannot slow the operator's own targets.
 LOOK_BURST = 0.05
 LOOK_SHARE = {True: 0.10, False: 0.05}  # by Target.operator
+# Attaches of targets anyone can match may take ATTACH_BURST s of looks at once (2,000 demo
+# hosts at ~1 ms each), then LOOK_SHARE[False] of a core.
+ATTACH_BURST = 2.0
 # Reads of the inotify fd: READ_BURST at once, then at most READ_RATE a second, each taking the
 # whole queue, so a flood of events cannot keep the loop spinning on reads of a few records:
 # under a flood the loop wakes 100 times a second (each wake-up costs ~50 us of the kernel's
@@ -157,16 +160,13 @@ class Target:
     # file at a path that means another file on the host (report tells them apart)
     owner: dict[str, int] = field(default_factory=dict)
     pace: Bucket = field(default_factory=lambda: Bucket(LOOK_BURST, time.monotonic()))
+    # Named by the operator (--pid, --unit, --cgroup; selectors.operator_named), not matched
+    # by a selector anyone can match: first for watches, and paced apart.
+    operator: bool = True
 
     @property
     def pid(self) -> int:
         return self.ident.pid
-
-    @property
-    def operator(self) -> bool:
-        """Named by the operator (--pid, --unit, --cgroup), not matched by a selector anyone
-        can match: first for watches, and paced apart."""
-        return operator_named(self.term)
 
 
 class AttachError(Exception):
@@ -221,6 +221,11 @@ class Daemon:
         self.short: set[str] = set()  # resources short now: watch.degraded said, not recovered
         self.reads = Bucket(READ_BURST, time.monotonic())  # reads of the inotify fd
         self.pending_looks: dict[int, None] = {}  # pids to look at when their pace allows
+        # Attaching a target anyone can match (its first look) is paced too, for all of them
+        # together: a process mapping 65,000 files that forks copies of itself would otherwise
+        # cost a look of a second per child.
+        self.attaches = Bucket(ATTACH_BURST, time.monotonic())
+        self.deferred: set[int] = set()  # matched, to attach when `attaches` allows
         self.operator_count = 0  # targets with Target.operator (the others: the rest)
         self.overflows = 0  # inotify overflows not told yet
         self.next_recheck = 0.0  # no overflow re-read before this
@@ -345,22 +350,26 @@ class Daemon:
     def consider(self, pids: list[int]) -> None:
         """Attach to those of `pids` that the selector matches (and we can read), while the
         fd budget lets us."""
-        matched: dict[int, tuple[str, bytes]] = {}
+        matched: dict[int, tuple[tuple[str, bytes], bool]] = {}
         for pid in pids:
             if pid in self.targets or pid == os.getpid():
                 continue
             try:
-                term = self.selector.match(read_facts(pid, self.selector))
+                facts = read_facts(pid, self.selector)
+                term = self.selector.match(facts)
                 # A dying process has nothing left to watch (and its fd would be wasted).
                 if term is not None and not procfs.read_stat(pid).is_exiting:
-                    matched[pid] = term
+                    matched[pid] = (term, operator_named(term, facts.cgroups))
             except procfs.ProcError:
                 continue  # gone, a kernel thread, or not ours to read
         if not matched:
             return
         # Let their exits through before anyone can see them attached (and kill them).
         self.follow_exits([*self.targets, *matched])
-        for pid, term in matched.items():
+        for pid, (term, operator) in matched.items():
+            if not operator and not self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+                self.deferred.add(pid)  # attached when the attaches' pace allows
+                continue
             try:
                 if not self.fds.admits(len(self.targets)):
                     raise NoFdLeft
@@ -371,8 +380,11 @@ class Daemon:
                 continue
             except AttachError:
                 continue  # gone, or not ours to read
-            target.term = term
+            target.term, target.operator = term, operator
+            started = time.monotonic()
             self.attach(target)
+            if not operator:
+                self.attaches.take(time.monotonic() - started, time.monotonic(), LOOK_SHARE[False])
 
     def discover(self) -> None:
         self.consider(procfs.list_pids())
@@ -800,6 +812,7 @@ class Daemon:
                        *([exit_due] if exit_due is not None else []),
                        *([looks_due] if looks_due is not None else []),
                        *([self.reads.ready_at(now, READ_RATE)] if reads_paused else []),
+                       *([self.attaches.ready_at(now, LOOK_SHARE[False])] if self.deferred else []),
                        *([self.next_recheck] if self.overflows else [])])
             wait = max(0.0, due - now)
             ready = self.poller.poll(wait * 1000)
@@ -841,6 +854,9 @@ class Daemon:
             if self.newborn:
                 self.consider(sorted(self.newborn))
                 self.newborn.clear()
+            if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+                deferred, self.deferred = self.deferred, set()
+                self.consider(sorted(deferred))
             if self.reopen_log:
                 self.reopen_log = False
                 self.sink.reopen()
