@@ -284,7 +284,7 @@ def commit_of(tree: Path) -> str:
 
 
 def write_section(results: Path, text: str, section: str = SECTION) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next "## " or the end)."""
+    """Replace a benchmark's section of RESULTS.md (up to the next "## " or the end)."""
     old = results.read_text() if results.exists() else ""
     if f"{section}\n" in old:  # "## Huge maps" is also the start of the daemon's heading
         head, rest = old.split(f"{section}\n", 1)

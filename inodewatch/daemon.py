@@ -120,10 +120,15 @@ GAP_THRESHOLD = 2.0
 # separate shares, so an attacker's processes cannot slow the operator's own targets.
 LOOK_BURST = 0.05
 LOOK_SHARE = {True: 0.10, False: 0.05}  # by Target.operator
+# Attaches of targets anyone can match may take ATTACH_BURST s of looks at once (2,000 demo
+# hosts at ~1 ms each), then LOOK_SHARE[False] of a core.
+ATTACH_BURST = 2.0
 # Reads of the inotify fd: READ_BURST at once, then at most READ_RATE a second, each taking the
-# whole queue, so a flood of events cannot keep the loop spinning on reads of a few records.
+# whole queue, so a flood of events cannot keep the loop spinning on reads of a few records:
+# under a flood the loop wakes 100 times a second (each wake-up costs ~50 us of the kernel's
+# time in a VM, as much as the Python around it), and an event waits 10 ms at most.
 READ_BURST = 16
-READ_RATE = 250.0
+READ_RATE = 100.0
 # A watched file with this many records in one read is flooded (an open loop on it): those
 # kinds are muted on it until one of its targets is looked at (WatchSet.mute).
 MUTE_AFTER = 8
@@ -175,16 +180,13 @@ class Target:
     pace: Bucket = field(default_factory=lambda: Bucket(LOOK_BURST, time.monotonic()))
     # A huge maps read over many turns of the loop (see INLINE_MAPS_CHUNKS)
     reading: procfs.MapsReading | None = None
+    # Named by the operator (--pid, --unit, --cgroup; selectors.operator_named), not matched
+    # by a selector anyone can match: first for watches, and paced apart.
+    operator: bool = True
 
     @property
     def pid(self) -> int:
         return self.ident.pid
-
-    @property
-    def operator(self) -> bool:
-        """Named by the operator (--pid, --unit, --cgroup), not matched by a selector anyone
-        can match: first for watches, and paced apart."""
-        return operator_named(self.term)
 
 
 class AttachError(Exception):
@@ -239,6 +241,11 @@ class Daemon:
         self.short: set[str] = set()  # resources short now: watch.degraded said, not recovered
         self.reads = Bucket(READ_BURST, time.monotonic())  # reads of the inotify fd
         self.pending_looks: dict[int, None] = {}  # pids to look at when their pace allows
+        # Attaching a target anyone can match (its first look) is paced too, for all of them
+        # together: a process mapping 65,000 files that forks copies of itself would otherwise
+        # cost a look of a second per child.
+        self.attaches = Bucket(ATTACH_BURST, time.monotonic())
+        self.deferred: set[int] = set()  # matched, to attach when `attaches` allows
         self.operator_count = 0  # targets with Target.operator (the others: the rest)
         self.overflows = 0  # inotify overflows not told yet
         self.next_recheck = 0.0  # no overflow re-read before this
@@ -365,22 +372,26 @@ class Daemon:
     def consider(self, pids: list[int]) -> None:
         """Attach to those of `pids` that the selector matches (and we can read), while the
         fd budget lets us."""
-        matched: dict[int, tuple[str, bytes]] = {}
+        matched: dict[int, tuple[tuple[str, bytes], bool]] = {}
         for pid in pids:
             if pid in self.targets or pid == os.getpid():
                 continue
             try:
-                term = self.selector.match(read_facts(pid, self.selector))
+                facts = read_facts(pid, self.selector)
+                term = self.selector.match(facts)
                 # A dying process has nothing left to watch (and its fd would be wasted).
                 if term is not None and not procfs.read_stat(pid).is_exiting:
-                    matched[pid] = term
+                    matched[pid] = (term, operator_named(term, facts.cgroups))
             except procfs.ProcError:
                 continue  # gone, a kernel thread, or not ours to read
         if not matched:
             return
         # Let their exits through before anyone can see them attached (and kill them).
         self.follow_exits([*self.targets, *matched])
-        for pid, term in matched.items():
+        for pid, (term, operator) in matched.items():
+            if not operator and not self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+                self.deferred.add(pid)  # attached when the attaches' pace allows
+                continue
             try:
                 if not self.fds.admits(len(self.targets)):
                     raise NoFdLeft
@@ -391,8 +402,11 @@ class Daemon:
                 continue
             except AttachError:
                 continue  # gone, or not ours to read
-            target.term = term
+            target.term, target.operator = term, operator
+            started = time.monotonic()
             self.attach(target)
+            if not operator:
+                self.attaches.take(time.monotonic() - started, time.monotonic(), LOOK_SHARE[False])
 
     def discover(self) -> None:
         self.consider(procfs.list_pids())
@@ -901,8 +915,13 @@ class Daemon:
             exit_due = self.exits.next_deadline()
             looks_due = self.looks_due(now)
             if reads_paused != (pause := not self.reads.allows(now, READ_RATE)):
+                # Out of the poll set, not merely masked: inotify wakes every poller of its fd
+                # at every event, whatever events the poller asked for.
                 reads_paused = pause
-                self.poller.modify(self.watcher.fileno(), 0 if pause else select.POLLIN)
+                if pause:
+                    self.poller.unregister(self.watcher.fileno())
+                else:
+                    self.poller.register(self.watcher.fileno(), select.POLLIN)
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
                        *([now] if self.readings else []),
                        *([next_discovery] if self.selector else []),
@@ -911,29 +930,35 @@ class Daemon:
                        *([exit_due] if exit_due is not None else []),
                        *([looks_due] if looks_due is not None else []),
                        *([self.reads.ready_at(now, READ_RATE)] if reads_paused else []),
+                       *([self.attaches.ready_at(now, LOOK_SHARE[False])] if self.deferred else []),
                        *([self.next_recheck] if self.overflows else [])])
             wait = max(0.0, due - now)
             ready = self.poller.poll(wait * 1000)
             now = time.monotonic()
-            busy, cpu = time.process_time() - cpu, time.process_time()
+            used = time.process_time()  # a system call: once a wake
+            busy, cpu = used - cpu, used
             if (lost := pulse.beat(now, wait, busy)) is not None:
                 self.say("warning", "watch.gap", gap_s=round(lost, 3),
                          detail=f"the daemon did not run for {lost:.1f} s (stopped, paused or "
                                 "overloaded); events after this line carry the time it resumed")
                 self.recheck()
-            connector_ready = False
+            connector_ready = inotify_ready = False
             for fd, _mask in ready:
                 if fd == wake.fileno():
                     _drain(wake)
                 elif fd == self.watcher.fileno():
-                    self.reads.take(1, now, READ_RATE)
-                    events = self.watcher.read()
-                    self.overflows += self.watcher.overflowed
-                    self.on_file_events(events)
+                    inotify_ready = True
                 elif self.connector is not None and fd == self.connector.fileno():
                     connector_ready = True
                 elif fd in self.fd_owner:
                     self.on_pidfd(self.fd_owner[fd], now)
+            # Paused reads resume when the pace allows, without another poll() to learn that
+            # the queue is not empty (read() returns [] if it is).
+            if inotify_ready or (reads_paused and self.reads.allows(now, READ_RATE)):
+                self.reads.take(1, now, READ_RATE)
+                events = self.watcher.read()
+                self.overflows += self.watcher.overflowed
+                self.on_file_events(events)
             if self.overflows and now >= self.next_recheck:
                 self.say("warning", "watch.overflow", overflows=self.overflows,
                          detail="inotify queue overflowed; re-reading every target")
@@ -947,6 +972,9 @@ class Daemon:
             if self.newborn:
                 self.consider(sorted(self.newborn))
                 self.newborn.clear()
+            if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+                deferred, self.deferred = self.deferred, set()
+                self.consider(sorted(deferred))
             if self.reopen_log:
                 self.reopen_log = False
                 self.sink.reopen()

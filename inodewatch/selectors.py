@@ -13,12 +13,6 @@ from dataclasses import dataclass
 from inodewatch import procfs
 from inodewatch.model import DELETED_SUFFIX
 
-# The terms only root can make a process match: a unit or a cgroup is where systemd or root
-# put it.  Anyone can give a process any comm (prctl) or exec a world-executable file, so a
-# target matched by --name or --exe may be an attacker's (it gets watches only after the
-# operator's own targets, and is paced apart: inodewatch.watchset, inodewatch.daemon).
-OPERATOR_TERMS = frozenset({"unit", "cgroup"})
-
 CGROUP_MOUNTS = (b"/sys/fs/cgroup/unified", b"/sys/fs/cgroup/systemd", b"/sys/fs/cgroup")
 COMM_LENGTH = 15  # the kernel truncates comm to TASK_COMM_LEN - 1
 
@@ -57,10 +51,25 @@ class Selector:
         return None
 
 
-def operator_named(term: tuple[str, bytes] | None) -> bool:
-    """Whether a target found by `term` (None: named by --pid) is one the operator chose
-    rather than one any user can make match."""
-    return term is None or term[0] in OPERATOR_TERMS
+def operator_named(term: tuple[str, bytes] | None, cgroups: tuple[bytes, ...] = ()) -> bool:
+    """Whether a target found by `term` (None: named by --pid) in `cgroups` is one the
+    operator chose rather than one any user can make match.
+
+    A cgroup, or a unit of the system's systemd, is where root put the process.  Anyone can
+    give a process any comm (prctl) or exec a world-executable file, and start a unit of any
+    name under her own systemd (user@UID.service: `systemd-run --user --unit nginx`), so such
+    a target may be an attacker's: it gets watches after the operator's own targets and its
+    looks are paced apart (inodewatch.watchset, inodewatch.daemon)."""
+    if term is None or term[0] == "cgroup":
+        return True
+    if term[0] != "unit":
+        return False
+    for path in cgroups:
+        parts = path.split(b"/")
+        if term[1] in parts and not any(p.startswith(b"user@")
+                                        for p in parts[:parts.index(term[1])]):
+            return True
+    return False
 
 
 def make_selector(exes: list[str], names: list[str], cgroups: list[str], units: list[str]) -> Selector:

@@ -116,6 +116,26 @@ _HEADER = struct.Struct("iIII")
 _NUL = b"\0"
 
 
+class _Every:
+    """The names wanted in a directory watched without a list of names: all of them."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+class _AnyOf:
+    """The names wanted by any of several paths naming one directory (/lib, /usr/lib)."""
+
+    def __init__(self, sets: list[AbstractSet[bytes]]) -> None:
+        self.sets = sets
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in names for names in self.sets)
+
+
+_EVERY = _Every()
+
+
 @dataclass(frozen=True, slots=True)
 class FileEvent:
     """One thing that happened to a watched path."""
@@ -163,6 +183,8 @@ class FileWatcher:
         # directory path -> the entry names wanted there (None: every name); the caller's
         # own set, read at every record, so it can change without a call
         self._names_of: dict[bytes, AbstractSet[bytes] | None] = {}
+        # wd of a directory -> the names any of its paths wants: one look-up per record
+        self._wanted: dict[int, AbstractSet[bytes] | _Every | _AnyOf] = {}
         self._closed = False
         self.overflowed = False
 
@@ -180,21 +202,24 @@ class FileWatcher:
         `names`, only events about those entry names are read (the set may change later)."""
         changed = self._watch(path, DIRECTORY_MASK)
         self._names_of[path] = names
+        self._refilter(self._wd_of[path])
         return changed
 
     def unwatch(self, path: bytes) -> None:
         self._mask_of.pop(path, None)
-        self._names_of.pop(path, None)
         self._detach(path)
 
     def _detach(self, path: bytes) -> None:
         """Take `path` off its watch; remove the kernel's watch if no other path uses it."""
         wd = self._wd_of.pop(path, None)
+        self._names_of.pop(path, None)
         if wd is None:
             return
         others = tuple(p for p in self._paths_of.pop(wd) if p != path)
         if others:
             self._paths_of[wd] = others
+        self._refilter(wd)
+        if others:
             return
         try:
             self._wm.rm_watch(wd, quiet=False)
@@ -214,13 +239,14 @@ class FileWatcher:
         if not pending:
             return []
         buf = os.read(self._fd, pending)
-        # The hot loop of a flood: per record one unpack, and for a named record one slice
-        # and one set look-up before it is dropped.  Nothing else is built for it.
+        # The hot loop of a flood: per record one unpack, and for a named record one dict
+        # look-up, one slice and one set look-up before it is dropped.  Nothing else is
+        # built for it.
         merged: dict[tuple[int, bytes], int] = {}
         records: Counter[tuple[int, bytes]] = Counter()
         ignored: list[int] = []
-        names_of = self._names_of
-        paths_of = self._paths_of
+        wanted_in = self._wanted
+        find = buf.find
         unpack = _HEADER.unpack_from
         size = _HEADER.size
         end = len(buf) - size
@@ -230,13 +256,12 @@ class FileWatcher:
             start = offset + size
             offset = start + length
             if length:
-                name = buf[start:offset].split(_NUL, 1)[0]
-                for path in paths_of.get(wd, ()):
-                    wanted = names_of.get(path)
-                    if wanted is None or name in wanted:
-                        break
-                else:
-                    continue  # no path of this watch wants the name (or the watch is gone)
+                wanted = wanted_in.get(wd)
+                if wanted is None:
+                    continue  # a directory no longer watched
+                name = buf[start:find(_NUL, start, offset)]  # the kernel NUL-terminates it
+                if name not in wanted:
+                    continue
             else:
                 name = b""
                 if mask & pyinotify.IN_Q_OVERFLOW:
@@ -248,6 +273,8 @@ class FileWatcher:
             merged[key] = merged.get(key, 0) | mask
             records[key] += 1
         events: list[FileEvent] = []
+        names_of = self._names_of
+        paths_of = self._paths_of
         for (wd, name), mask in merged.items():
             count = records[wd, name]
             for p in paths_of.get(wd, ()):
@@ -274,6 +301,7 @@ class FileWatcher:
         self._mask_of.clear()
         self._paths_of.clear()
         self._names_of.clear()
+        self._wanted.clear()
 
     def _watch(self, path: bytes, mask: int, ino: int | None = None) -> bool:
         if self._mask_of.get(path) == mask:
@@ -307,6 +335,15 @@ class FileWatcher:
             self._paths_of[wd] = self._paths_of.get(wd, ()) + (path,)
         return True
 
+    def _refilter(self, wd: int) -> None:
+        """Recompute which names the directory watch `wd` reads (its paths' own sets)."""
+        sets = [_EVERY if (names := self._names_of[p]) is None else names
+                for p in self._paths_of.get(wd, ()) if p in self._names_of]
+        if not sets:
+            self._wanted.pop(wd, None)
+        else:
+            self._wanted[wd] = sets[0] if len(sets) == 1 else _AnyOf(sets)
+
     @staticmethod
     def _raise_add_error(path: bytes, err: int) -> NoReturn:
         if err == errno.ENOSPC:  # inotify's code for "max_user_watches spent"
@@ -317,6 +354,7 @@ class FileWatcher:
         raise OSError(err, os.strerror(err), path)
 
     def _forget(self, wd: int) -> None:
+        self._wanted.pop(wd, None)
         for path in self._paths_of.pop(wd):
             if self._wd_of.get(path) == wd:  # not if the path has moved on to another watch
                 del self._wd_of[path]

@@ -108,3 +108,18 @@ def test_cgroup_picks_exactly_its_processes(start_demo, start_watcher):
 def _wait_empty(group: Path) -> None:
     from conftest import wait_for
     wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), TIMEOUT, "the cgroup to empty")
+
+
+def test_only_what_root_arranged_is_the_operators_own():
+    from inodewatch.selectors import operator_named
+
+    system = (b"/system.slice/nginx.service",)
+    users = (b"/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service",)
+    assert operator_named(None)  # --pid
+    assert operator_named(("cgroup", b"/system.slice/app.slice"), system)
+    assert operator_named(("unit", b"nginx.service"), system)
+    # systemd-run --user --unit nginx: any user can start a unit of that name under her own
+    assert not operator_named(("unit", b"nginx.service"), users)
+    assert not operator_named(("unit", b"nginx.service"), ())
+    assert not operator_named(("name", b"nginx"), system)  # prctl(PR_SET_NAME)
+    assert not operator_named(("exe", b"/usr/sbin/nginx"), system)  # anyone may run it
