@@ -112,7 +112,9 @@ def print_scan_events(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
 
     for r in summary.reports:
         for f in r.findings:
-            print(format_event(f.level, f.event, {"pid": r.pid, "comm": r.comm, **f.fields()}), file=out)
+            where = r.placement.fields() if r.placement is not None else {}
+            print(format_event(f.level, f.event, {"pid": r.pid, "comm": r.comm, **where,
+                                                  **f.fields()}), file=out)
     for line in unknown_lines(summary):
         print(line, file=sys.stderr)
     print(summary_line(summary), file=sys.stderr)

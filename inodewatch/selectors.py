@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from inodewatch import procfs
+from inodewatch.cgroups import parse_cgroups
 from inodewatch.model import DELETED_SUFFIX
 
 # The terms only root can make a process match: a unit or a cgroup is where systemd or root
@@ -85,18 +86,6 @@ def cgroup_path(path: bytes) -> bytes:
 def unit_name(unit: bytes) -> bytes:
     """`nginx` and `nginx.service` name the same unit; other suffixes (.scope) are kept."""
     return unit if b"." in unit else unit + b".service"
-
-
-def parse_cgroups(data: bytes) -> tuple[bytes, ...]:
-    """The paths of /proc/PID/cgroup that say where systemd put the process: the v2 line
-    ("0::/path") and v1's name=systemd hierarchy."""
-    paths = []
-    for line in data.splitlines():
-        _, _, rest = line.partition(b":")
-        controllers, _, path = rest.partition(b":")
-        if controllers in (b"", b"name=systemd"):
-            paths.append(path)
-    return tuple(paths)
 
 
 def read_facts(pid: int, selector: Selector) -> ProcessFacts:

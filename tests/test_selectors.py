@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TIMEOUT
-from inodewatch.selectors import ProcessFacts, make_selector, parse_cgroups
+from conftest import TIMEOUT, cgroup2_root
+from inodewatch.cgroups import parse_cgroups
+from inodewatch.selectors import ProcessFacts, make_selector
 
 V1_HYBRID = b"""9:name=systemd:/system.slice/nginx.service
 8:pids:/system.slice/nginx.service
@@ -68,14 +69,6 @@ def test_exe_follows_a_host_started_later_and_restarted(start_demo, start_watche
     second.copy_lib("so2.so")
     watcher.log.wait("mapping.replaced", pid=second.pid)
     assert watcher.proc.poll() is None  # a selector runs until stopped
-
-
-def cgroup2_root() -> Path | None:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _dev, mount, fstype, *_ = line.split()
-        if fstype == "cgroup2" and os.access(mount, os.W_OK):
-            return Path(mount)
-    return None
 
 
 @pytest.mark.integration
