@@ -94,14 +94,30 @@ def complete(summary: ScanSummary) -> ScanSummary:
 
     judge = ContentPass()
     reports = []
+    host_paths: dict[bytes, None] = {}  # the paths of processes that see the host's files
     for r in summary.reports:
+        on_host = False
         if r.findings:
             view = procfs.DiskView(r.pid)
             r = r._replace(findings=[judge.judge(r.pid, f, view.root, view.mounts)
                                      for f in r.findings],
                            placement=read_placement(r.pid))
-        reports.append(r)
-    return summary._replace(reports=reports)
+            if on_host := view.root == b"":
+                host_paths.update(dict.fromkeys(f.path for f in r.findings))
+        reports.append((r, on_host))
+    return summary._replace(reports=with_packages(reports, host_paths))
+
+
+def with_packages(reports: list[tuple[ProcessReport, bool]],
+                  paths: dict[bytes, None]) -> list[ProcessReport]:
+    """The reports, with the package owning each finding's path where one does: only for
+    processes in the host's mount namespace (True beside the report), whose paths name the
+    files dpkg installed here; a container's files are its image's."""
+    from inodewatch.packages import Dpkg, default_cache
+
+    owners = Dpkg(cache=default_cache()).owners(paths) if paths else {}
+    return [r._replace(findings=[f._replace(package=owners.get(f.path)) for f in r.findings])
+            if on_host and owners else r for r, on_host in reports]
 
 
 def scan_all(workers: int | None = None) -> ScanSummary:

@@ -28,6 +28,16 @@ TIMEOUT = 20.0  # seconds: generous, the machine is noisy
 T = TypeVar("T")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`scan`'s dpkg index (inodewatch.packages) goes to a directory of the session's, never
+    to the host's /var/cache: the variable systemd's CacheDirectory= sets, which the
+    commands the tests run inherit."""
+    cache = tmp_path_factory.mktemp("cache")
+    cache.chmod(0o755)
+    os.environ["CACHE_DIRECTORY"] = str(cache)
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = TIMEOUT, what: str = "condition") -> T:
     """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
