@@ -25,6 +25,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the checkers only: every scan would pay its import (~6 ms)
     from typing import Any
 
+    from inodewatch.packages import Package
+
 
 class ProcessReport(namedtuple("ProcessReport", "pid comm findings unknown ppid placement",
                                defaults=((), None, None))):
@@ -94,30 +96,36 @@ def complete(summary: ScanSummary) -> ScanSummary:
 
     judge = ContentPass()
     reports = []
-    host_paths: dict[bytes, None] = {}  # the paths of processes that see the host's files
+    on_host: dict[int, None] = {}  # processes that see the host's files at their paths
     for r in summary.reports:
-        on_host = False
         if r.findings:
             view = procfs.DiskView(r.pid)
             r = r._replace(findings=[judge.judge(r.pid, f, view.root, view.mounts)
                                      for f in r.findings],
                            placement=read_placement(r.pid))
-            if on_host := view.root == b"":
-                host_paths.update(dict.fromkeys(f.path for f in r.findings))
-        reports.append((r, on_host))
-    return summary._replace(reports=with_packages(reports, host_paths))
-
-
-def with_packages(reports: list[tuple[ProcessReport, bool]],
-                  paths: dict[bytes, None]) -> list[ProcessReport]:
-    """The reports, with the package owning each finding's path where one does: only for
-    processes in the host's mount namespace (True beside the report), whose paths name the
-    files dpkg installed here; a container's files are its image's."""
+            if view.root == b"":
+                on_host[r.pid] = None
+        reports.append(r)
+    summary = summary._replace(reports=reports)
+    if not on_host:
+        return summary
     from inodewatch.packages import Dpkg, default_cache
 
-    owners = Dpkg(cache=default_cache()).owners(paths) if paths else {}
-    return [r._replace(findings=[f._replace(package=owners.get(f.path)) for f in r.findings])
-            if on_host and owners else r for r, on_host in reports]
+    paths = {f.path for r in reports if r.pid in on_host for f in r.findings}
+    return attach_packages(summary, Dpkg(cache=default_cache()).owners(paths), on_host)
+
+
+def attach_packages(summary: ScanSummary, owners: dict[bytes, Package],
+                    pids: Iterable[int]) -> ScanSummary:
+    """The findings of `pids` with the package owning their path (`owners`: path ->
+    Package): only processes in the host's mount namespace, whose paths name the files dpkg
+    installed here (a container's files are its image's)."""
+    pids = set(pids)
+    if not owners:
+        return summary
+    return summary._replace(reports=[
+        r._replace(findings=[f._replace(package=owners.get(f.path)) for f in r.findings])
+        if r.pid in pids else r for r in summary.reports])
 
 
 def scan_all(workers: int | None = None) -> ScanSummary:

@@ -59,8 +59,10 @@ def test_the_daemon_watches_the_file_in_the_targets_namespace(namespaced_demo, d
     watcher.log.wait("mapping.replaced", pid=proc.pid)
     code, _out, _err = watcher.stop()
     assert code == 0
-    assert [e["event"] for e in watcher.log.read() if e["event"].startswith("mapping.")] == [
-        "mapping.deleted", "mapping.replaced"]
+    # (a mapping.content may follow: the replaced file seen while cp had not written it yet
+    # is judged unknown, then again once written; README, "Content identity")
+    assert [e["event"] for e in watcher.log.read() if e["event"].startswith("mapping.")
+            and e["event"] != "mapping.content"] == ["mapping.deleted", "mapping.replaced"]
 
 
 def test_bind_mounted_plugin_directory(start_demo, tmp_path):

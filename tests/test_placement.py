@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import scan_events
+from conftest import run_cli, scan_events
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +54,29 @@ def test_the_daemon_names_the_unit_on_every_event_about_the_target(start_demo, m
     assert watcher.log.wait("target.exited", pid=demo.pid)["unit"] == unit
     started = watcher.log.find("daemon.started")
     assert started is not None and "unit" not in started
+
+
+def test_the_table_says_which_unit_and_container_to_restart(start_demo, make_cgroup):
+    """Three stale demos: one in a service, one in a docker-like scope, one in no unit."""
+    unit = f"iw-demo-{os.getpid()}.service"
+    in_unit, in_container, loose = start_demo("leak"), start_demo("leak"), start_demo("leak")
+    for demo, cgroup in ((in_unit, f"iwtest-{os.getpid()}.slice/{unit}"),
+                         (in_container, f"iwtest-{os.getpid()}.slice/docker-{DOCKER_ID}.scope"),
+                         (loose, f"iwtest-{os.getpid()}.slice/no-unit")):  # wherever tests run
+        (make_cgroup(cgroup) / "cgroup.procs").write_text(str(demo.pid))
+    for demo in (in_unit, in_container, loose):
+        os.unlink(demo.lib)
+        demo.copy_lib("so2.so")
+    result = run_cli("scan", *(a for d in (in_unit, in_container, loose)
+                               for a in ("--pid", str(d.pid))))
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    plan = lines[lines.index("To restart:") + 1:-1]
+    assert plan == [
+        f"  systemctl restart {unit}",
+        f"      pid {in_unit.pid} (reload): {os.fsdecode(in_unit.lib)}",
+        f"  docker restart {DOCKER_ID}",
+        f"      pid {in_container.pid} (reload): {os.fsdecode(in_container.lib)}",
+        f"  pid {loose.pid} (reload), not in a unit: restart it yourself",
+        f"      {os.fsdecode(loose.lib)}",
+    ]
