@@ -212,11 +212,19 @@ def run_report(args: argparse.Namespace) -> int:
 def run_watch(args: argparse.Namespace) -> int:
     from inodewatch.daemon import AttachError, Daemon, Options
     from inodewatch.eventlog import LogSink, choose_format, make_logger, origin
-    from inodewatch.selectors import make_selector
+    from inodewatch.text import escape_control
+    from inodewatch.selectors import SelectorError, absent_terms, make_selector
 
     if not (args.pid or args.exe or args.name or args.unit or args.cgroup):
         return usage_error("nothing to watch: give --pid, --exe, --name, --unit or --cgroup "
                            "(or set them in the config file), or a command such as scan")
+    try:
+        selector = make_selector(args.exe or [], args.name or [], args.cgroup or [], args.unit or [])
+    except SelectorError as exc:
+        return usage_error(str(exc))
+    for absent in absent_terms(selector):
+        print(f"inodewatch: warning: {escape_control(absent)}; watching for it all the same",
+              file=sys.stderr, flush=True)
     metrics = None
     if args.metrics_file:
         from inodewatch.metrics import Metrics
@@ -237,8 +245,7 @@ def run_watch(args: argparse.Namespace) -> int:
     log = make_logger(sink, fmt, origin())
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.realpath, args.watch)) if args.watch else None,
-                      selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],
-                                             args.unit or []),
+                      selector=selector,
                       state_file=args.state_file, max_watches=args.max_watches)
     try:
         return Daemon(log, sink, options, metrics).run()

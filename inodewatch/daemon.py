@@ -35,6 +35,7 @@ import psutil
 
 from inodewatch import __version__, cgroupwalk, procfs
 from inodewatch.caps import effective_capabilities, missing_features
+from inodewatch.cgroups import read_placement
 from inodewatch.contentpass import ContentPass
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
@@ -175,8 +176,9 @@ class Target:
     term: tuple[str, bytes] | None = None  # the selector term it matched, if any
     recently_mapped: dict[bytes, float] = field(default_factory=dict)  # path -> last seen mapped
     # uid and mount namespace, on every event about it: a user's own namespace can put her
-    # file at a path that means another file on the host (report tells them apart)
-    owner: dict[str, int] = field(default_factory=dict)
+    # file at a path that means another file on the host (report tells them apart); and its
+    # unit and container, the operator's name for it
+    owner: dict[str, Any] = field(default_factory=dict)
     pace: Bucket = field(default_factory=lambda: Bucket(LOOK_BURST, time.monotonic()))
     # A huge maps read over many turns of the loop (see INLINE_MAPS_CHUNKS)
     reading: procfs.MapsReading | None = None
@@ -218,12 +220,17 @@ def describe_process(pid: int) -> dict[str, Any]:
     return info
 
 
-def describe_owner(pid: int) -> dict[str, int]:
-    """uid and mnt_ns, for every event about the target; {} if it is gone already."""
+def describe_owner(pid: int) -> dict[str, Any]:
+    """uid, mnt_ns and where it runs (unit, container: inodewatch.cgroups), for every event
+    about the target; {} if it is gone already."""
     try:
-        return {"uid": procfs.read_uid(pid), "mnt_ns": procfs.read_mount_namespace(pid)}
+        owner: dict[str, Any] = {"uid": procfs.read_uid(pid),
+                                 "mnt_ns": procfs.read_mount_namespace(pid)}
     except (procfs.ProcError, procfs.StatParseError):
         return {}
+    if (placement := read_placement(pid)) is not None:
+        owner.update(placement.fields())
+    return owner
 
 
 class Daemon:

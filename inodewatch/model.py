@@ -98,8 +98,8 @@ IDENTICAL = "identical"
 UNKNOWN = "unknown"
 
 
-class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perms fd vma content",
-                         defaults=(None, None, (), None, None, None))):
+class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perms fd vma content "
+                                    "package", defaults=(None, None, (), None, None, None, None))):
     """One way in which what a process holds differs from what is on disk.
 
     subject: str, "mapping" or "fd"; kind: str, "deleted" (the held inode has no link
@@ -109,7 +109,8 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
     versions loaded at once); path: bytes; mapped: FileId, the held inode; disk: FileId |
     None, what the path names now; new_path: bytes | None; perms: tuple[str, ...]; fd: int |
     None; vma: bytes | None, a mapping's range (MappedFile.vma); content: Content | None,
-    once judged (deleted and replaced findings).
+    once judged (deleted and replaced findings); package: packages.Package | None, the
+    package owning the path (scan only, a process in the host's mount namespace).
     """
 
     __slots__ = ()
@@ -149,6 +150,8 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
             out["perms"] = ",".join(self.perms)
         if self.content is not None:
             out.update(self.content.fields())
+        if self.package is not None:
+            out.update(self.package.fields())
         return out
 
 

@@ -50,7 +50,21 @@ class ProcessGone(ProcError):
 
 
 class AccessDenied(ProcError):
-    """We may not read the process: the message names the missing capability."""
+    """We may not read the process: the message names the file and the error, and the
+    capability that would allow it only when we lack it (inodewatch.caps.denial_advice).
+    It is worded when it is shown, not when raised: `scan --all` meets many, shows none."""
+
+    def __init__(self, pid: int, what: str, exc: OSError) -> None:
+        super().__init__(pid, "")
+        self.what = what  # the file under /proc/PID/: "maps", "fd", ...
+        self.error = exc
+
+    def __str__(self) -> str:
+        from inodewatch.caps import denial_advice  # only an error shown pays for it
+
+        code = errno.errorcode.get(self.error.errno or 0, str(self.error.errno))
+        return (f"cannot read /proc/{self.pid}/{self.what}: {self.error.strerror} ({code}); "
+                f"{denial_advice(self.what)}")
 
 
 class StatParseError(ValueError):
@@ -352,10 +366,8 @@ def _error(pid: int, exc: OSError, what: str) -> ProcError:
     if exc.errno in (errno.ENOENT, errno.ESRCH):
         return ProcessGone(pid, f"no such process: {pid}")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return AccessDenied(
-            pid, f"permission denied reading {what} of pid {pid}: "
-                 "run as root or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
-    return ProcError(pid, f"cannot read {what} of pid {pid}: {exc.strerror}")
+        return AccessDenied(pid, what, exc)
+    return ProcError(pid, f"cannot read /proc/{pid}/{what}: {exc.strerror}")
 
 
 def read_proc_file(pid: int, name: bytes) -> bytes:

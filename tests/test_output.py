@@ -63,7 +63,9 @@ def test_scan_table_has_no_raw_control_characters():
     out = io.StringIO()
     print_scan_table(ScanSummary(reports), out)
     assert no_control(out.getvalue())
-    assert out.getvalue().count("\n") == len(HOSTILE) + 2
+    # a header and a row per file, a blank line, "To restart:", the process's line and one
+    # per file, the summary: no name made a line of its own
+    assert out.getvalue().count("\n") == 1 + len(HOSTILE) + 1 + 2 + len(HOSTILE) + 1
 
 
 def test_escape_control():
@@ -87,8 +89,14 @@ def test_identical_content_says_no_restart_is_needed_on_a_terminal():
     findings = [Finding("mapping", "replaced", b"/opt/x.so", FileId(1, 2), FileId(1, 3),
                         content=c) for c in (same, other)]
     out = io.StringIO()
-    print_scan_table(ScanSummary([ProcessReport(7, b"nginx", findings)]), out)
+    print_scan_table(ScanSummary([ProcessReport(7, b"nginx", findings[:1]),
+                                  ProcessReport(8, b"nginx", findings[1:])]), out)
     rows = out.getvalue().splitlines()
-    assert rows[1].endswith("; identical content, no restart needed")
-    assert rows[2].endswith("; content different")
-    assert rows[3] == "scanned 1 processes: 1 diverged, 2 findings (1 of identical content)"
+    assert rows[1].split() == ["pid", "7", "(nginx)", "/opt/x.so", "replaced", "identical", "-"]
+    assert rows[2].split() == ["pid", "8", "(nginx)", "/opt/x.so", "replaced", "different", "-"]
+    assert rows[4:] == [
+        "To restart:",
+        "  pid 8 (nginx), not in a unit: restart it yourself",
+        "      /opt/x.so",
+        "No restart needed (identical content): pid 7 (nginx) /opt/x.so",
+        "scanned 2 processes: 2 diverged, 2 findings (1 of identical content)"]
