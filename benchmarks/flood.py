@@ -44,10 +44,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 from hugemaps import write_section
+from massexit import read_log, stamp, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Floods and the watch budget"
@@ -101,26 +101,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def stamp(event: dict) -> float:
-    return datetime.fromisoformat(event["timestamp"]).timestamp()
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    return [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines() if line]
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def cpu_seconds(pid: int) -> float:

@@ -263,8 +263,8 @@ def measure_daemon(args: argparse.Namespace) -> int:
              "alternating A B C, C B A.", "",
              "| peer | lag median | lag max | not told in 60 s | daemon CPU (steady) median | watch.gap lines |",
              "| --- | --- | --- | --- | --- | --- |"]
-    names = {"A": f"this checkout, with the holder", "B": f"BASE, with the holder",
-             "C": f"this checkout, no holder"}
+    names = {"A": "this checkout, with the holder", "B": "BASE, with the holder",
+             "C": "this checkout, no holder"}
     for peer, rs in runs.items():
         lags = [lag for r in rs for lag in r["lags"] if lag is not None]
         missed = sum(lag is None for r in rs for lag in r["lags"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TIMEOUT, lowered_sysctl, wait_for
+from conftest import lowered_sysctl
 from inodewatch.daemon import GAP_THRESHOLD
 from inodewatch.procfs import CMDLINE_LIMIT
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TIMEOUT, Demo, EventLog, wait_for
+from conftest import REPO, Demo, Watcher, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,24 +70,15 @@ def mappers(attacker) -> Iterator[Mappers]:
     m.close()
 
 
-class Daemon:
-    """`inodewatch ARGS --log-file FILE` (selectors allowed, so not conftest's Watcher)."""
+class Daemon(Watcher):
+    """`inodewatch ARGS --log-file FILE`, selectors allowed (no pid to wait for)."""
 
     def __init__(self, log_path: Path, args: list[str]) -> None:
-        self.log = EventLog(log_path)
-        self.proc = subprocess.Popen([sys.executable, "-m", "inodewatch", *args,
-                                      "--log-file", str(log_path)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        super().__init__(log_path, [], args)
 
     def degraded(self) -> list[dict]:
         return [e for e in self.log.read()
                 if e["event"] == "watch.degraded" and e.get("resource") == RESOURCE]
-
-    def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        out, err = self.proc.communicate(timeout=TIMEOUT)
-        return self.proc.returncode, out, err
 
 
 @pytest.fixture
