@@ -6,8 +6,11 @@ Input.  Each LOG is a plain or gzip file (recognised by its magic bytes, not its
 logrotate's `events.json.2.gz events.json.1 events.json` in any order.  All events are sorted
 by `timestamp`, stably, with the files taken oldest first, so equal timestamps keep log order.
 A line that is not UTF-8, not a JSON object, or lacks a string `event` or a valid `timestamp`
-(or has a non-integer `pid`) is skipped and counted; so is the damaged tail of a truncated
-gzip file (one bad line).  Blank lines are ignored.
+(or has a non-integer `pid`) is skipped and counted; so is a line with any value the report
+could not print back as JSON (NaN, a number out of float range such as 1e400, an integer of
+more than 4300 digits, nesting deeper than 64) or a time out of range once in UTC
+(9999-12-31T23:59:59-01:00), and the damaged tail of a truncated gzip file (one bad line).
+Blank lines are ignored.
 
 Targets.  Every event with a `pid` belongs to one target *life*: a `target.attached` after that
 pid's `target.exited` (or `target.lost`), or with another `start_time`, starts a new one (pid
@@ -49,6 +52,7 @@ import argparse
 import gzip
 import io
 import json
+import math
 import sys
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -136,11 +140,15 @@ class Divergence:
 
 
 def parse_time(text: str) -> datetime:
-    """ISO 8601 with or without Z or an offset; naive means UTC.  Raises ValueError."""
+    """ISO 8601 with or without Z or an offset; naive means UTC.  Raises ValueError, also for
+    a time that is out of range once in UTC (9999-12-31T23:59:59-01:00)."""
     when = datetime.fromisoformat(text)
     if when.tzinfo is None:
         return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
+    try:
+        return when.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"out of range in UTC: {text!r}") from None
 
 
 def _reject_constant(name: str) -> None:
@@ -148,10 +156,38 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"not JSON: {name}")
 
 
+def _finite(text: str) -> float:
+    # 1e400 is valid JSON but a float infinity in Python, printed back as Infinity.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"out of range: {text}")
+    return value
+
+
+# One decoder for every line (json.loads with arguments builds a new one at each call).
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_reject_constant)
+# Deeper nesting than any event has: such a line could be read but not always printed back
+# (json.dumps recurses as the decoder did, from a deeper stack).
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a decoded value, without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        value, depth = todo.pop()
+        children = value.values() if isinstance(value, dict) else value
+        deepest = max(deepest, depth)
+        todo.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
 def parse_line(raw: bytes) -> LogEvent | None:
-    """One log line as an event, or None when it is not one."""
+    """One log line as an event, or None when it is not one: not UTF-8, not a JSON object, a
+    number out of range (1e400, more than 4300 digits), nested too deeply, no string `event`,
+    no valid `timestamp`, a `pid` that is not an integer."""
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; "[[[[…" recurses
         return None
     if not isinstance(obj, dict):
@@ -160,6 +196,8 @@ def parse_line(raw: bytes) -> LogEvent | None:
     if not isinstance(name, str) or not isinstance(stamp, str):
         return None
     if pid is not None and type(pid) is not int:  # bool is an int, but not a pid
+        return None
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
         return None
     try:
         when = parse_time(stamp)
@@ -278,7 +316,8 @@ def _who(t: Timeline) -> str:
 
 
 def format_time(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: glibc's %Y does not pad year 1 to 0001
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _delay(start: datetime, end: datetime) -> str:
@@ -453,7 +492,7 @@ def _text(value: Any) -> str:
     """Any logged value as inert text: a hostile or damaged log may put anything anywhere."""
     if value is None:
         return "?"
-    return escape_control(value if isinstance(value, str) else json.dumps(value))
+    return escape_control(value if isinstance(value, str) else json.dumps(value, allow_nan=False))
 
 
 def describe(e: LogEvent) -> str:
@@ -537,9 +576,9 @@ def render_json(reports: Sequence[TargetReport], warnings: Sequence[LogEvent],
             "outcome": r.verdict.outcome,
             "verdict": r.verdict.text,
             "timeline": [e.fields for e in r.shown],
-        }), file=out)
+        }, allow_nan=False), file=out)  # a guard: parse_line lets no NaN or infinity in
     print(json.dumps({"type": "summary", **counts, "targets": len(reports),
-                      "warnings": [e.fields for e in warnings]}), file=out)
+                      "warnings": [e.fields for e in warnings]}, allow_nan=False), file=out)
 
 
 # --- command line -------------------------------------------------------------------------
