@@ -18,12 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TIMEOUT
+from inodewatch.logread import parse_lines, read_events
 from inodewatch.report import (
     ReportError,
     add_arguments,
     build_timelines,
-    parse_lines,
-    read_events,
     run,
     select,
     verdict,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from inodewatch.report import parse_line, parse_lines
+from inodewatch.logread import parse_line, parse_lines
 
 GOOD = [
     '{"timestamp": "2026-01-02T03:04:05.000000Z", "level": "info", "event": "target.attached", '
@@ -33,10 +33,10 @@ BAD_VALUES = {
     "-1e400": warning()[:-1] + ', "detail": [1, -1e400]}',
     # more digits than Python converts (its int-str limit)
     "an integer of 5000 digits": warning()[:-1] + ', "detail": ' + "9" * 5000 + "}",
-    # deeper than anything the daemon logs: decoding or printing it back would recurse
+    # too deep for the decoder: RecursionError
     "nested 100,000 deep": warning()[:-1] + ', "detail": ' + "[" * 100_000 + "]" * 100_000 + "}",
-    "nested 500 deep": warning()[:-1] + ', "detail": ' + '{"a": ' * 500 + "1" + "}" * 500 + "}",
 }
+DEEP = warning()[:-1] + ', "detail": ' + '{"a": ' * 500 + "1" + "}" * 500 + "}"
 
 
 @pytest.mark.parametrize("name", BAD_VALUES)
@@ -47,7 +47,7 @@ def test_a_bad_value_makes_its_line_a_bad_line(name):
 
 
 def test_values_just_inside_the_limits_are_kept():
-    for detail in ("1e308", "-1e308", "9" * 4000, "[" * 60 + "]" * 60, "5e-400"):
+    for detail in ("1e308", "-1e308", "9" * 4000, "[" * 60 + "]" * 60, "5e-400", "[1e-400]"):
         assert parse_line((warning()[:-1] + f', "detail": {detail}}}').encode()) is not None
     event = parse_line(b'{"timestamp": "9999-12-31T23:59:59+01:00", "event": "x"}')
     assert event is not None and event.time.year == 9999
@@ -87,3 +87,17 @@ def test_year_one_and_year_9999_print_as_iso_times(tmp_path: Path):
     out = run_cli("report", str(log)).stdout
     assert "  0001-01-01T00:00:00.000000Z  watch.degraded" in out
     assert "  9999-12-31T23:59:59.999999Z  watch.degraded" in out
+
+
+def test_a_deep_value_the_decoder_takes_is_printed_back_whole(tmp_path: Path):
+    """What is kept of a line is printed from its own text, never encoded again from the
+    decoded value (json.dumps would recurse as deep as the decoder did)."""
+    log = tmp_path / "events.json"
+    log.write_text("\n".join([GOOD[0], DEEP, GOOD[1]]) + "\n")
+    result = run_cli("report", "--json", str(log))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1], parse_constant=None)
+    assert summary["warnings"] == [json.loads(DEEP)] and summary["skipped"] == 0
+    text = run_cli("report", str(log))
+    assert text.returncode == 0 and "internal error" not in text.stderr
+    assert "watch.degraded       detail={\"a\": {\"a\"" in text.stdout
