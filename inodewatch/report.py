@@ -31,6 +31,15 @@ up to --until; --since only trims the timeline shown, so a file replaced before 
                   still running at the end of the log"
   running        "pid 7 (nginx) was still running at the end of the log; nothing diverged"
 
+Intervals ("1.2 s after", a reload's "0.300 s after") are not computed across a pause of the
+daemon: when a watch.gap was logged after the first event and at or before the second, the
+sentence says "after ... (the interval is unknown: the daemon was paused 27.3 s in between)";
+when the first event was logged within RESUME_BLUR (2 s) after a watch.gap, it was found by
+the daemon's re-read at the resume and carries the resume's time, not its own: "(the interval
+is unknown: the write was logged as the daemon resumed from a pause of 27.3 s)".  A gap has
+no pid: any watch.gap counts, whichever daemon logged it.  An end earlier than its start
+(the log's clock went back) has no interval either.
+
 "At the end of the log" becomes "at T" when --until cut the life short.  The daemon logs no
 event when a diverged file is closed or unmapped, so running_stale lists the divergences as
 last reported (a re-attach resets them: the daemon reports again what is still diverged; not
@@ -49,7 +58,8 @@ than HOLD_BUDGET bytes of finished targets wait behind one still running, they a
 as they are.
 
 Output.  Text: per target a header, its events in the window and the verdict; then the
-daemon's own warnings (watch.overflow, watch.degraded; the first and last WARNINGS_SHOWN)
+daemon's own warnings (watch.overflow, watch.degraded, watch.gap: every daemon-wide event of
+level warning or above; the first and last WARNINGS_SHOWN)
 and a summary line.  Every value from the log is passed through escape_control: names are
 untrusted.  --json: JSON lines, one `{"type": "target", "pid", "comm", "start_time",
 "outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
@@ -83,6 +93,9 @@ LAST_SHOWN = 20
 WARNINGS_SHOWN = 10  # first and last
 MAX_REMEMBERED = 64
 LINGER = timedelta(seconds=10)
+# What the daemon logs right after a watch.gap is what its full re-read at the resume found:
+# it may have happened at any time during the pause (its timestamp is the resume's).
+RESUME_BLUR = timedelta(seconds=2)
 LIVES_BUDGET = 96 << 20
 HOLD_BUDGET = 16 << 20
 # What a life and one remembered fact cost beyond the text they hold, roughly, in CPython.
@@ -300,14 +313,25 @@ def _event(raw: bytes) -> LogEvent:
     return event
 
 
+class Mark(NamedTuple):
+    """When an event was logged, and where it stands among the daemon's pauses (watch.gap):
+    an interval is known only between two marks with no pause between them, the first not
+    logged right after one (see _interval)."""
+
+    time: datetime
+    gaps: int  # watch.gap events read before this one
+    paused: float  # their gap_s, summed (those that gave one)
+    resumed: float | None  # logged within RESUME_BLUR after a watch.gap: its gap_s (0: unknown)
+
+
 class Reload(NamedTuple):
     """A target's last reload of one path, and the first report of the held inode diverging."""
 
     path: Any  # as logged: _reload_text makes them text
     old_ino: Any
     new_ino: Any
-    time: datetime
-    diverged: tuple[str, datetime] | None  # (label, when)
+    mark: Mark
+    diverged: tuple[Divergence, Mark] | None
 
 
 class End(NamedTuple):
@@ -315,8 +339,33 @@ class End(NamedTuple):
 
     raw: bytes  # parsed again to judge: the `stale` list may be long
     name: str
-    time: datetime
-    overwrite: tuple[Divergence, datetime] | None
+    mark: Mark
+    overwrite: tuple[Divergence, Mark] | None
+
+
+class Pauses:
+    """The daemon's pauses read so far (watch.gap: daemon-wide, with no pid; logged when the
+    daemon resumed, so any event logged before it and one logged at or after it have a pause
+    between them, and what is logged right after it may have happened during it)."""
+
+    __slots__ = ("gaps", "paused", "last")
+
+    def __init__(self) -> None:
+        self.gaps = 0
+        self.paused = 0.0
+        self.last: tuple[datetime, float] | None = None  # the latest: when, gap_s (0: unknown)
+
+    def add(self, when: datetime, fields: Mapping[str, Any]) -> None:
+        seconds = fields.get("gap_s")
+        seconds = float(seconds) if type(seconds) in (int, float) and seconds > 0 else 0.0
+        self.gaps += 1
+        self.paused += seconds
+        self.last = (when, seconds)
+
+    def mark(self, when: datetime) -> Mark:
+        last = self.last
+        resumed = last[1] if last is not None and when - last[0] <= RESUME_BLUR else None
+        return _new(Mark, (when, self.gaps, self.paused, resumed))
 
 
 _new = tuple.__new__  # _new(Divergence, (...)): without the class's Python-level __new__
@@ -349,23 +398,25 @@ class Timeline:
     """One target life, followed event by event: what its verdict needs, and the events of the
     window kept for showing (as `keep` makes them)."""
 
-    __slots__ = ("pid", "seq", "budget", "comm", "start_time", "identity", "ended", "end",
+    __slots__ = ("pid", "seq", "budget", "pauses", "comm", "start_time", "identity", "ended", "end",
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
                  "cut_at", "dropped", "active")
 
-    def __init__(self, pid: int, seq: int, keep: Callable[[LogEvent], Any], budget: Budget) -> None:
+    def __init__(self, pid: int, seq: int, keep: Callable[[LogEvent], Any], budget: Budget,
+                 pauses: Pauses) -> None:
         self.pid = pid
         self.seq = seq  # the order lives began in
         self.budget = budget
+        self.pauses = pauses
         self.comm: str | None = None  # from its latest attach that gives it (judged part)
         self.start_time: str | None = None
         self.identity: str | None = None  # the latest start_time of any attach: pid reuse
         self.ended = False  # an end seen, judged or not: a later attach is a new life
         self.end: End | None = None
-        self.overwrite: tuple[Divergence, datetime] | None = None  # the last one so far
+        self.overwrite: tuple[Divergence, Mark] | None = None  # the last one so far
         self.perms: Memo[int, str] = Memo(budget)  # mapped inode -> perms, as last logged
         self.live = Live(budget)
-        self.first_diverged: Memo[tuple[str, int | None], tuple[str, datetime]] = Memo(budget)
+        self.first_diverged: Memo[tuple[str, int | None], tuple[Divergence, Mark]] = Memo(budget)
         self.reloads: Memo[str | None, Reload] = Memo(budget)  # per path, its last reload
         self.shown = Shown(FIRST_SHOWN, LAST_SHOWN, keep, budget)
         self.last_time: datetime | None = None  # of its last judged event
@@ -406,9 +457,10 @@ class Timeline:
                 self.live.put(d, when)
                 if subject == "mapping":
                     if (d.path, d.ino) not in self.first_diverged:
-                        self.first_diverged.put((d.path, d.ino), (d.label, when), d.size)
+                        self.first_diverged.put((d.path, d.ino), (d, self.pauses.mark(when)),
+                                                d.size)
                     if kind == "overwritten":
-                        self.overwrite = (d, when)
+                        self.overwrite = (d, self.pauses.mark(when))
             if subject == "mapping" and type(ino := f.get("mapped_ino")) is int:
                 perms = f.get("perms")
                 if perms and type(perms) is str and self.perms.get(ino) != perms:
@@ -422,7 +474,7 @@ class Timeline:
                 self.live.clear()  # a (re-)attach reports afresh whatever is diverged
         elif name in ENDS:
             self.budget.used += len(e.raw) - (len(self.end.raw) if self.end is not None else 0)
-            self.end = _new(End, (e.raw, name, when, self.overwrite))
+            self.end = _new(End, (e.raw, name, self.pauses.mark(when), self.overwrite))
 
     def _reloaded(self, f: Mapping[str, Any], when: datetime) -> None:
         path, old = _str(f, "path"), _int(f, "old_ino")
@@ -434,8 +486,8 @@ class Timeline:
         self.first_diverged.pop((path, old))
         if old is not None:
             self.perms.pop(old)
-        self.reloads.put(path, _new(Reload, (f.get("path"), f.get("old_ino"), f.get("new_ino"), when,
-                                        diverged)), len(path or ""))
+        self.reloads.put(path, _new(Reload, (f.get("path"), f.get("old_ino"), f.get("new_ino"),
+                                             self.pauses.mark(when), diverged)), len(path or ""))
 
 
 # --- verdicts -----------------------------------------------------------------------------
@@ -453,6 +505,28 @@ def format_time(when: datetime) -> str:
 def _delay(start: datetime, end: datetime) -> str:
     seconds = (end - start).total_seconds()
     return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds:.3f} s"
+
+
+# What was logged, as a noun: "the write was logged as the daemon resumed"
+NOUNS = {"overwritten": "the write", "replaced": "the replacement", "deleted": "the deletion",
+         "renamed": "the rename", "missing": "the removal"}
+
+
+def _interval(start: Mark, end: Mark, what: Divergence) -> tuple[str, str]:
+    """(" 1.2 s", "") when the interval from `start` to `end` is known; ("", " (the interval is
+    unknown: why)") when a pause of the daemon lies between them, `start` (`what`) was logged
+    as the daemon resumed from one, or the log's clock went back."""
+    if end.gaps > start.gaps:
+        length = f" {end.paused - start.paused:.1f} s" if end.paused > start.paused else ""
+        why = f"the daemon was paused{length} in between"
+    elif start.resumed is not None:
+        length = f" of {start.resumed:.1f} s" if start.resumed else ""
+        why = f"{NOUNS[what.kind]} was logged as the daemon resumed from a pause{length}"
+    elif end.time < start.time:
+        why = "the log's clock went back in between"
+    else:
+        return f" {_delay(start.time, end.time)}", ""
+    return "", f" (the interval is unknown: {why})"
 
 
 def _plural(n: int, word: str) -> str:
@@ -509,15 +583,16 @@ def _exit_verdict(t: Timeline, end: End, fields: Mapping[str, Any]) -> Verdict:
         if end.overwrite is None:
             return Verdict("killed", killed + _stale_clause(stale))
         # The last overwrite before the death: the likeliest cause, and the shortest delay.
-        over, when = end.overwrite
+        over, mark = end.overwrite
         details = [f"inode {over.ino}"] if over.ino is not None else []
         if (perms := _perms(t, over.ino, stale_fields)) is not None:
             details.append(f"mapped {escape_control(perms)}")
         file = escape_control(over.path) + (f" ({', '.join(details)})" if details else "")
         rest = [d for d in stale if d.file != over.file or d.kind != "overwritten"]
+        delay, unknown = _interval(mark, end.mark, over)
         return Verdict("crashed_after_overwrite",
-                       f"{killed} {_delay(when, end.time)} after {file} was overwritten "
-                       f"in place{_stale_clause(rest)}")
+                       f"{killed}{delay} after {file} was overwritten in place{unknown}"
+                       f"{_stale_clause(rest)}")
     code = _int(fields, "exit_code")
     if code is not None:
         return Verdict("exited", f"{who} exited with status {code}{_stale_clause(stale)}")
@@ -530,8 +605,9 @@ def _reload_text(r: Reload) -> str:
     text = f"reloaded {_text(r.path)} (inode {_text(r.old_ino)} -> {_text(r.new_ino)})"
     if r.diverged is None:
         return text
-    label, when = r.diverged
-    return f"{text} {_delay(when, r.time)} after it was {label}"
+    d, mark = r.diverged
+    delay, unknown = _interval(mark, r.mark, d)
+    return f"{text}{delay} after it was {d.label}{unknown}"
 
 
 def _end_of_log(t: Timeline) -> str:
@@ -595,6 +671,7 @@ class Tracker:
         self.open: dict[int, Timeline] = {}  # by pid
         self.ended: deque[tuple[datetime, Timeline]] = deque()  # as they ended, for LINGER
         self.budget = Budget()
+        self.pauses = Pauses()
         self.seq = 0
         self.now: datetime | None = None  # the latest time seen
         self.warnings: Shown[Any] = Shown(WARNINGS_SHOWN, WARNINGS_SHOWN, keep, Budget())
@@ -607,7 +684,9 @@ class Tracker:
                 self._finish(self.ended.popleft()[1])
         window = self.window
         if pid is None:
-            if fields.get("level") in WARNING_LEVELS and window.shows(when):
+            if name == "watch.gap" and (window.until is None or when <= window.until):
+                self.pauses.add(when, fields)
+            if (fields.get("level") in WARNING_LEVELS or name == "watch.gap") and window.shows(when):
                 self.warnings.add(e)
             return
         if window.pids is not None and pid not in window.pids:
@@ -616,7 +695,7 @@ class Tracker:
         if life is None or (name == "target.attached" and life.starts_anew(e)):
             if life is not None:
                 self._finish(life)
-            life = self.open[pid] = Timeline(pid, self.seq, self.keep, self.budget)
+            life = self.open[pid] = Timeline(pid, self.seq, self.keep, self.budget, self.pauses)
             self.seq += 1
             self.begin(life)
         life.active = when

@@ -9,6 +9,9 @@ import io
 import json
 import os
 import random
+import re
+import signal
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TIMEOUT
+from inodewatch.daemon import GAP_THRESHOLD
 from inodewatch.logread import parse_lines, read_events
 from inodewatch.report import (
     ReportError,
@@ -182,6 +186,67 @@ def test_pid_reuse_starts_a_new_life():
     assert [(t.pid, t.comm, len(t.events)) for t in lives] == [
         (38314, "reload", 2), (38314, "other", 1), (38314, "third", 2)]
     assert [verdict(t).outcome for t in lives] == ["killed", "running", "running"]
+
+
+# --- the daemon's pauses ---------------------------------------------------------------------
+
+
+def gap(seconds: float, gap_s: object = 27.3) -> str:
+    return line(seconds, "watch.gap", None, "warning", gap_s=gap_s,
+                detail="the daemon did not run for 27.3 s")
+
+
+def test_no_interval_is_computed_across_a_pause_of_the_daemon():
+    """SIGSTOP the daemon after it logged the write, the crash is logged when it resumes: the
+    0.002 s between the two lines is not how long the process lived after the write."""
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN), gap(28.3),
+                    exited(28.302, signal="SIGSEGV")) == [
+        "pid 38314 (reload) was killed by SIGSEGV after /opt/demo/so.so (inode 2146358) was "
+        "overwritten in place (the interval is unknown: the daemon was paused 27.3 s in between)"]
+    # two pauses in between: their lengths add up; a gap_s that is not a number has none
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN), gap(30, 3),
+                    gap(40, 4.5), exited(41, signal="SIGSEGV"))[0].endswith(
+        "(the interval is unknown: the daemon was paused 7.5 s in between)")
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN), gap(30, "long"),
+                    exited(41, signal="SIGSEGV"))[0].endswith(
+        "(the interval is unknown: the daemon was paused in between)")
+
+
+def test_what_is_logged_as_the_daemon_resumes_has_no_known_time():
+    """The daemon was stopped, the file written and the process killed meanwhile: its re-read at
+    the resume logs both with the resume's time (the issue's "0.002 s after")."""
+    assert verdicts(attached(0), gap(30), line(30.001, "mapping.overwritten", **OVERWRITTEN),
+                    exited(30.003, signal="SIGSEGV")) == [
+        "pid 38314 (reload) was killed by SIGSEGV after /opt/demo/so.so (inode 2146358) was "
+        "overwritten in place (the interval is unknown: the write was logged as the daemon "
+        "resumed from a pause of 27.3 s)"]
+    # well after the resume, the daemon was watching again: the interval is known
+    assert verdicts(attached(0), gap(30), line(40, "mapping.overwritten", **OVERWRITTEN),
+                    exited(40.5, signal="SIGSEGV"))[0].endswith(
+        "0.500 s after /opt/demo/so.so (inode 2146358) was overwritten in place")
+
+
+def test_a_reload_across_a_pause_has_no_known_delay():
+    assert verdicts(attached(0), line(1, "mapping.replaced", **REPLACED), gap(31),
+                    line(31.01, "mapping.reloaded", path=SO, old_ino=2146358, new_ino=2146377)) == [
+        "pid 38314 (reload) reloaded /opt/demo/so.so (inode 2146358 -> 2146377) after it was "
+        "replaced (the interval is unknown: the daemon was paused 27.3 s in between); still "
+        "running at the end of the log"]
+    assert verdicts(attached(0), gap(31), line(31.5, "mapping.replaced", **REPLACED),
+                    line(32, "mapping.reloaded", path=SO, old_ino=2146358, new_ino=2146377))[0] == (
+        "pid 38314 (reload) reloaded /opt/demo/so.so (inode 2146358 -> 2146377) after it was "
+        "replaced (the interval is unknown: the replacement was logged as the daemon resumed "
+        "from a pause of 27.3 s); still running at the end of the log")
+
+
+def test_a_pause_is_listed_among_the_daemon_warnings(tmp_path):
+    log = write(tmp_path / "events.json", [attached(0), gap(30), exited(31, exit_code=0)])
+    out = report(str(log))
+    assert out.endswith("daemon warnings:\n"
+                        f"  {stamp(30)}  watch.gap            gap_s=27.3 detail=the daemon did not "
+                        "run for 27.3 s\nread 1 file, 3 events, skipped 0 bad lines\n")
+    summary = json.loads(report(str(log), "--json").splitlines()[-1])
+    assert [w["event"] for w in summary["warnings"]] == ["watch.gap"]
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -388,3 +453,60 @@ def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp
     assert [e["event"] for e in target["timeline"]] == [
         "target.attached", "mapping.overwritten", "target.exited"]
     assert (summary["files"], summary["skipped"], summary["targets"]) == (2, 0, 1)
+
+
+def _paused(watcher, stimulus) -> None:
+    """SIGSTOP the daemon, do `stimulus`, keep it stopped past the gap threshold, SIGCONT."""
+    watcher.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        stimulus()
+        # The pause itself is the stimulus: it must outlast the gap threshold.
+        time.sleep(max(0.0, GAP_THRESHOLD + 0.5 - (time.monotonic() - stopped)))
+    finally:
+        watcher.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.integration
+def test_a_crash_while_the_daemon_was_paused_has_no_interval(start_demo, start_watcher):
+    """The write is logged, then the daemon is stopped and the process crashes: the exit is
+    logged at the resume, after watch.gap.  The report names the pause, not "0.002 s"."""
+    demo = start_demo("leak", interval_ms=60_000)  # ticks only when told
+    watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
+    demo.copy_lib("so2.so")
+    watcher.log.wait("mapping.overwritten", pid=demo.pid)
+
+    def crash() -> None:
+        demo.proc.send_signal(signal.SIGUSR1)  # its next dlopen runs the overwritten code
+        demo.wait_exit()
+    _paused(watcher, crash)
+    watcher.log.wait("target.exited", pid=demo.pid)
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0
+    names = watcher.log.names()
+    assert names.index("mapping.overwritten") < names.index("watch.gap") < names.index("target.exited")
+    out = report(str(watcher.log.path))
+    verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+    assert re.fullmatch(
+        rf"  verdict: pid {demo.pid} \(reload\) was killed by SIG(SEGV|BUS) after "
+        rf"{re.escape(os.fsdecode(demo.lib))} \(inode \d+[^)]*\) was overwritten in place "
+        r"\(the interval is unknown: the daemon was paused \d+\.\d s in between\)", verdict_line)
+    assert "daemon warnings:" in out and "watch.gap" in out.split("daemon warnings:")[1]
+
+
+@pytest.mark.integration
+def test_a_write_and_a_crash_during_a_pause_have_no_interval(start_demo, start_watcher):
+    """The issue's case: both happen while the daemon is stopped, both are logged at the
+    resume with its time, milliseconds apart."""
+    demo = start_demo("leak", interval_ms=100)
+    watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
+
+    def overwrite_and_crash() -> None:
+        demo.copy_lib("so2.so")
+        demo.wait_exit()
+    _paused(watcher, overwrite_and_crash)
+    watcher.log.wait("target.exited", pid=demo.pid)
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0
+    out = report(str(watcher.log.path))
+    verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+    assert re.search(r"was overwritten in place \(the interval is unknown: the write was logged as "
+                     r"the daemon resumed from a pause of \d+\.\d s\)$", verdict_line), verdict_line
