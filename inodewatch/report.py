@@ -40,6 +40,14 @@ is unknown: the write was logged as the daemon resumed from a pause of 27.3 s)".
 no pid: any watch.gap counts, whichever daemon logged it.  An end earlier than its start
 (the log's clock went back) has no interval either.
 
+Whose.  Target events carry the process's `uid` and mount namespace (`mnt_ns`), and
+daemon.started the daemon's own: the header and the verdict say "pid 7 (reload, uid 1001)",
+and a target whose namespace differs from the daemon's (the latest daemon.started before its
+event) gets a note: "...; note: this process runs in another mount namespace (mnt:[X]) than
+the daemon's (mnt:[Y]): its /opt/demo/so.so is not necessarily the host's file" (a user in
+`unshare -Urm` can bind her own file over any path there).  No daemon.started read (rotated
+away): no note, `foreign_namespace` null.
+
 "At the end of the log" becomes "at T" when --until cut the life short.  The daemon logs no
 event when a diverged file is closed or unmapped, so running_stale lists the divergences as
 last reported (a re-attach resets them: the daemon reports again what is still diverged; not
@@ -61,8 +69,8 @@ Output.  Text: per target a header, its events in the window and the verdict; th
 daemon's own warnings (watch.overflow, watch.degraded, watch.gap: every daemon-wide event of
 level warning or above; the first and last WARNINGS_SHOWN)
 and a summary line.  Every value from the log is passed through escape_control: names are
-untrusted.  --json: JSON lines, one `{"type": "target", "pid", "comm", "start_time",
-"outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
+untrusted.  --json: JSON lines, one `{"type": "target", "pid", "comm", "start_time", "uid",
+"mnt_ns", "foreign_namespace", "outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
 logged; when some are not shown, `events_not_shown` counts them and `not_shown_after` says
 after which entry), then one `{"type": "summary", "files", "events", "skipped", "targets",
 "warnings"}` (`warnings_not_shown` and `out_of_order` when not zero).
@@ -111,6 +119,7 @@ V = TypeVar("V")
 class Verdict:
     outcome: str
     text: str  # terminal-safe
+    paths: tuple[str, ...] = ()  # the files it names, as logged
 
 
 class Divergence(NamedTuple):
@@ -343,19 +352,21 @@ class End(NamedTuple):
     overwrite: tuple[Divergence, Mark] | None
 
 
-class Pauses:
-    """The daemon's pauses read so far (watch.gap: daemon-wide, with no pid; logged when the
-    daemon resumed, so any event logged before it and one logged at or after it have a pause
-    between them, and what is logged right after it may have happened during it)."""
+class DaemonState:
+    """What the daemon's own events said so far: its pauses (watch.gap: daemon-wide, with no
+    pid; logged when the daemon resumed, so any event logged before it and one logged at or
+    after it have a pause between them, and what is logged right after it may have happened
+    during it), and its mount namespace (daemon.started)."""
 
-    __slots__ = ("gaps", "paused", "last")
+    __slots__ = ("gaps", "paused", "last", "mnt_ns")
 
     def __init__(self) -> None:
         self.gaps = 0
         self.paused = 0.0
         self.last: tuple[datetime, float] | None = None  # the latest: when, gap_s (0: unknown)
+        self.mnt_ns: int | None = None  # the latest daemon.started's
 
-    def add(self, when: datetime, fields: Mapping[str, Any]) -> None:
+    def paused_at(self, when: datetime, fields: Mapping[str, Any]) -> None:
         seconds = fields.get("gap_s")
         seconds = float(seconds) if type(seconds) in (int, float) and seconds > 0 else 0.0
         self.gaps += 1
@@ -398,17 +409,20 @@ class Timeline:
     """One target life, followed event by event: what its verdict needs, and the events of the
     window kept for showing (as `keep` makes them)."""
 
-    __slots__ = ("pid", "seq", "budget", "pauses", "comm", "start_time", "identity", "ended", "end",
+    __slots__ = ("pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns", "start_time", "identity", "ended", "end",
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
                  "cut_at", "dropped", "active")
 
     def __init__(self, pid: int, seq: int, keep: Callable[[LogEvent], Any], budget: Budget,
-                 pauses: Pauses) -> None:
+                 daemon: DaemonState) -> None:
         self.pid = pid
         self.seq = seq  # the order lives began in
         self.budget = budget
-        self.pauses = pauses
+        self.daemon = daemon
         self.comm: str | None = None  # from its latest attach that gives it (judged part)
+        self.uid: int | None = None  # from its latest event that gives them
+        self.mnt_ns: int | None = None
+        self.host_mnt_ns: int | None = None  # the daemon's, as that event was logged
         self.start_time: str | None = None
         self.identity: str | None = None  # the latest start_time of any attach: pid reuse
         self.ended = False  # an end seen, judged or not: a later attach is a new life
@@ -434,6 +448,13 @@ class Timeline:
                 + self.reloads.bytes)
 
     @property
+    def foreign_namespace(self) -> bool | None:
+        """Whether it ran in another mount namespace than the daemon; None: one is unknown."""
+        if self.mnt_ns is None or self.host_mnt_ns is None:
+            return None
+        return self.mnt_ns != self.host_mnt_ns
+
+    @property
     def events(self) -> list[Any]:
         """The events kept for showing, oldest first (all of them when there were few)."""
         head, tail = self.shown.items()
@@ -449,6 +470,10 @@ class Timeline:
         """Take in one event of the life, up to --until."""
         f, name, when = e.fields, e.name, e.time
         self.last_time = when
+        if type(uid := f.get("uid")) is int:
+            self.uid = uid
+        if type(mnt_ns := f.get("mnt_ns")) is int:
+            self.mnt_ns, self.host_mnt_ns = mnt_ns, self.daemon.mnt_ns
         subject, _, kind = name.partition(".")
         if subject == "mapping" or subject == "fd":
             if kind == "reloaded" and subject == "mapping":
@@ -457,10 +482,10 @@ class Timeline:
                 self.live.put(d, when)
                 if subject == "mapping":
                     if (d.path, d.ino) not in self.first_diverged:
-                        self.first_diverged.put((d.path, d.ino), (d, self.pauses.mark(when)),
+                        self.first_diverged.put((d.path, d.ino), (d, self.daemon.mark(when)),
                                                 d.size)
                     if kind == "overwritten":
-                        self.overwrite = (d, self.pauses.mark(when))
+                        self.overwrite = (d, self.daemon.mark(when))
             if subject == "mapping" and type(ino := f.get("mapped_ino")) is int:
                 perms = f.get("perms")
                 if perms and type(perms) is str and self.perms.get(ino) != perms:
@@ -474,7 +499,7 @@ class Timeline:
                 self.live.clear()  # a (re-)attach reports afresh whatever is diverged
         elif name in ENDS:
             self.budget.used += len(e.raw) - (len(self.end.raw) if self.end is not None else 0)
-            self.end = _new(End, (e.raw, name, self.pauses.mark(when), self.overwrite))
+            self.end = _new(End, (e.raw, name, self.daemon.mark(when), self.overwrite))
 
     def _reloaded(self, f: Mapping[str, Any], when: datetime) -> None:
         path, old = _str(f, "path"), _int(f, "old_ino")
@@ -487,14 +512,17 @@ class Timeline:
         if old is not None:
             self.perms.pop(old)
         self.reloads.put(path, _new(Reload, (f.get("path"), f.get("old_ino"), f.get("new_ino"),
-                                             self.pauses.mark(when), diverged)), len(path or ""))
+                                             self.daemon.mark(when), diverged)), len(path or ""))
 
 
 # --- verdicts -----------------------------------------------------------------------------
 
 
 def _who(t: Timeline) -> str:
-    return f"pid {t.pid} ({escape_control(t.comm)})" if t.comm is not None else f"pid {t.pid}"
+    """"pid 7 (reload, uid 1001)": what is known of it."""
+    known = [escape_control(t.comm)] if t.comm is not None else []
+    known += [f"uid {t.uid}"] if t.uid is not None else []
+    return f"pid {t.pid} ({', '.join(known)})" if known else f"pid {t.pid}"
 
 
 def format_time(when: datetime) -> str:
@@ -581,7 +609,7 @@ def _exit_verdict(t: Timeline, end: End, fields: Mapping[str, Any]) -> Verdict:
         if fields.get("core_dumped") is True:
             killed += " (core dumped)"
         if end.overwrite is None:
-            return Verdict("killed", killed + _stale_clause(stale))
+            return Verdict("killed", killed + _stale_clause(stale), _paths(stale))
         # The last overwrite before the death: the likeliest cause, and the shortest delay.
         over, mark = end.overwrite
         details = [f"inode {over.ino}"] if over.ino is not None else []
@@ -592,13 +620,19 @@ def _exit_verdict(t: Timeline, end: End, fields: Mapping[str, Any]) -> Verdict:
         delay, unknown = _interval(mark, end.mark, over)
         return Verdict("crashed_after_overwrite",
                        f"{killed}{delay} after {file} was overwritten in place{unknown}"
-                       f"{_stale_clause(rest)}")
+                       f"{_stale_clause(rest)}", _paths([over, *rest]))
     code = _int(fields, "exit_code")
     if code is not None:
-        return Verdict("exited", f"{who} exited with status {code}{_stale_clause(stale)}")
+        return Verdict("exited", f"{who} exited with status {code}{_stale_clause(stale)}",
+                       _paths(stale))
     how = (" (seen through a pidfd, without the proc connector)"
            if _str(fields, "status_source") == "pidfd" else "")
-    return Verdict("exit_unknown", f"{who} exited with an unknown status{how}{_stale_clause(stale)}")
+    return Verdict("exit_unknown", f"{who} exited with an unknown status{how}{_stale_clause(stale)}",
+                   _paths(stale))
+
+
+def _paths(divergences: Iterable[Divergence]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(d.path for d in divergences))
 
 
 def _reload_text(r: Reload) -> str:
@@ -618,12 +652,28 @@ def _end_of_log(t: Timeline) -> str:
 
 
 def verdict(t: Timeline) -> Verdict:
-    """What happened to this target, in one terminal-safe sentence (see the module docstring)."""
+    """What happened to this target, in one terminal-safe sentence (see the module docstring);
+    with a note when it ran in another mount namespace than the daemon."""
+    judged = _verdict(t)
+    if not t.foreign_namespace:
+        return judged
+    if len(judged.paths) == 1:
+        whose = f"its {escape_control(judged.paths[0])} is not necessarily the host's file"
+    else:
+        whose = (f"the files named here are not necessarily the host's" if judged.paths
+                 else "the paths in its events are not necessarily the host's files")
+    return Verdict(judged.outcome, f"{judged.text}; note: this process runs in another mount "
+                   f"namespace (mnt:[{t.mnt_ns}]) than the daemon's (mnt:[{t.host_mnt_ns}]): "
+                   f"{whose}", judged.paths)
+
+
+def _verdict(t: Timeline) -> Verdict:
     if t.end is not None:
         fields = _event(t.end.raw).fields
         if t.end.name == "target.lost":
+            stale = _stale(fields)[1]
             return Verdict("lost", f"{_who(t)} ended while the daemon was not running, how is "
-                                   f"unknown{_stale_clause(_stale(fields)[1])}")
+                                   f"unknown{_stale_clause(stale)}", _paths(stale))
         return _exit_verdict(t, t.end, fields)
     who, end = _who(t), _end_of_log(t)
     if len(t.live):
@@ -634,10 +684,12 @@ def verdict(t: Timeline) -> Verdict:
         more = (f", and {_plural(t.live.forgotten, 'older divergence')} not kept (more than "
                 f"{MAX_REMEMBERED} at once)" if t.live.forgotten else "")
         return Verdict("running_stale", f"{who} was still {what} {end}: "
-                       + ", ".join(_describe_files(ordered)) + more)
+                       + ", ".join(_describe_files(ordered)) + more, _paths(d for d, _ in ordered))
     if len(t.reloads):
-        done = "; ".join(_reload_text(r) for _, r in t.reloads.items())
-        return Verdict("reloaded", f"{who} {done}; still running {end}")
+        reloads = [r for _, r in t.reloads.items()]
+        done = "; ".join(_reload_text(r) for r in reloads)
+        return Verdict("reloaded", f"{who} {done}; still running {end}",
+                       tuple(dict.fromkeys(r.path for r in reloads if isinstance(r.path, str))))
     return Verdict("running", f"{who} was still running {end}; nothing diverged")
 
 
@@ -671,7 +723,7 @@ class Tracker:
         self.open: dict[int, Timeline] = {}  # by pid
         self.ended: deque[tuple[datetime, Timeline]] = deque()  # as they ended, for LINGER
         self.budget = Budget()
-        self.pauses = Pauses()
+        self.daemon = DaemonState()
         self.seq = 0
         self.now: datetime | None = None  # the latest time seen
         self.warnings: Shown[Any] = Shown(WARNINGS_SHOWN, WARNINGS_SHOWN, keep, Budget())
@@ -684,8 +736,11 @@ class Tracker:
                 self._finish(self.ended.popleft()[1])
         window = self.window
         if pid is None:
-            if name == "watch.gap" and (window.until is None or when <= window.until):
-                self.pauses.add(when, fields)
+            if window.until is None or when <= window.until:
+                if name == "watch.gap":
+                    self.daemon.paused_at(when, fields)
+                elif name == "daemon.started" and type(mnt_ns := fields.get("mnt_ns")) is int:
+                    self.daemon.mnt_ns = mnt_ns
             if (fields.get("level") in WARNING_LEVELS or name == "watch.gap") and window.shows(when):
                 self.warnings.add(e)
             return
@@ -695,7 +750,7 @@ class Tracker:
         if life is None or (name == "target.attached" and life.starts_anew(e)):
             if life is not None:
                 self._finish(life)
-            life = self.open[pid] = Timeline(pid, self.seq, self.keep, self.budget, self.pauses)
+            life = self.open[pid] = Timeline(pid, self.seq, self.keep, self.budget, self.daemon)
             self.seq += 1
             self.begin(life)
         life.active = when
@@ -718,6 +773,8 @@ class Tracker:
     def _finish(self, life: Timeline) -> None:
         if self.open.get(life.pid) is life:
             del self.open[life.pid]
+            if life.host_mnt_ns is None:  # its events came before any daemon.started read
+                life.host_mnt_ns = self.daemon.mnt_ns
             self.budget.used -= life.cost
             self.done(life)
 
@@ -898,8 +955,9 @@ def render_target(t: Timeline, as_json: bool) -> str:
                           f"  verdict: {judged.text}", "", ""])
     head, tail = t.shown.items()
     record: dict[str, Any] = {"type": "target", "pid": t.pid, "comm": t.comm,
-                              "start_time": t.start_time, "outcome": judged.outcome,
-                              "verdict": judged.text}
+                              "start_time": t.start_time, "uid": t.uid, "mnt_ns": t.mnt_ns,
+                              "foreign_namespace": t.foreign_namespace,
+                              "outcome": judged.outcome, "verdict": judged.text}
     if t.shown.not_shown:
         record.update(events_not_shown=t.shown.not_shown, not_shown_after=len(head))
     # ensure_ascii: plain ASCII, no raw control or bidi character; allow_nan=False: a guard

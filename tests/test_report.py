@@ -10,7 +10,10 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -249,6 +252,60 @@ def test_a_pause_is_listed_among_the_daemon_warnings(tmp_path):
     assert [w["event"] for w in summary["warnings"]] == ["watch.gap"]
 
 
+# --- whose process, in which mount namespace --------------------------------------------------
+
+HOST_NS, OWN_NS = 4026531841, 4026532577
+
+
+def started(seconds: float, mnt_ns: int = HOST_NS) -> str:
+    return line(seconds, "daemon.started", None, version="0.1.0", targets=[], mnt_ns=mnt_ns)
+
+
+def test_a_target_in_another_mount_namespace_is_said_so(tmp_path):
+    """A user in `unshare -Urm` can bind her own file over any path in her namespace: the
+    crash story is about her file, whatever the path says."""
+    theirs = {"uid": 1001, "mnt_ns": OWN_NS}
+    log = write(tmp_path / "events.json", [
+        started(0), attached(1, **theirs), line(2, "mapping.overwritten", **OVERWRITTEN, **theirs),
+        line(2.5, "target.exited", level="warning", exit_code=None, signal="SIGSEGV",
+             core_dumped=False, status_source="proc_connector", stale=[], **theirs)])
+    out = report(str(log))
+    assert out.startswith("pid 38314 (reload, uid 1001)\n")
+    assert ("  verdict: pid 38314 (reload, uid 1001) was killed by SIGSEGV 0.500 s after "
+            "/opt/demo/so.so (inode 2146358) was overwritten in place; note: this process runs in "
+            f"another mount namespace (mnt:[{OWN_NS}]) than the daemon's (mnt:[{HOST_NS}]): its "
+            "/opt/demo/so.so is not necessarily the host's file\n") in out
+    target = json.loads(report(str(log), "--json").splitlines()[0])
+    assert (target["uid"], target["mnt_ns"], target["foreign_namespace"]) == (1001, OWN_NS, True)
+
+
+def test_a_target_in_the_daemons_namespace_or_an_unknown_one_has_no_note(tmp_path):
+    ours = {"uid": 0, "mnt_ns": HOST_NS}
+    lines = [started(0), attached(1, **ours), line(2, "mapping.deleted", **DELETED, **ours)]
+    target = json.loads(report(str(write(tmp_path / "a.json", lines)), "--json").splitlines()[0])
+    assert (target["uid"], target["foreign_namespace"]) == (0, False)
+    assert "note:" not in target["verdict"] and target["verdict"].startswith("pid 38314 (reload, uid 0)")
+    # the daemon.started line rotated away: whose namespace it was is unknown, nothing said
+    target = json.loads(report(str(write(tmp_path / "b.json", lines[1:])), "--json").splitlines()[0])
+    assert target["foreign_namespace"] is None and "note:" not in target["verdict"]
+    # an old log without uid or mnt_ns: as before
+    target = json.loads(report(str(write(tmp_path / "c.json", [attached(1)])), "--json").splitlines()[0])
+    assert (target["uid"], target["mnt_ns"], target["foreign_namespace"]) == (None, None, None)
+
+
+def test_the_note_names_what_the_verdict_names():
+    theirs = {"uid": 1001, "mnt_ns": OWN_NS}
+    other = {**DELETED, "path": "/opt/demo/b.so", "mapped_ino": 7}
+    text, = verdicts(started(0), attached(1, **theirs), line(2, "mapping.deleted", **DELETED, **theirs),
+                     line(3, "mapping.deleted", **other, **theirs))
+    assert text.endswith("(mnt:[4026531841]): the files named here are not necessarily the host's")
+    text, = verdicts(started(0), attached(1, **theirs))
+    assert text == ("pid 38314 (reload, uid 1001) was still running at the end of the log; nothing "
+                    f"diverged; note: this process runs in another mount namespace (mnt:[{OWN_NS}]) "
+                    f"than the daemon's (mnt:[{HOST_NS}]): the paths in its events are not "
+                    "necessarily the host's files")
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -442,7 +499,9 @@ def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp
 
     out = report(*paths, "--pid", str(demo.pid))
     verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
-    assert verdict_line.startswith(f"  verdict: pid {demo.pid} (reload) was killed by SIG")
+    # the real daemon logs whose process it is: the uid is in the verdict
+    assert verdict_line.startswith(
+        f"  verdict: pid {demo.pid} (reload, uid {os.getuid()}) was killed by SIG")
     assert any(f"killed by {sig} " in verdict_line for sig in ("SIGSEGV", "SIGBUS"))
     assert f"after {os.fsdecode(demo.lib)} (inode {os.stat(demo.lib).st_ino}" in verdict_line
     assert verdict_line.endswith("was overwritten in place")
@@ -487,7 +546,7 @@ def test_a_crash_while_the_daemon_was_paused_has_no_interval(start_demo, start_w
     out = report(str(watcher.log.path))
     verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
     assert re.fullmatch(
-        rf"  verdict: pid {demo.pid} \(reload\) was killed by SIG(SEGV|BUS) after "
+        rf"  verdict: pid {demo.pid} \(reload, uid {os.getuid()}\) was killed by SIG(SEGV|BUS) after "
         rf"{re.escape(os.fsdecode(demo.lib))} \(inode \d+[^)]*\) was overwritten in place "
         r"\(the interval is unknown: the daemon was paused \d+\.\d s in between\)", verdict_line)
     assert "daemon warnings:" in out and "watch.gap" in out.split("daemon warnings:")[1]
@@ -510,3 +569,58 @@ def test_a_write_and_a_crash_during_a_pause_have_no_interval(start_demo, start_w
     verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
     assert re.search(r"was overwritten in place \(the interval is unknown: the write was logged as "
                      r"the daemon resumed from a pause of \d+\.\d s\)$", verdict_line), verdict_line
+
+
+@pytest.mark.integration
+def test_a_spoofed_plugin_in_a_users_own_namespace_is_told_as_hers(attacker, demo_build,
+                                                                   start_watcher):
+    """The issue's spoof: a user in `unshare -Urm` binds her own .so over a root-owned plugin
+    path, runs the demo on it, overwrites her copy: the crash story names the real path, and
+    the report says the path is hers, in her mount namespace."""
+    base = Path(tempfile.mkdtemp(prefix="iw-spoof-"))
+    try:
+        base.chmod(0o755)
+        real = base / "plugins" / "so.so"  # the host's plugin, root's, untouched
+        real.parent.mkdir(mode=0o755)
+        shutil.copy(demo_build / "so1.so", real)
+        home = base / "home"
+        home.mkdir()
+        for name in ("reload", "so1.so", "so2.so"):
+            shutil.copy(demo_build / name, home / name)
+        mine = home / "mine.so"
+        shutil.copy(demo_build / "so1.so", mine)
+        for path in (home, *home.iterdir()):
+            os.chown(path, attacker.uid, attacker.gid)
+        script = (f"mount --bind {mine} {real} && exec {home}/reload --mode leak "
+                  f"--interval-ms 100 --lib {real}")
+        host = subprocess.Popen([*attacker.argv, "unshare", "-Urm", "sh", "-c", script],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            assert host.stdout is not None
+            while b"so1: version 1" not in host.stdout.readline():
+                assert host.poll() is None, "the demo in its own namespace did not start"
+            watcher = start_watcher(host.pid)
+            shutil.copyfile(home / "so2.so", mine)  # her copy, written in place
+            watcher.log.wait("target.exited", pid=host.pid)
+            assert watcher.proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            host.kill()
+            host.wait()
+            if host.stdout:
+                host.stdout.close()
+        own_ns, theirs = os.stat("/proc/self/ns/mnt").st_ino, watcher.log.find("target.attached")
+        assert theirs is not None and theirs["mnt_ns"] != own_ns
+        out = report(str(watcher.log.path))
+        verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+        assert re.fullmatch(
+            rf"  verdict: pid {host.pid} \(reload, uid {attacker.uid}\) was killed by SIG(SEGV|BUS) "
+            rf"[\d.]+ s after {re.escape(str(real))} \(inode (\d+), mapped [^)]+\) was overwritten "
+            rf"in place; note: this process runs in another mount namespace "
+            rf"\(mnt:\[{theirs['mnt_ns']}\]\) than the daemon's \(mnt:\[{own_ns}\]\): its "
+            rf"{re.escape(str(real))} is not necessarily the host's file", verdict_line), verdict_line
+        inode = int(re.search(r"\(inode (\d+),", verdict_line).group(1))
+        assert inode == mine.stat().st_ino != real.stat().st_ino  # hers, not the host's
+        target = json.loads(report(str(watcher.log.path), "--json").splitlines()[0])
+        assert (target["uid"], target["foreign_namespace"]) == (attacker.uid, True)
+    finally:
+        shutil.rmtree(base)
