@@ -42,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## report on 3 million events"
 TIME = "/usr/bin/time"  # GNU time (Debian: apt-get install time)
+PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 HOST_NS = 4026531841
 START = datetime(2026, 11, 27, 9, 0, 0, tzinfo=timezone.utc)
 
@@ -186,10 +187,11 @@ def main() -> int:
     p.add_argument("--hosts", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--inodewatch", default=f"{sys.executable} -m inodewatch",
-                   help="the inodewatch command to measure, split as a shell would (default: "
-                        "this interpreter on the checkout), e.g. "
-                        "'env PYTHONPATH=/tmp/old python3 -m inodewatch'")
+    p.add_argument("--inodewatch", default=f"env PYTHONPATH={REPO} {PYTHON} -m inodewatch",
+                   help="the inodewatch command to measure, split as a shell would (default: the "
+                        "checkout under the distribution's python3, as an operator has it; "
+                        "report needs no package beyond the standard library), e.g. "
+                        "'env PYTHONPATH=/tmp/old /usr/bin/python3 -m inodewatch'")
     p.add_argument("--results", default=str(REPO / "benchmarks/RESULTS.md"))
     args = p.parse_args()
     if not os.access(TIME, os.X_OK) or not shutil.which("jq"):
@@ -211,13 +213,14 @@ def main() -> int:
             "zgrep -c . LOG": ["zgrep", "-c", ".", str(log)],
         }
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
+        load = os.getloadavg()
         for round_ in range(args.rounds):
             order = list(peers) if round_ % 2 == 0 else list(reversed(peers))
             for name in order:
                 runs[name].append(measure(peers[name]))
                 print(f"round {round_ + 1} {name}: {runs[name][-1][0]:.2f} s, "
                       f"{runs[name][-1][1]:.1f} MB", file=sys.stderr)
-        text = report(args, runs, events, log.stat().st_size)
+        text = report(args, runs, events, log.stat().st_size, (load, os.getloadavg()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(text)
@@ -226,7 +229,7 @@ def main() -> int:
 
 
 def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]], events: int,
-           size: int) -> str:
+           size: int, loads: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
     wall = {n: statistics.median(w for w, _ in r) for n, r in runs.items()}
     rss = {n: statistics.median(m for _, m in r) for n, r in runs.items()}
     peak = {n: max(m for _, m in r) for n, r in runs.items()}
@@ -236,7 +239,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
         SECTION, "",
         f"`python3 benchmarks/reportbig.py --events {args.events} --hosts {args.hosts} "
         f"--rounds {args.rounds}` at {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}: "
+        f"{platform.node()}, {os.cpu_count()} CPUs (load average {loads[0][0]:.2f} at the start, "
+        f"{loads[1][0]:.2f} at the end), `{args.inodewatch}`: "
         f"{events:,} events of {args.hosts:,} plugin hosts at once (reloads, renames, overwrites "
         f"and crashes, exits and new pids, a daemon restart), one gzip file of "
         f"{size / 1e6:.1f} MB; each command alternating A B, output to /dev/null; peak RSS from "
@@ -246,7 +250,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
     ]
     for name, r in runs.items():
         walls = [w for w, _ in r]
-        lines.append(f"| `{name}` | {wall[name]:.2f} s | {min(walls):.2f} - {max(walls):.2f} s "
+        cell = name.replace("|", "\\|")  # a pipeline's bars, inside a table
+        lines.append(f"| `{cell}` | {wall[name]:.2f} s | {min(walls):.2f} - {max(walls):.2f} s "
                      f"| {events / wall[name]:,.0f} | {rss[name]:.1f} MB | {peak[name]:.1f} MB |")
     text_run, json_run = "inodewatch report LOG", "inodewatch report --json LOG"
     worst_rss = max(peak[text_run], peak[json_run])

@@ -218,19 +218,10 @@ def _cannot_read(path: str, exc: OSError) -> ReportError:
 def log_events(path: str, counts: Counts) -> Iterator[LogEvent]:
     """The events of one file, in the order written.  Raises ReportError (opening or reading)."""
     try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise _cannot_read(path, exc) from None
-    with f:
-        events = parse_events(_file_lines(f), counts)
-        while True:
-            try:
-                event = next(events)
-            except StopIteration:
-                return
-            except OSError as exc:
-                raise _cannot_read(path, exc) from None
-            yield event
+        with open(path, "rb") as f:
+            yield from parse_events(_file_lines(f), counts)
+    except OSError as exc:  # from open() or a read; never from the consumer, which runs
+        raise _cannot_read(path, exc) from None  # between our yields, not inside them
 
 
 # --- files in time order ------------------------------------------------------------------

@@ -156,136 +156,120 @@ class Budget:
         self.used = 0
 
 
-class Memo(Generic[K, V]):
-    """What a life remembers of one kind: at most MAX_REMEMBERED entries, the oldest forgotten
-    first, in insertion order (an update keeps an entry's place)."""
+_MISSING: Any = object()
 
-    __slots__ = ("entries", "bytes", "budget")
 
-    def __init__(self, budget: Budget) -> None:
-        self.entries: dict[K, tuple[V, int]] = {}
+class Memo(dict[K, V]):
+    """What a life remembers of one kind: a dict of at most MAX_REMEMBERED entries, the oldest
+    forgotten first (an update keeps an entry's place), each costing FACT_COST plus what
+    `size(key, value)` says.  A dict itself: look-ups cost no Python call."""
+
+    __slots__ = ("size", "bytes", "budget")
+
+    def __init__(self, budget: Budget, size: Callable[[K, V], int]) -> None:
+        super().__init__()
+        self.size = size
         self.bytes = 0
         self.budget = budget
 
-    def put(self, key: K, value: V, size: int) -> None:
-        entries = self.entries
-        size += FACT_COST
-        if (old := entries.get(key)) is not None:
-            delta = size - old[1]
+    def put(self, key: K, value: V) -> None:
+        old = self.get(key, _MISSING)
+        if old is _MISSING:
+            delta = FACT_COST + self.size(key, value)
+            if len(self) >= MAX_REMEMBERED:
+                self.drop(next(iter(self)))
         else:
-            delta = size
-            if len(entries) >= MAX_REMEMBERED:
-                delta -= entries.pop(next(iter(entries)))[1]
-        entries[key] = (value, size)
+            delta = self.size(key, value) - self.size(key, old)
+        self[key] = value
         self.bytes += delta
         self.budget.used += delta
 
-    def get(self, key: K) -> V | None:
-        found = self.entries.get(key)
-        return found[0] if found is not None else None
-
-    def pop(self, key: K) -> None:
-        if (old := self.entries.pop(key, None)) is not None:
-            self._count(-old[1])
+    def drop(self, key: K) -> None:
+        old = self.pop(key, _MISSING)
+        if old is not _MISSING:
+            delta = FACT_COST + self.size(key, old)
+            self.bytes -= delta
+            self.budget.used -= delta
 
     def clear(self) -> None:
-        self._count(-self.bytes)
-        self.entries.clear()
-
-    def items(self) -> Iterator[tuple[K, V]]:
-        return ((k, v) for k, (v, _) in self.entries.items())
-
-    def __contains__(self, key: K) -> bool:
-        return key in self.entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def _count(self, delta: int) -> None:
-        self.bytes += delta
-        self.budget.used += delta
+        super().clear()
+        self.budget.used -= self.bytes
+        self.bytes = 0
 
 
-class Live:
-    """What a life still runs or holds diverged, as last reported, and when (at most
-    MAX_REMEMBERED, the oldest forgotten first); a reload drops the divergences of its
-    (path, inode) at once, through an index."""
+class Live(Memo[Divergence, datetime]):
+    """What a life still runs or holds diverged, as last reported, and when; a reload drops
+    the divergences of its (path, inode) at once, through an index."""
 
-    __slots__ = ("entries", "files", "forgotten", "bytes", "budget")
+    __slots__ = ("files", "forgotten")
 
     def __init__(self, budget: Budget) -> None:
-        self.entries: dict[Divergence, tuple[datetime, int]] = {}  # -> (when, cost)
+        super().__init__(budget, _divergence_size)
         self.files: dict[tuple[str, int | None], list[Divergence]] = {}  # mapping subject only
-        self.forgotten = 0  # live when forgotten for newer ones, since the last attach
-        self.bytes = 0
-        self.budget = budget
+        self.forgotten = 0  # forgotten for newer ones since the last attach
 
-    def put(self, d: Divergence, when: datetime) -> None:
-        entries = self.entries
-        if (old := entries.get(d)) is not None:
-            entries[d] = (when, old[1])  # an update keeps its place
-            return
-        if len(entries) >= MAX_REMEMBERED:
-            self._forget(next(iter(entries)))
-            self.forgotten += 1
-        if d[0] == "mapping":
-            self.files.setdefault((d[2], d[4]), []).append(d)
-        size = d.size + FACT_COST
-        entries[d] = (when, size)
-        self.bytes += size
-        self.budget.used += size
+    def add(self, d: Divergence, when: datetime) -> None:
+        if d not in self:
+            if len(self) >= MAX_REMEMBERED:
+                self.forget(next(iter(self)))
+                self.forgotten += 1
+            if d[0] == "mapping":
+                self.files.setdefault((d[2], d[4]), []).append(d)
+        self.put(d, when)
 
     def reloaded(self, path: str | None, old: int | None) -> None:
         for d in self.files.pop((path, old), ()) if path is not None else ():
-            self._drop(d)
+            self.drop(d)
 
     def clear(self) -> None:
-        self.budget.used -= self.bytes
-        self.bytes = self.forgotten = 0
-        self.entries.clear()
+        super().clear()
         self.files.clear()
+        self.forgotten = 0
 
-    def items(self) -> list[tuple[Divergence, datetime]]:
-        return [(d, when) for d, (when, _) in self.entries.items()]
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def _forget(self, d: Divergence) -> None:
-        self._drop(d)
+    def forget(self, d: Divergence) -> None:
+        self.drop(d)
         if d.subject == "mapping":
             same = self.files[(d.path, d.ino)]
             same.remove(d)
             if not same:
                 del self.files[(d.path, d.ino)]
 
-    def _drop(self, d: Divergence) -> None:
-        size = self.entries.pop(d)[1]
-        self.bytes -= size
-        self.budget.used -= size
+
+def _divergence_size(d: Divergence, when: datetime) -> int:
+    return d.size
+
+
+class Keeping(Generic[V]):
+    """What a timeline keeps of an event it shows: `event` makes it of a decoded event (the
+    first ones, as they come), `line` of a line kept as it was (the last ones, at the end)."""
+
+    def event(self, e: LogEvent) -> V:
+        raise NotImplementedError
+
+    def line(self, raw: bytes) -> V:
+        return self.event(_event(raw))
 
 
 class Shown(Generic[V]):
-    """The events of a sequence kept for showing: the first `first`, as `keep` makes them
-    when they come (most lives are short: each is made once), and the last `last` as their
-    lines (made at the end: a long life's middle is never made); how many in between were
-    not kept."""
+    """The events of a sequence kept for showing: the first `first`, made when they come
+    (most lives are short: each is made once), and the last `last` as their lines (made at
+    the end: a long life's middle is never made); how many in between were not kept."""
 
     __slots__ = ("head", "tail", "first", "not_shown", "bytes", "keep", "budget")
 
-    def __init__(self, first: int, last: int, keep: Callable[[LogEvent], V], budget: Budget) -> None:
-        self.head: list[tuple[V, int]] = []
+    def __init__(self, first: int, last: int, keep: Keeping[V], budget: Budget) -> None:
+        self.head: list[V] = []
         self.tail: deque[bytes] = deque(maxlen=last)
         self.first = first
         self.not_shown = 0
-        self.bytes = 0
+        self.bytes = 0  # counted: what head and tail hold, by the length of their lines
         self.keep = keep
         self.budget = budget
 
     def add(self, e: LogEvent) -> None:
         size = len(e.raw) + FACT_COST
         if len(self.head) < self.first:
-            self.head.append((self.keep(e), size))
+            self.head.append(self.keep.event(e))
         else:
             tail = self.tail
             if len(tail) == tail.maxlen:
@@ -301,7 +285,8 @@ class Shown(Generic[V]):
         self.head.clear()
         self.tail.clear()
         self.first = 0
-        self._count(-self.bytes)
+        self.budget.used -= self.bytes
+        self.bytes = 0
 
     @property
     def count(self) -> int:
@@ -309,11 +294,7 @@ class Shown(Generic[V]):
 
     def items(self) -> tuple[list[V], list[V]]:
         """The kept events as `keep` makes them: those before the ones not shown, and after."""
-        return [v for v, _ in self.head], [self.keep(_event(raw)) for raw in self.tail]
-
-    def _count(self, delta: int) -> None:
-        self.bytes += delta
-        self.budget.used += delta
+        return self.head, [self.keep.line(raw) for raw in self.tail]
 
 
 def _event(raw: bytes) -> LogEvent:
@@ -405,6 +386,18 @@ def divergence(name: str, fields: Mapping[str, Any]) -> Divergence | None:
                         _str(fields, "new_path")))
 
 
+def _perms_size(ino: int, perms: str) -> int:
+    return len(perms)
+
+
+def _first_size(key: tuple[str, int | None], first: tuple[Divergence, Mark]) -> int:
+    return len(key[0])
+
+
+def _reload_size(path: str | None, r: Reload) -> int:
+    return len(path or "")
+
+
 class Timeline:
     """One target life, followed event by event: what its verdict needs, and the events of the
     window kept for showing (as `keep` makes them)."""
@@ -413,7 +406,7 @@ class Timeline:
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
                  "cut_at", "dropped", "active")
 
-    def __init__(self, pid: int, seq: int, keep: Callable[[LogEvent], Any], budget: Budget,
+    def __init__(self, pid: int, seq: int, keep: Keeping[Any], budget: Budget,
                  daemon: DaemonState) -> None:
         self.pid = pid
         self.seq = seq  # the order lives began in
@@ -428,10 +421,12 @@ class Timeline:
         self.ended = False  # an end seen, judged or not: a later attach is a new life
         self.end: End | None = None
         self.overwrite: tuple[Divergence, Mark] | None = None  # the last one so far
-        self.perms: Memo[int, str] = Memo(budget)  # mapped inode -> perms, as last logged
+        self.perms: Memo[int, str] = Memo(budget, _perms_size)  # inode -> perms, as last logged
         self.live = Live(budget)
-        self.first_diverged: Memo[tuple[str, int | None], tuple[Divergence, Mark]] = Memo(budget)
-        self.reloads: Memo[str | None, Reload] = Memo(budget)  # per path, its last reload
+        # (path, inode) -> its first divergence, for the reload's delay
+        self.first_diverged: Memo[tuple[str, int | None], tuple[Divergence, Mark]] = Memo(
+            budget, _first_size)
+        self.reloads: Memo[str | None, Reload] = Memo(budget, _reload_size)  # per path, its last
         self.shown = Shown(FIRST_SHOWN, LAST_SHOWN, keep, budget)
         self.last_time: datetime | None = None  # of its last judged event
         self.cut_at: datetime | None = None  # the life went on past --until: judged at this time
@@ -478,18 +473,23 @@ class Timeline:
         if subject == "mapping" or subject == "fd":
             if kind == "reloaded" and subject == "mapping":
                 self._reloaded(f, when)
-            elif kind in DIVERGENCE_KINDS and (d := divergence(name, f)) is not None:
-                self.live.put(d, when)
+            elif kind in DIVERGENCE_KINDS and type(path := f.get("path")) is str:
+                # divergence(), inline: most events are these
+                fd, ino, new_path = f.get("fd"), f.get("mapped_ino"), f.get("new_path")
+                if type(ino) is not int:
+                    ino = None
+                d = _new(Divergence, (subject, kind, path, fd if type(fd) is int else None, ino,
+                                      new_path if type(new_path) is str else None))
+                self.live.add(d, when)
                 if subject == "mapping":
-                    if (d.path, d.ino) not in self.first_diverged:
-                        self.first_diverged.put((d.path, d.ino), (d, self.daemon.mark(when)),
-                                                d.size)
+                    if (path, ino) not in self.first_diverged:
+                        self.first_diverged.put((path, ino), (d, self.daemon.mark(when)))
                     if kind == "overwritten":
                         self.overwrite = (d, self.daemon.mark(when))
             if subject == "mapping" and type(ino := f.get("mapped_ino")) is int:
                 perms = f.get("perms")
                 if perms and type(perms) is str and self.perms.get(ino) != perms:
-                    self.perms.put(ino, perms, len(perms))
+                    self.perms.put(ino, perms)
         elif name == "target.attached":
             if (comm := _str(f, "comm")) is not None:
                 self.comm = comm
@@ -508,11 +508,11 @@ class Timeline:
         # facts about the old inode are done with (a hold-mode host reloads a new one at every
         # replacement: kept, they would fill the memos with inodes long gone).
         diverged = self.first_diverged.get((path, old)) if path is not None else None
-        self.first_diverged.pop((path, old))
+        self.first_diverged.drop((path, old))
         if old is not None:
-            self.perms.pop(old)
+            self.perms.drop(old)
         self.reloads.put(path, _new(Reload, (f.get("path"), f.get("old_ino"), f.get("new_ino"),
-                                             self.daemon.mark(when), diverged)), len(path or ""))
+                                             self.daemon.mark(when), diverged)))
 
 
 # --- verdicts -----------------------------------------------------------------------------
@@ -676,8 +676,8 @@ def _verdict(t: Timeline) -> Verdict:
                                    f"unknown{_stale_clause(stale)}", _paths(stale))
         return _exit_verdict(t, t.end, fields)
     who, end = _who(t), _end_of_log(t)
-    if len(t.live):
-        live = t.live.items()
+    if t.live:
+        live = list(t.live.items())
         what = ("running old code" if any(d.subject == "mapping" for d, _ in live)
                 else "holding stale files open")
         ordered = sorted(live, key=lambda item: item[1])
@@ -685,8 +685,8 @@ def _verdict(t: Timeline) -> Verdict:
                 f"{MAX_REMEMBERED} at once)" if t.live.forgotten else "")
         return Verdict("running_stale", f"{who} was still {what} {end}: "
                        + ", ".join(_describe_files(ordered)) + more, _paths(d for d, _ in ordered))
-    if len(t.reloads):
-        reloads = [r for _, r in t.reloads.items()]
+    if t.reloads:
+        reloads = list(t.reloads.values())
         done = "; ".join(_reload_text(r) for r in reloads)
         return Verdict("reloaded", f"{who} {done}; still running {end}",
                        tuple(dict.fromkeys(r.path for r in reloads if isinstance(r.path, str))))
@@ -713,7 +713,7 @@ class Tracker:
     `begin(life)` is called as a life begins, `done(life)` once it is over and judged; `keep`
     makes what a life keeps of an event it shows."""
 
-    def __init__(self, window: Window, keep: Callable[[LogEvent], Any],
+    def __init__(self, window: Window, keep: Keeping[Any],
                  begin: Callable[[Timeline], None], done: Callable[[Timeline], None]) -> None:
         self.window = window
         self.everything = window.since is None and window.until is None
@@ -807,7 +807,7 @@ class TargetReport:
     verdict: Verdict
 
 
-def track(events: Iterable[LogEvent], window: Window, keep: Callable[[LogEvent], Any],
+def track(events: Iterable[LogEvent], window: Window, keep: Keeping[Any],
           begin: Callable[[Timeline], None], done: Callable[[Timeline], None]) -> Tracker:
     tracker = Tracker(window, keep, begin, done)
     for e in events:
@@ -816,8 +816,14 @@ def track(events: Iterable[LogEvent], window: Window, keep: Callable[[LogEvent],
     return tracker
 
 
-def _as_is(e: LogEvent) -> LogEvent:
-    return e
+class AsEvents(Keeping[LogEvent]):
+    """Events as they are (build_timelines, select: small logs)."""
+
+    def event(self, e: LogEvent) -> LogEvent:
+        return e
+
+
+AS_EVENTS = AsEvents()
 
 
 def _ignore(life: Timeline) -> None:
@@ -827,7 +833,7 @@ def _ignore(life: Timeline) -> None:
 def build_timelines(events: Iterable[LogEvent]) -> list[Timeline]:
     """One timeline per target life, in the order the lives begin (small logs: all are kept)."""
     lives: list[Timeline] = []
-    track(events, Window(), _as_is, lives.append, _ignore)
+    track(events, Window(), AS_EVENTS, lives.append, _ignore)
     return lives
 
 
@@ -836,7 +842,7 @@ def select(events: Iterable[LogEvent], pids: Iterable[int] | None = None,
     """The targets to report: those (of `pids`) with events in the window, each judged on its
     life up to `until` (small logs: all are kept)."""
     lives: list[Timeline] = []
-    track(events, Window(frozenset(pids) if pids else None, since, until), _as_is, lives.append,
+    track(events, Window(frozenset(pids) if pids else None, since, until), AS_EVENTS, lives.append,
           _ignore)
     return [TargetReport(t, verdict(t)) for t in lives if t.shown.count]
 
@@ -901,18 +907,38 @@ def describe(e: LogEvent) -> str:
                     if k not in skip and not k.endswith("_bytes"))
 
 
+class AsText(Keeping[str]):
+    """Timeline lines for a terminal."""
+
+    def event(self, e: LogEvent) -> str:
+        return _line(e)
+
+
+class AsJson(Keeping[str]):
+    """Timeline entries in JSON, from the line itself: no decoding needed."""
+
+    def event(self, e: LogEvent) -> str:
+        return _json(e.raw)
+
+    def line(self, raw: bytes) -> str:
+        return _json(raw)
+
+
 def _line(e: LogEvent) -> str:
     """One timeline line on a terminal."""
-    return f"  {format_time(e.time)}  {escape_control(e.name):<19}  {describe(e)}"
+    stamp = e.fields["timestamp"]
+    if not (len(stamp) == 27 and stamp[10] == "T" and stamp[19] == "." and stamp[26] == "Z"):
+        stamp = format_time(e.time)  # the daemon's own form is already format_time's
+    return f"  {stamp}  {escape_control(e.name):<19}  {describe(e)}"
 
 
-def _json(e: LogEvent) -> str:
+def _json(raw: bytes) -> str:
     """One timeline entry in JSON: the line as logged (it was decoded, so it is valid JSON with
     nothing non-finite in it), in plain ASCII: every other character is in a string, so
     \\uXXXX stands for it, and a tab or CR can only be blank space between values.  Never
     encoded again from the decoded value, which may nest deeper than json.dumps recurses."""
-    text = e.raw.decode()
-    if not e.raw.isascii():
+    text = raw.decode()
+    if not raw.isascii():
         text = _NOT_ASCII.sub(_json_escape, text)
     if "\t" in text or "\r" in text:
         text = text.translate(_BLANK)
@@ -1054,7 +1080,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     counts = Counts()
     printer = Printer(out, args.json)
     window = Window(frozenset(args.pid) if args.pid else None, args.since, args.until)
-    tracker = track(read(args.logs, counts), window, _json if args.json else _line,
+    tracker = track(read(args.logs, counts), window, AsJson() if args.json else AsText(),
                     printer.begin, printer.done)
     out.write(render_end(tracker.warnings, len(args.logs), counts, printer.printed, args.json))
     return 0

@@ -217,7 +217,7 @@ def test_past_the_budget_lives_over_are_printed_first_then_idle_ones_judged_earl
         lines += [attached(1 + pid / 1000, pid=pid)]
     events, _ = parse_lines(x.encode() for x in lines)
     done: list[report.Timeline] = []
-    tracker = report.Tracker(report.Window(), lambda e: e, lambda life: None, done.append)
+    tracker = report.Tracker(report.Window(), report.AS_EVENTS, lambda life: None, done.append)
     for e in events:
         tracker.feed(e)
         assert tracker.budget.used <= report.LIVES_BUDGET
@@ -236,13 +236,13 @@ def test_targets_are_printed_in_the_order_they_began(monkeypatch):
     events, _ = parse_lines(x.encode() for x in lines)
     out = io.StringIO()
     printer = report.Printer(out, as_json=True)
-    report.track(events, report.Window(), report._json, printer.begin, printer.done)
+    report.track(events, report.Window(), report.AsJson(), printer.begin, printer.done)
     assert [json.loads(x)["pid"] for x in out.getvalue().splitlines()] == [1, 2, 3]
     # past HOLD_BUDGET waiting behind pid 1, the finished ones go out as they are
     monkeypatch.setattr(report, "HOLD_BUDGET", 100)
     out = io.StringIO()
     printer = report.Printer(out, as_json=True)
-    report.track(events, report.Window(), report._json, printer.begin, printer.done)
+    report.track(events, report.Window(), report.AsJson(), printer.begin, printer.done)
     assert [json.loads(x)["pid"] for x in out.getvalue().splitlines()] == [2, 3, 1]
 
 
