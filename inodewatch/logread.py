@@ -5,9 +5,10 @@ chunks of 64 KiB.  A line longer than LINE_CAP (1 MiB; the daemon's longest, a t
 with a long `stale` list, is a few hundred KB) is one bad line: its first MiB is dropped
 when the cap is reached and the rest up to the next newline skipped as it is read, so a file
 of zeros with no newline at all is read in constant memory.  Blank and whitespace-only lines
-are skipped in C (a regex search for the next non-blank byte, from which a line starts), so
-a gigabyte of newlines costs the time to decompress it.  The damaged tail of a truncated or corrupt gzip file is one
-bad line; what came before it is kept.
+are skipped in C (a chunk all blank at once, else a regex search for the next non-blank byte,
+from which a line starts), so a gigabyte of newlines costs the time to decompress it.  The
+damaged tail of a truncated or corrupt gzip file is one bad line; what came before it is
+kept.
 
 Parsing.  A line that is not UTF-8, not a JSON object, or lacks a string `event` or a valid
 `timestamp` (or has a non-integer `pid`) is a bad line; so is a line with any value that

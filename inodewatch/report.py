@@ -56,7 +56,7 @@ one with `restored: true`, whose daemon kept them in its state file and does not
 Memory.  A life is printed once it is over: LINGER (10 s of log time) after its end, so a
 second daemon's word on the same exit still joins it; at a new life of its pid; or at the end
 of the input.  Each life remembers at most MAX_REMEMBERED files per kind of fact (live
-divergences, perms, first divergences, reloads), the oldest forgotten first.  All lives
+divergences, perms, divergences awaiting their reload, reloads), the oldest forgotten first.  All lives
 together are held to LIVES_BUDGET bytes (as counted: lines kept plus a fixed cost per life
 and per fact); past it, the report first prints the lives already over, then drops the kept
 timeline lines of the lives least recently active, and last judges those lives as they are
@@ -67,13 +67,13 @@ as they are.
 
 Output.  Text: per target a header, its events in the window and the verdict; then the
 daemon's own warnings (watch.overflow, watch.degraded, watch.gap: every daemon-wide event of
-level warning or above; the first and last WARNINGS_SHOWN)
-and a summary line.  Every value from the log is passed through escape_control: names are
-untrusted.  --json: JSON lines, one `{"type": "target", "pid", "comm", "start_time", "uid",
-"mnt_ns", "foreign_namespace", "outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
-logged; when some are not shown, `events_not_shown` counts them and `not_shown_after` says
-after which entry), then one `{"type": "summary", "files", "events", "skipped", "targets",
-"warnings"}` (`warnings_not_shown` and `out_of_order` when not zero).
+level warning or above; the first and last WARNINGS_SHOWN) and a summary line.  Every value
+from the log is passed through escape_control: names are untrusted.  --json: JSON lines, one
+`{"type": "target", "pid", "comm", "start_time", "uid", "mnt_ns", "foreign_namespace",
+"outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
+logged, in ASCII; when some are not shown, `events_not_shown` counts them and
+`not_shown_after` says after which entry), then one `{"type": "summary", "files", "events",
+"skipped", "targets", "warnings"}` (`warnings_not_shown` and `out_of_order` when not zero).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ import json
 import re
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, TextIO, TypeVar
@@ -402,7 +402,8 @@ class Timeline:
     """One target life, followed event by event: what its verdict needs, and the events of the
     window kept for showing (as `keep` makes them)."""
 
-    __slots__ = ("pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns", "start_time", "identity", "ended", "end",
+    __slots__ = ("pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns",
+                 "start_time", "identity", "ended", "end",
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
                  "cut_at", "dropped", "active")
 
@@ -585,8 +586,8 @@ def _stale(fields: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[Div
     """An end's `stale` list: its well-formed entries, and the divergences they name."""
     raw_stale = fields.get("stale")
     stale_fields = [s for s in raw_stale if isinstance(s, dict)] if isinstance(raw_stale, list) else []
-    return stale_fields, [d for s in stale_fields
-                          if isinstance(s.get("event"), str) and (d := divergence(s["event"], s)) is not None]
+    return stale_fields, [d for s in stale_fields if isinstance(s.get("event"), str)
+                          and (d := divergence(s["event"], s)) is not None]
 
 
 def _perms(t: Timeline, ino: int | None, stale: list[Mapping[str, Any]]) -> str | None:

@@ -26,8 +26,10 @@ def warning(**fields: object) -> str:
 
 BAD_VALUES = {
     # out of range once in UTC: astimezone raised OverflowError, the whole report was lost
-    "year 9999 west of UTC": '{"timestamp": "9999-12-31T23:59:59-01:00", "event": "x", "level": "warning"}',
-    "year 1 east of UTC": '{"timestamp": "0001-01-01T00:00:00+01:00", "event": "x", "level": "warning"}',
+    "year 9999 west of UTC":
+        '{"timestamp": "9999-12-31T23:59:59-01:00", "event": "x", "level": "warning"}',
+    "year 1 east of UTC":
+        '{"timestamp": "0001-01-01T00:00:00+01:00", "event": "x", "level": "warning"}',
     # a float infinity: --json printed it back as Infinity, which is not JSON
     "1e400": warning()[:-1] + ', "detail": 1e400}',
     "-1e400": warning()[:-1] + ', "detail": [1, -1e400]}',
@@ -81,7 +83,8 @@ def test_an_out_of_range_time_argument_is_a_usage_error(tmp_path: Path):
 
 def test_year_one_and_year_9999_print_as_iso_times(tmp_path: Path):
     log = tmp_path / "events.json"
-    log.write_text('{"timestamp": "0001-01-01T00:00:00Z", "event": "watch.degraded", "level": "warning"}\n'
+    log.write_text('{"timestamp": "0001-01-01T00:00:00Z", "event": "watch.degraded", '
+                   '"level": "warning"}\n'
                    '{"timestamp": "9999-12-31T23:59:59.999999+00:00", "event": "watch.degraded", '
                    '"level": "warning"}\n')
     out = run_cli("report", str(log)).stdout

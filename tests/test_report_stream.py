@@ -109,7 +109,9 @@ def test_bounded_lines_are_the_non_blank_lines_or_none_past_the_cap(pieces, newl
 
 
 def test_a_line_is_kept_up_to_the_cap_and_one_bad_line_past_it():
-    pad = lambda n: ('{"timestamp": "%s", "event": "x", "pad": "' % stamp(1)).encode().ljust(n - 2, b"p") + b'"}'
+    def pad(n: int) -> bytes:
+        start = ('{"timestamp": "%s", "event": "x", "pad": "' % stamp(1)).encode()
+        return start.ljust(n - 2, b"p") + b'"}'
     at_cap, past = pad(logread.LINE_CAP), pad(logread.LINE_CAP + 1)
     lines = list(bounded_lines(io.BytesIO(at_cap + b"\n" + past + b"\n" + at_cap).read))
     assert lines == [at_cap, None, at_cap]
@@ -187,8 +189,8 @@ def test_a_crash_after_many_events_is_still_told(tmp_path):
     lines += [line(2, "mapping.deleted", **SO, mapped_ino=5),
               line(3, "mapping.overwritten", path=SO["path"], mapped_ino=9, size_before=1,
                    size_after=2),
-              line(3.5, "target.exited", exit_code=None, signal="SIGSEGV", status_source="proc_connector",
-                   stale=[])]
+              line(3.5, "target.exited", exit_code=None, signal="SIGSEGV",
+                   status_source="proc_connector", stale=[])]
     log = tmp_path / "events.json"
     log.write_bytes(text_of(*lines))
     out = run_cli("report", str(log)).stdout
