@@ -54,6 +54,12 @@ run, in alternating order (A B in even rounds, B A in odd ones), so slow drift h
 the ratio tool / inodewatch is taken per pair, and the median of those ratios is judged
 (the ratio of the medians is printed too).
 
+With ``--baseline REV``, after the rounds, ``--baseline-pairs`` (30) pairs of this code's
+``scan --all --json`` and commit REV's (``git archive REV``, installed the same way in
+``venv-base``), in alternating order: the median of the per-pair wall ratios says what this
+code's additions cost (judged <= 1.10; the CPU ratio is printed too, steadier on a busy
+machine), and the two must report the same (pid, event) findings on the fleet.
+
 What each tool says is read from its real output:
 
 * inodewatch: the JSON events (``pid``, ``event``);
@@ -137,6 +143,8 @@ VENV = ROOT / "venv"
 DISTRO_PYTHON = "/usr/bin/python3"
 VENV_PYTHON = str(VENV / "bin" / "python3")
 INODEWATCH = str(VENV / "bin" / "inodewatch")
+BASE_VENV = ROOT / "venv-base"  # --baseline REV: that commit, installed the same way
+BASE_INODEWATCH = str(BASE_VENV / "bin" / "inodewatch")
 CHECKOUT = [sys.executable, "-m", "inodewatch"]  # context: the checkout, this interpreter
 TIME = "/usr/bin/time"  # GNU time (package "time"), for the peak RSS of a command
 PR_SET_PDEATHSIG = 1
@@ -150,7 +158,7 @@ RUN_ENV["PYTHONPYCACHEPREFIX"] = str(ROOT / "pycache")
 TARGETS = {
     "needrestart_ratio": 10.0, "checkrestart_ratio": 3.0, "lsof_ratio": 1.0,
     "lsof_ratio_aim": 1.5, "version_ratio": 2.5, "idle_cpu": 0.01, "churn_cpu": 0.05,
-    "rss_mb": 60.0, "p99_ms": 20.0,
+    "rss_mb": 60.0, "p99_ms": 20.0, "baseline_ratio": 1.10,
 }
 
 
@@ -600,7 +608,8 @@ class Bench:
     # install ----------------------------------------------------------------------------
 
     def install(self) -> None:
-        """inodewatch as an operator has it: a non-editable install in a fresh venv."""
+        """inodewatch as an operator has it: a non-editable install in a fresh venv (and
+        the --baseline commit beside it, the same way)."""
         say(f"installing inodewatch into {VENV} (venv + pip install of a copy of the checkout)")
         src = ROOT / "src"
         # a copy: pip's in-tree build would write build/ and *.egg-info into the checkout,
@@ -608,9 +617,20 @@ class Bench:
         shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
             ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
             ".pytest_cache", "benchmarks", "tests", "csrc"))
-        for cmd in ([self.args.python, "-m", "venv", str(VENV)],
-                    [VENV_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                     str(src)]):
+        self.install_into(src, VENV)
+        if self.args.baseline:
+            say(f"installing {self.args.baseline} into {BASE_VENV} (git archive + pip install)")
+            base = ROOT / "src-base"
+            base.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", self.args.baseline],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+            self.install_into(base, BASE_VENV)
+
+    def install_into(self, src: Path, venv: Path) -> None:
+        for cmd in ([self.args.python, "-m", "venv", str(venv)],
+                    [str(venv / "bin" / "python3"), "-m", "pip", "install", "--quiet",
+                     "--disable-pip-version-check", str(src)]):
             done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -668,8 +688,10 @@ class Bench:
         # Context, not judged: the same scan from the checkout, with this interpreter's site.
         checkout_cmd = [*CHECKOUT, "scan", "--all", "--json"]
         checkout: list[Run] = []
+        base_cmd = [BASE_INODEWATCH, "scan", "--all", "--json"]
+        base_pairs: list[tuple[Run, Run]] = []  # (baseline, this code), one per round
         say("warm-up: each command once, untimed (page cache, bytecode cache)")
-        for cmd in [iw, *tools.values()]:
+        for cmd in [iw, *tools.values(), *([base_cmd] if self.args.baseline else [])]:
             measured(self.children, cmd, ROOT, "warm-up")
         measured(self.children, checkout_cmd, ROOT, "warm-up")
         ratios: dict[str, list[float]] = {t: [] for t in tools}
@@ -686,6 +708,13 @@ class Bench:
                     runs[name].append(got[name])
                 ratios[tool].append(got[tool].wall / got["inodewatch"].wall)
             checkout.append(measured(self.children, checkout_cmd, ROOT, "scan-checkout"))
+        if self.args.baseline:  # this code against the --baseline commit, pair after pair
+            say(f"{self.args.baseline_pairs} pairs: scan --all of this code and of {self.args.baseline}")
+            for i in range(self.args.baseline_pairs):
+                pair = [("inodewatch", iw), ("baseline", base_cmd)]
+                got = {name: measured(self.children, c, ROOT, f"scan-{name}")
+                       for name, c in (pair if i % 2 == 0 else pair[::-1])}
+                base_pairs.append((got["baseline"], got["inodewatch"]))
         say("untimed verbose runs of needrestart and checkrestart (their per-process output)")
         nr_v = measured(self.children, ["needrestart", "-v", "-b", "-r", "l"], ROOT, "nr-v")
         cr_v = measured(self.children, ["checkrestart", "-v"], ROOT, "cr-v")
@@ -770,6 +799,8 @@ class Bench:
             f"checkrestart's default output (round 1): {'; '.join(f'`{ln}`' for ln in cr_summary)}.",
             ""]
 
+        if base_pairs:
+            self.baseline_section(base_pairs, fleet)
         for tool, key in (("needrestart", "needrestart_ratio"),
                           ("checkrestart", "checkrestart_ratio"), ("lsof", "lsof_ratio")):
             r = med(ratios[tool])
@@ -789,6 +820,38 @@ class Bench:
                      f"{'same' if consistent['inodewatch'] else 'DIFFERENT'} in every round")
 
     # daemon -----------------------------------------------------------------------------
+
+    def baseline_section(self, pairs: list[tuple[Run, Run]], fleet: dict[int, Host]) -> None:
+        """This code's `scan --all` against the --baseline commit's, paired per round in
+        alternating order: what this code's additions cost (e.g. the content identity of
+        the findings, which reads only the files of findings)."""
+        rev = self.args.baseline
+        ratios = [new.wall / base.wall for base, new in pairs]
+        cpu_ratios = [new.cpu / base.cpu for base, new in pairs]
+        walls = {"baseline": [b.wall for b, _ in pairs], "this code": [n.wall for _, n in pairs]}
+        cpus = {"baseline": [b.cpu for b, _ in pairs], "this code": [n.cpu for _, n in pairs]}
+        same = all(findings_inodewatch(b, fleet) == findings_inodewatch(n, fleet) for b, n in pairs)
+        judged = [json.loads(x) for x in pairs[0][1].out.splitlines() if x.strip()]
+        contents = Counter(e.get("content", "-") for e in judged if e.get("pid") in fleet)
+        r = statistics.median(ratios)
+        self.md += [
+            f"### `scan --all` against {rev}", "",
+            f"{len(pairs)} pairs (this code, {rev}), alternating A B / B A, both installed "
+            "the same way (venv, pip install), on the same fleet.", "",
+            "| code | wall median | wall min - max | CPU median |", "| --- | --- | --- | --- |",
+            *[f"| {name} | {statistics.median(w) * 1000:.1f} ms | {min(w) * 1000:.1f} - "
+              f"{max(w) * 1000:.1f} ms | {statistics.median(cpus[name]) * 1000:.1f} ms |"
+              for name, w in walls.items()],
+            "", f"this code / {rev}, wall, median of pairs: {r:.3f} ({min(ratios):.3f} - "
+            f"{max(ratios):.3f}); CPU, median of pairs: {statistics.median(cpu_ratios):.3f} "
+            f"({min(cpu_ratios):.3f} - {max(cpu_ratios):.3f}); the fleet's findings (pid, event) {'the same' if same else 'DIFFER'} "
+            f"in every pair; `content` of this code's fleet findings (round 1): "
+            + ", ".join(f"{k} x{n}" for k, n in contents.most_common()) + ".", ""]
+        self.verdict(r <= TARGETS["baseline_ratio"] and same,
+                     f"scan --all vs {rev}: {r:.3f}x its wall, {statistics.median(cpu_ratios):.3f}x "
+                     f"its CPU (medians of {len(pairs)} pairs), "
+                     f"same findings: {'yes' if same else 'NO'}; target <= "
+                     f"{TARGETS['baseline_ratio']:.2f}x")
 
     def daemon(self) -> None:
         a = self.args
@@ -1123,6 +1186,11 @@ def main() -> int:
                    else sys.executable,
                    help="interpreter of the venv inodewatch is installed into (default: the "
                         "distribution's /usr/bin/python3, as an operator has it; else this one)")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also pair this code's scan --all with commit REV's (git archive, "
+                        "installed the same way), after the scan rounds; judged <= 1.10x")
+    p.add_argument("--baseline-pairs", type=int, default=30,
+                   help="pairs of scans against --baseline, alternating (default 30)")
     p.add_argument("--setup-only", action="store_true",
                    help="build the fleet, print its pids and wait for Ctrl-C (for profiling)")
     a = p.parse_args()

@@ -162,6 +162,42 @@ def missing_features(caps: set[str]) -> list[str]:
     return [f.degraded for f in FEATURES if not any(cap in caps for cap in f.needs)]
 
 
+# What the kernel checks before it shows a /proc/PID file of another user's process (each a
+# tuple of capabilities any one of which does): ptrace_may_access (PTRACE_MODE_READ) for
+# every file of a process not ours, and the directory's mode (0500, the target's) for fd/
+# and map_files/, whose links also want CAP_CHECKPOINT_RESTORE (map_files_d_revalidate).
+PTRACE = ("CAP_SYS_PTRACE",)
+DIRECTORY = ("CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE")
+NEEDED_FOR: dict[str, tuple[tuple[str, ...], ...]] = {
+    "fd": (PTRACE, DIRECTORY),
+    "map_files": (PTRACE, DIRECTORY, ("CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN")),
+}
+
+
+def denial_advice(file: str, held: set[str] | None = None, initial: bool | None = None) -> str:
+    """What to do about the kernel refusing /proc/PID/`file` ("maps", "fd", ...): the
+    capabilities it wants that we lack, and only those; if we hold them all, that the
+    refusal comes from elsewhere.  `held` and `initial` (in the initial user namespace)
+    are read from /proc/self when not given."""
+    needs = NEEDED_FOR.get(file.partition("/")[0], (PTRACE,))
+    if held is None:
+        try:
+            held = effective_capabilities()
+        except (OSError, ValueError):
+            return f"run as root or grant {' and '.join(n[0] for n in needs)}"
+    if initial is None:
+        initial = in_initial_user_namespace()
+    if not initial:
+        return ("this process runs in a user namespace of its own: its capabilities do not "
+                "reach processes outside it (run it in the host's)")
+    missing = [alternatives[0] for alternatives in needs if not held & set(alternatives)]
+    if missing:
+        return f"grant {' and '.join(missing)} (or run as root)"
+    return (f"{' and '.join(n[0] for n in needs)} {'are' if len(needs) > 1 else 'is'} held: "
+            "the kernel refuses it for another reason (a security module such as AppArmor, "
+            "SELinux or Yama, or a process it protects)")
+
+
 def in_initial_user_namespace(uid_map_path: str = "/proc/self/uid_map") -> bool:
     """Whether this process runs in the initial user namespace (where the capabilities
     above must be held: map_files and the proc connector check init_user_ns).  A container

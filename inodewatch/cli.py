@@ -1,7 +1,7 @@
 """Command line: argument parsing, exit codes, one-line error messages.
 
-Exit codes: 0 nothing diverged / clean stop, 1 a scan found divergence, 2 usage or
-environment error.  Every error is one line on stderr, never a traceback.  Modules are
+Exit codes: 0 nothing diverged (or only to identical content) / clean stop, 1 a scan found
+divergence that needs a restart, 2 usage or environment error.  Every error is one line on stderr, never a traceback.  Modules are
 imported per command, because every `scan` pays the start-up time.
 """
 
@@ -31,7 +31,7 @@ the target died.
 
   inodewatch --pid 38314                 watch until the target exits
   inodewatch --exe /usr/sbin/nginx       watch every nginx, re-attach when it restarts
-  inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if any)
+  inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if a restart is needed)
   inodewatch scan --all --json           the same for every process, as JSON lines
   inodewatch report events.json*         post-mortem: per target a timeline and a verdict
 """
@@ -93,6 +93,16 @@ def interval_arg(text: str) -> float:
     return value
 
 
+def watches_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a number of watches (an integer >= 1): {text!r}")
+    return value
+
+
 def build_parser(argv: Sequence[str] = ()) -> Parser:
     """The parser; `argv` only decides whether the report command's own arguments (defined
     by, and costing the import of, inodewatch.report) are needed."""
@@ -120,6 +130,12 @@ def build_parser(argv: Sequence[str] = ()) -> Parser:
     watch.add_argument("--interval", type=interval_arg, metavar="SECONDS",
                        help="pace of the fallback re-read of maps and fds (default: 1.0); each "
                             "tick re-reads targets in turn for at most 0.3%% of it")
+    watch.add_argument("--max-watches", type=watches_arg, metavar="N",
+                       help="inotify watches the daemon may hold, files and directories "
+                            "(default: half of fs.inotify.max_user_watches); one target gets at "
+                            "most 1/16 of them (at least 256); --pid/--unit/--cgroup targets "
+                            "before --name/--exe ones; paths left unwatched are compared at the "
+                            "periodic re-read")
     watch.add_argument("--log-file", metavar="FILE",
                        help="append JSON lines to FILE (reopened on SIGHUP); default: stdout")
     watch.add_argument("--log-format", choices=("auto", "json", "console"),
@@ -181,7 +197,7 @@ def run_scan(args: argparse.Namespace) -> int:
         render.print_scan_events(summary)
     else:
         render.print_scan_table(summary)
-    return EXIT_DIVERGED if summary.diverged else EXIT_OK
+    return EXIT_DIVERGED if summary.restart_needed else EXIT_OK
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -195,12 +211,20 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_watch(args: argparse.Namespace) -> int:
     from inodewatch.daemon import AttachError, Daemon, Options
-    from inodewatch.eventlog import LogSink, choose_format, make_logger
-    from inodewatch.selectors import make_selector
+    from inodewatch.eventlog import LogSink, choose_format, make_logger, origin
+    from inodewatch.text import escape_control
+    from inodewatch.selectors import SelectorError, absent_terms, make_selector
 
     if not (args.pid or args.exe or args.name or args.unit or args.cgroup):
         return usage_error("nothing to watch: give --pid, --exe, --name, --unit or --cgroup "
                            "(or set them in the config file), or a command such as scan")
+    try:
+        selector = make_selector(args.exe or [], args.name or [], args.cgroup or [], args.unit or [])
+    except SelectorError as exc:
+        return usage_error(str(exc))
+    for absent in absent_terms(selector):
+        print(f"inodewatch: warning: {escape_control(absent)}; watching for it all the same",
+              file=sys.stderr, flush=True)
     metrics = None
     if args.metrics_file:
         from inodewatch.metrics import Metrics
@@ -212,12 +236,17 @@ def run_watch(args: argparse.Namespace) -> int:
         sink = LogSink(path=args.log_file)
     except OSError as exc:
         return fail(f"cannot open log file {args.log_file}: {exc.strerror}")
-    log = make_logger(sink, choose_format(args.log_format, sink))
+    fmt = choose_format(args.log_format, sink)
+    if fmt == "json" and args.log_file is None:
+        from inodewatch.journal import JournalSink
+
+        if (native := JournalSink.for_stdout()) is not None:  # stdout is journald's stream
+            sink, fmt = native, "journal"
+    log = make_logger(sink, fmt, origin())
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.realpath, args.watch)) if args.watch else None,
-                      selector=make_selector(args.exe or [], args.name or [], args.cgroup or [],
-                                             args.unit or []),
-                      state_file=args.state_file)
+                      selector=selector,
+                      state_file=args.state_file, max_watches=args.max_watches)
     try:
         return Daemon(log, sink, options, metrics).run()
     except AttachError as exc:

@@ -22,6 +22,7 @@ log_file = "/var/log/inodewatch/events.json"  # --log-file; default stdout
 log_format = "json"                 # --log-format: auto, json or console
 metrics_file = "/var/lib/inodewatch/inodewatch.prom"  # --metrics-file (the unit's StateDirectory)
 state_file = "/var/lib/inodewatch/state.json"  # --state-file: history across restarts; default none
+max_watches = 50000                 # --max-watches: inotify watches; default half of max_user_watches
 ```
 
 How a given flag is told from a default: the command line gives every one of these flags the
@@ -64,6 +65,7 @@ class Config:
     log_format: str | None = None
     metrics_file: str | None = None
     state_file: str | None = None
+    max_watches: int | None = None
 
 
 def _is_text(value: Any) -> bool:
@@ -77,6 +79,10 @@ def _is_absolute(value: Any) -> bool:
 
 def _is_pid(value: Any) -> bool:
     return type(value) is int and value > 0  # not isinstance: TOML's true is no pid
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 1
 
 
 def _is_interval(value: Any) -> bool:
@@ -117,6 +123,7 @@ SETTINGS: dict[str, _Setting] = {
     "log_format": _Setting("one of " + ", ".join(map(repr, LOG_FORMATS)), LOG_FORMATS.__contains__),
     "metrics_file": _Setting("an absolute path", _is_absolute),
     "state_file": _Setting("an absolute path", _is_absolute),
+    "max_watches": _Setting("an integer >= 1", _is_count),
 }
 
 

@@ -193,6 +193,28 @@ def compare(mapped: ContentId, disk: ContentId) -> str:
     return UNKNOWN
 
 
+# Read at once when looking for a build-id: a shared object's header, program headers and
+# build-id note lie in its first page, so one pread answers where several small ones would.
+HEAD = 4096
+
+
+def build_id_of_fd(fd: int, size: int) -> str | None:
+    """The GNU build-id (hex) of the file of `size` bytes open as `fd`, read with pread
+    only; None when it has none, or is an ELF that cannot be trusted (still bytes: hash
+    them).  Raises OSError."""
+    head = os.pread(fd, min(size, HEAD), 0)
+
+    def read_at(offset: int, length: int) -> bytes:
+        if offset + length <= len(head):
+            return head[offset:offset + length]
+        return os.pread(fd, length, offset)
+    try:
+        note = locate_build_id(read_at, size)
+    except ElfError:
+        return None
+    return note.value.hex() if note is not None else None
+
+
 def identity_of_fd(fd: int, budget: int = HASH_BUDGET) -> ContentId:
     """The content identity of the regular file open as `fd` (read with pread only: its
     offset is left alone).  Never raises for the file's sake: a problem is the reason."""
@@ -200,14 +222,10 @@ def identity_of_fd(fd: int, budget: int = HASH_BUDGET) -> ContentId:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return ContentId(None, None, "not a regular file")
-        try:
-            note = locate_build_id(lambda offset, length: os.pread(fd, length, offset),
-                                   st.st_size)
-        except ElfError:
-            note = None  # an ELF that cannot be trusted is still bytes: hash them
-        if note is not None:
-            return ContentId(note.value.hex(), None, None)
-        return _digest(fd, st.st_size, budget)
+        build_id = build_id_of_fd(fd, st.st_size)
+        if build_id is not None:
+            return ContentId(build_id, None, None)
+        return digest_of_fd(fd, st.st_size, budget)
     except OSError as exc:
         return ContentId(None, None, f"cannot read: {exc.strerror or exc}")
 
@@ -251,8 +269,9 @@ def _identity_at(path: bytes, stat_first: Callable[[bytes], os.stat_result], fol
         os.close(fd)
 
 
-def _digest(fd: int, size: int, budget: int) -> ContentId:
-    """BLAKE2b-256 of the whole file, if it is at most `budget` bytes (also while it grows)."""
+def digest_of_fd(fd: int, size: int, budget: int = HASH_BUDGET) -> ContentId:
+    """BLAKE2b-256 of the whole file open as `fd` (its `size` as fstat gave it), if it is at
+    most `budget` bytes (also while it grows); read with pread only.  Raises OSError."""
     if size > budget:
         return ContentId(None, None, f"no build-id and larger than the {budget}-byte "
                                      "hash budget")

@@ -3,10 +3,20 @@
 It polls four kinds of fd: the inotify fd (files the targets map and hold, and their
 directories), one pidfd per target (the exit, never missed), the proc connector socket (how
 the target died), and a signal wake-up pipe (SIGTERM, SIGINT, SIGHUP); plus a timer for the
-periodic re-read that catches whatever inotify cannot see (a write through a shared mmap).
+periodic re-read that catches whatever inotify cannot see (a file mapped since, a watch
+that could not be added).
 
 Every inotify event only says "look again": the truth always comes from re-reading the
 target's /proc and the disk, compared by the pure core (model, diff).
+
+Anyone can make it look again (issue 13, item 11): open a file watched for opens, make
+names beside a plugin in a mode-1777 directory, run a matching process that maps 65,000
+files.  So the inotify fd is read at most READ_RATE times a second after a burst (each read
+takes the whole queue), a file whose events flood one read is muted for those kinds until
+its targets are looked at again, and every look is paced (inodewatch.pacing): each target
+reacts at once to a normal burst, but the targets of one kind (named by the operator, or
+matched by a selector anyone can match) together use at most LOOK_SHARE of a core in the
+long run.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from typing import Any
 
 import psutil
 
-from inodewatch import __version__, procfs
+from inodewatch import __version__, cgroupwalk, procfs
 from inodewatch.caps import effective_capabilities, missing_features
+from inodewatch.cgroups import read_placement
+from inodewatch.contentpass import ContentPass
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.exits import (
@@ -39,11 +51,21 @@ from inodewatch.exits import (
 )
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
-from inodewatch.selectors import Selector, read_facts
+from inodewatch.pacing import Bucket
+from inodewatch.pidns import own_connector_deafness
+from inodewatch.selectors import Selector, operator_named, read_facts
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
-from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher
-from inodewatch.watchset import Wanted, WatchSet
+from inodewatch.watch import (
+    KIND_EVENTS,
+    NAME_EVENTS,
+    OPEN_EVENTS,
+    WRITE_EVENTS,
+    FileEvent,
+    FileWatcher,
+    max_user_watches,
+)
+from inodewatch.watchset import Wanted, WatchSet, default_budget
 
 # After a watched file is opened (dlopen in progress) the mapping appears a moment later:
 # look again at these delays so a reload is seen in milliseconds, not at the next tick.
@@ -68,13 +90,52 @@ EXIT_STATUS_GRACE = 0.5
 # targets') handled in between; each exit costs ~1 ms with 2,000 targets.
 EXITS_PER_WAKE = 32
 
+# What the content comparison of one look may hash: a file up to 2 MiB, 4 MiB in all (a
+# larger one: content "unknown").  BLAKE2b takes ~3 ms a MiB here, so a target's big data
+# files never hold the loop up for more than ~12 ms; libraries carry a build-id, never hashed.
+HASH_PER_FILE = 2 * 1024 * 1024
+HASH_PER_LOOK = 4 * 1024 * 1024
+
 # A new file at a diverged path being opened, then closed once mapped: the dlopen.
 RELOAD_KINDS = {"opened", "closed"}
+
+# /proc/PID/maps is read this many chunks (procfs.MAPS_CHUNK, 128 KB) in one go: nearly every
+# process's whole maps is one chunk.  A bigger one (a user can make it 265 MB, which the kernel
+# takes ~3 s to print) is read on, MAPS_CHUNKS_PER_TURN at each turn of the loop, between the
+# other targets' events; at most MAX_READINGS such reads at once (each holds an fd).  The
+# reads are charged to the target's pace like any look: it is looked at again when it allows.
+INLINE_MAPS_CHUNKS = 8
+MAPS_CHUNKS_PER_TURN = 2
+MAX_READINGS = 8
 
 # The loop unresponsive this long beyond the waits it asked for is a gap in watching (the
 # daemon stopped, a frozen VM, an overloaded host): events logged after it carry the resume's
 # time, and inotify may have missed what happened (see Daemon.recheck).
 GAP_THRESHOLD = 2.0
+
+# Looks a user can cause are paced (inodewatch.pacing): each target may spend LOOK_BURST s on
+# looks at once, refilled at LOOK_SHARE / (targets of its kind) of a core: a demo's look (~1
+# ms) is done at once 50 times in a row, a flooded target is looked at every ~10-20 ms, a
+# process mapping 65,000 files (~1 s a look) every 10-20 s or less often.  Operator-named
+# targets (--pid, --unit, --cgroup) and the ones anyone can match (--name, --exe) have
+# separate shares, so an attacker's processes cannot slow the operator's own targets.
+LOOK_BURST = 0.05
+LOOK_SHARE = {True: 0.10, False: 0.05}  # by Target.operator
+# Attaches of targets anyone can match may take ATTACH_BURST s of looks at once (2,000 demo
+# hosts at ~1 ms each), then LOOK_SHARE[False] of a core.
+ATTACH_BURST = 2.0
+# Reads of the inotify fd: READ_BURST at once, then at most READ_RATE a second, each taking the
+# whole queue, so a flood of events cannot keep the loop spinning on reads of a few records:
+# under a flood the loop wakes 100 times a second (each wake-up costs ~50 us of the kernel's
+# time in a VM, as much as the Python around it), and an event waits 10 ms at most.
+READ_BURST = 16
+READ_RATE = 100.0
+# A watched file with this many records in one read is flooded (an open loop on it): those
+# kinds are muted on it until one of its targets is looked at (WatchSet.mute).
+MUTE_AFTER = 8
+# After an inotify overflow every target is re-read, at most once per OVERFLOW_PAUSE s: a
+# queue overflowing again and again is told (with the count) and re-read once a second.
+OVERFLOW_PAUSE = 1.0
 
 
 class Pulse:
@@ -86,8 +147,10 @@ class Pulse:
         self.last = now
         self.threshold = threshold
 
-    def beat(self, now: float, waited: float) -> float | None:
-        lost = now - self.last - waited
+    def beat(self, now: float, waited: float, busy: float = 0.0) -> float | None:
+        """`busy`: the CPU time the daemon used since the last beat: time spent working (a
+        look at a target mapping 65,000 files takes a second) is no gap."""
+        lost = now - self.last - waited - busy
         self.last = now
         return lost if lost > self.threshold else None
 
@@ -99,6 +162,7 @@ class Options:
     interval: float = 1.0
     selector: Selector = field(default_factory=Selector)  # --exe, --name, --unit, --cgroup
     state_file: str | None = None  # --state-file: the targets' history across restarts
+    max_watches: int | None = None  # --max-watches; None: half of fs.inotify.max_user_watches
 
 
 @dataclass
@@ -112,8 +176,15 @@ class Target:
     term: tuple[str, bytes] | None = None  # the selector term it matched, if any
     recently_mapped: dict[bytes, float] = field(default_factory=dict)  # path -> last seen mapped
     # uid and mount namespace, on every event about it: a user's own namespace can put her
-    # file at a path that means another file on the host (report tells them apart)
-    owner: dict[str, int] = field(default_factory=dict)
+    # file at a path that means another file on the host (report tells them apart); and its
+    # unit and container, the operator's name for it
+    owner: dict[str, Any] = field(default_factory=dict)
+    pace: Bucket = field(default_factory=lambda: Bucket(LOOK_BURST, time.monotonic()))
+    # A huge maps read over many turns of the loop (see INLINE_MAPS_CHUNKS)
+    reading: procfs.MapsReading | None = None
+    # Named by the operator (--pid, --unit, --cgroup; selectors.operator_named), not matched
+    # by a selector anyone can match: first for watches, and paced apart.
+    operator: bool = True
 
     @property
     def pid(self) -> int:
@@ -149,12 +220,17 @@ def describe_process(pid: int) -> dict[str, Any]:
     return info
 
 
-def describe_owner(pid: int) -> dict[str, int]:
-    """uid and mnt_ns, for every event about the target; {} if it is gone already."""
+def describe_owner(pid: int) -> dict[str, Any]:
+    """uid, mnt_ns and where it runs (unit, container: inodewatch.cgroups), for every event
+    about the target; {} if it is gone already."""
     try:
-        return {"uid": procfs.read_uid(pid), "mnt_ns": procfs.read_mount_namespace(pid)}
+        owner: dict[str, Any] = {"uid": procfs.read_uid(pid),
+                                 "mnt_ns": procfs.read_mount_namespace(pid)}
     except (procfs.ProcError, procfs.StatParseError):
         return {}
+    if (placement := read_placement(pid)) is not None:
+        owner.update(placement.fields())
+    return owner
 
 
 class Daemon:
@@ -167,7 +243,19 @@ class Daemon:
         self.options = options
         self.targets: dict[int, Target] = {}
         self.watcher = FileWatcher()
-        self.watches = WatchSet(self.watcher, self.on_watch_limit)
+        self.watches = WatchSet(self.watcher, options.max_watches
+                                or default_budget(max_user_watches()))
+        self.short: set[str] = set()  # resources short now: watch.degraded said, not recovered
+        self.reads = Bucket(READ_BURST, time.monotonic())  # reads of the inotify fd
+        self.pending_looks: dict[int, None] = {}  # pids to look at when their pace allows
+        # Attaching a target anyone can match (its first look) is paced too, for all of them
+        # together: a process mapping 65,000 files that forks copies of itself would otherwise
+        # cost a look of a second per child.
+        self.attaches = Bucket(ATTACH_BURST, time.monotonic())
+        self.deferred: set[int] = set()  # matched, to attach when `attaches` allows
+        self.operator_count = 0  # targets with Target.operator (the others: the rest)
+        self.overflows = 0  # inotify overflows not told yet
+        self.next_recheck = 0.0  # no overflow re-read before this
         self.connector: ProcConnector | None = None
         self.exits = PendingExits(EXIT_STATUS_GRACE, connected=False)
         self.fds = FdBudget(limit=0, base=0)  # sized when run() starts
@@ -185,6 +273,8 @@ class Daemon:
         self.saved = Loaded()  # histories to give back at attach, until start-up is over
         self.next_state_save = 0.0
         self.untrusted_told: set[bytes] = set()  # mounts named in watch.degraded already
+        self.readings: set[int] = set()  # targets whose huge maps is being read
+        self.cgroup_walk: cgroupwalk.CgroupWalk | None = None  # births, without the connector
 
     # --- events out -------------------------------------------------------------------
 
@@ -204,6 +294,20 @@ class Daemon:
         elif pid is not None:
             fields = {"pid": pid, **fields}
         self.say(event.level, event.name, **fields)
+
+    def degraded(self, resource: str, detail: str, **fields: Any) -> None:
+        """Say that the daemon is short of `resource`, once until it has recovered."""
+        if resource not in self.short:
+            self.short.add(resource)
+            self.say("warning", "watch.degraded", resource=resource, detail=detail, **fields)
+
+    def recovered(self, resource: str, detail: str) -> bool:
+        """Say that a shortage of `resource` is over; False if there was none."""
+        if resource not in self.short:
+            return False
+        self.short.discard(resource)
+        self.say("info", "watch.recovered", resource=resource, detail=detail)
+        return True
 
     def live_divergences(self) -> Counter[tuple[str, str]]:
         live: Counter[tuple[str, str]] = Counter()
@@ -262,11 +366,12 @@ class Daemon:
             target.history = history
             info["restored"] = True
         self.targets[target.pid] = target
+        self.operator_count += target.operator
         self.fd_owner[target.pidwatch.fileno()] = target.pid
         self.poller.register(target.pidwatch.fileno(), select.POLLIN)
         # Watches first: from the moment target.attached is logged, an in-place write is
         # seen -- an operator (or a test) may act on that line at once.
-        events = self.look(target)
+        events = self.paced_look(target)
         self.say("info", "target.attached", pid=target.pid, **target.owner, **info)
         for event in events:
             self.emit(event, target.pid)
@@ -274,41 +379,66 @@ class Daemon:
     def consider(self, pids: list[int]) -> None:
         """Attach to those of `pids` that the selector matches (and we can read), while the
         fd budget lets us."""
-        matched: dict[int, tuple[str, bytes]] = {}
+        matched: dict[int, tuple[tuple[str, bytes], bool]] = {}
         for pid in pids:
             if pid in self.targets or pid == os.getpid():
                 continue
             try:
-                term = self.selector.match(read_facts(pid, self.selector))
+                facts = read_facts(pid, self.selector)
+                term = self.selector.match(facts)
                 # A dying process has nothing left to watch (and its fd would be wasted).
                 if term is not None and not procfs.read_stat(pid).is_exiting:
-                    matched[pid] = term
+                    matched[pid] = (term, operator_named(term, facts.cgroups))
             except procfs.ProcError:
                 continue  # gone, a kernel thread, or not ours to read
         if not matched:
             return
         # Let their exits through before anyone can see them attached (and kill them).
         self.follow_exits([*self.targets, *matched])
-        for pid, term in matched.items():
+        for pid, (term, operator) in matched.items():
+            if not operator and not self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+                self.deferred.add(pid)  # attached when the attaches' pace allows
+                continue
             try:
                 if not self.fds.admits(len(self.targets)):
                     raise NoFdLeft
                 target = self.prepare(pid)
             except NoFdLeft:
-                if self.fds.refuse():
-                    self.say("warning", "watch.degraded", resource="file_descriptors",
-                             detail=f"pid {pid} not watched: {self.fds.describe(len(self.targets))}")
+                self.degraded("file_descriptors",
+                              f"pid {pid} not watched: {self.fds.describe(len(self.targets))}")
                 continue
             except AttachError:
                 continue  # gone, or not ours to read
-            target.term = term
+            target.term, target.operator = term, operator
+            started = time.monotonic()
             self.attach(target)
+            if not operator:
+                self.attaches.take(time.monotonic() - started, time.monotonic(), LOOK_SHARE[False])
 
     def discover(self) -> None:
         self.consider(procfs.list_pids())
 
+    def discovery_period(self) -> float:
+        """Seconds between walks of /proc.  With the connector, births announce themselves;
+        without it, a selector of units and cgroups only is served by a walk of those cgroups
+        at every tick (see walk_cgroups), and anything else by the walk of /proc."""
+        if self.connector is not None:
+            return DISCOVERY_WITH_CONNECTOR
+        if cgroupwalk.covers(self.selector) and (root := cgroupwalk.cgroup_root()) is not None:
+            self.cgroup_walk = cgroupwalk.CgroupWalk(self.selector, root)
+            return DISCOVERY_WITH_CONNECTOR
+        return self.options.interval
+
+    def walk_cgroups(self) -> None:
+        """The new processes of the selected units and cgroups (no connector to tell them)."""
+        if self.cgroup_walk is not None:
+            self.consider(self.cgroup_walk.pids())
+
     def open_exit_source(self) -> str | None:
         """Subscribe to the proc connector; the reason it is unavailable, if it is."""
+        if (deaf := own_connector_deafness()) is not None:  # it would subscribe, then hear nothing
+            return (f"proc connector unusable: {deaf}, so exits are seen through pidfds, "
+                    "without their status (signal and exit code unknown)")
         try:
             self.connector = ProcConnector.open()
         except ConnectorUnavailable as exc:
@@ -371,22 +501,40 @@ class Daemon:
                 if disk.trusts(path)}
 
     def sync_watches(self, target: Target, wanted: Wanted) -> None:
-        if self.watches.sync(target.pid, wanted):
+        if self.watches.sync(target.pid, wanted, target.operator):
             # The target may have opened the new file before its watch existed: look again
             # shortly, or a reload done in that gap would wait for the next tick.
             self.follow_up(target)
 
-    def on_watch_limit(self, reason: str) -> None:
-        self.say("warning", "watch.degraded",
-                 detail=f"{reason}; polling every {self.options.interval:g} s instead")
+    def check_watch_room(self) -> None:
+        """watch.degraded once when paths go unwatched for lack of watches, watch.recovered
+        once every path wanted is watched again."""
+        unwatched = self.watches.unwatched()
+        if unwatched and "inotify_watches" not in self.short:
+            ws = self.watches
+            pids = ws.affected()
+            if ws.ceiling is not None:
+                why = (f"the kernel refused more (fs.inotify.max_user_watches "
+                       f"{max_user_watches()}, shared by every process of this user, is spent)")
+            else:
+                why = (f"the budget of {ws.budget} watches (--max-watches; default half of "
+                       f"fs.inotify.max_user_watches) or of {ws.per_target} per target is spent")
+            self.degraded("inotify_watches",
+                          f"{unwatched} paths of {len(pids)} targets are not watched: {why}; "
+                          "they are compared at each target's periodic re-read instead",
+                          unwatched=unwatched, pids=pids[:20], max_watches=ws.budget)
+        elif not unwatched:
+            self.recovered("inotify_watches", "every path wanted is watched again")
 
     # --- looking again ----------------------------------------------------------------
 
-    def read_snapshot(self, target: Target, disk: procfs.DiskView) -> tuple[list[MappedFile], list[OpenFile]] | None:
-        """The target's files now, or None when it is exiting (then the pidfd tells)."""
+    def read_snapshot(self, target: Target, disk: procfs.DiskView,
+                      maps: procfs.MapsRead) -> tuple[list[MappedFile], list[OpenFile]] | None:
+        """The target's files now (`maps`: its maps, just read), or None when it is exiting
+        (then the pidfd tells)."""
         pid = target.pid
         try:
-            mapped = procfs.read_mapped_files(pid, disk)
+            mapped = procfs.read_mapped_files(pid, disk, maps)
             open_files = procfs.read_open_files(pid, disk)
             after = procfs.read_stat(pid)
         except (procfs.ProcError, ProcessLookupError):
@@ -406,14 +554,97 @@ class Daemon:
             open_files = [f for f in open_files if target.history.first_path(f) in keep]
         return mapped, open_files
 
+    def look_rate(self, target: Target) -> float:
+        """The share of a core this target's looks refill at: its kind's, split among them."""
+        same_kind = self.operator_count if target.operator else len(self.targets) - self.operator_count
+        return LOOK_SHARE[target.operator] / max(1, same_kind)
+
+    def paced_look(self, target: Target) -> list[Event]:
+        """look(), its time charged to the target's pace."""
+        started = time.monotonic()
+        events = self.look(target)
+        now = time.monotonic()
+        target.pace.take(now - started, now, self.look_rate(target))
+        return events
+
     def rescan(self, target: Target) -> None:
-        for event in self.look(target):
+        """Look at the target now, whatever its pace."""
+        for event in self.paced_look(target):
             self.emit(event, target.pid)
 
+    def want_look(self, target: Target) -> None:
+        """Look at the target as soon as its pace allows (at once, unless it is flooded)."""
+        self.pending_looks[target.pid] = None
+
+    def run_looks(self) -> None:
+        """The looks asked for whose pace allows them now."""
+        for pid in list(self.pending_looks):
+            target = self.targets.get(pid)
+            if target is None:
+                del self.pending_looks[pid]
+            elif target.reading is None and target.pace.allows(time.monotonic(), self.look_rate(target)):
+                del self.pending_looks[pid]
+                self.rescan(target)
+
+    def looks_due(self, now: float) -> float | None:
+        """When the first look asked for may be done."""
+        due = [t.pace.ready_at(now, self.look_rate(t))
+               for t in map(self.targets.get, self.pending_looks) if t is not None and t.reading is None]
+        return min(due) if due else None
+
     def look(self, target: Target) -> list[Event]:
-        """Read the target again and bring its watches up to date; the events that means."""
+        """Read the target again and bring its watches up to date; the events that means.
+        A huge maps is read on in later turns of the loop (read_huge_maps): then the events
+        come from there, and a look asked for meanwhile is made once that read is done and
+        the target's pace allows (its reads are charged to it like any look)."""
+        if target.reading is not None:
+            self.want_look(target)
+            return []
+        try:
+            target.reading = procfs.MapsReading(target.pid)
+        except procfs.ProcError:
+            return []  # exiting: its pidfd tells
+        events = self.read_on(target, INLINE_MAPS_CHUNKS)
+        if target.reading is not None and len(self.readings) > MAX_READINGS:
+            self.stop_reading(target)  # too many under way: this one starts again later
+            self.want_look(target)
+        return events
+
+    def read_on(self, target: Target, chunks: int) -> list[Event]:
+        """Read `chunks` more of the target's maps; once it is whole, the look's events."""
+        assert target.reading is not None
+        try:
+            maps = target.reading.advance(chunks)
+        except procfs.ProcError:
+            maps = None  # exiting: its pidfd tells
+            self.stop_reading(target)
+        if maps is None:
+            if target.reading is not None:
+                self.readings.add(target.pid)
+            return []
+        self.stop_reading(target)
+        return self.finish_look(target, maps)
+
+    def stop_reading(self, target: Target) -> None:
+        if target.reading is not None:
+            target.reading.close()
+            target.reading = None
+        self.readings.discard(target.pid)
+
+    def read_huge_maps(self) -> None:
+        """One turn's share of every huge maps under way."""
+        for pid in list(self.readings):
+            target = self.targets[pid]
+            started = time.monotonic()
+            events = self.read_on(target, MAPS_CHUNKS_PER_TURN)
+            now = time.monotonic()
+            target.pace.take(now - started, now, self.look_rate(target))
+            for event in events:
+                self.emit(event, pid)
+
+    def finish_look(self, target: Target, maps: procfs.MapsRead) -> list[Event]:
         disk = procfs.DiskView(target.pid)
-        snapshot = self.read_snapshot(target, disk)
+        snapshot = self.read_snapshot(target, disk, maps)
         if snapshot is None:
             return []
         mapped, open_files = snapshot
@@ -424,7 +655,16 @@ class Daemon:
         def write_watched(m: MappedFile) -> bool:
             return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
 
-        events = history.update(mapped, findings, write_watched)
+        judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
+
+        def stamp_at(path: bytes) -> tuple[int, int, int] | None:
+            found = disk.look(path)  # stat'ed already by find_divergence: a cache hit
+            return None if found is None else (found.stat.st_ino, found.stat.st_size,
+                                               found.stat.st_mtime_ns)
+
+        events = history.update(mapped, findings, write_watched,
+                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts),
+                                stamp_at)
         target.mapped = {m.file: m for m in mapped}
         target.open_files = open_files
         # A plugin host between its dlclose and its dlopen maps nothing: keep watching what
@@ -438,20 +678,28 @@ class Daemon:
     def on_file_events(self, events: list[FileEvent]) -> None:
         touched: set[int] = set()
         reloading: set[int] = set()
+        flooded: dict[bytes, int] = {}
         for ev in events:
             if ev.kind == "ignored":
                 self.watches.forget(ev.path)
+            elif ev.records >= MUTE_AFTER and ev.name is None:
+                flooded[ev.path] = flooded.get(ev.path, 0) | KIND_EVENTS.get(ev.kind, 0)
             for pid in self.watches.users.get(ev.path, ()):
                 target = self.targets[pid]
-                if ev.kind in ("modified", "written"):
+                if ev.kind == "modified":  # a write or truncation of the data itself
                     self.overwritten(target, ev.path)
+                elif ev.kind == "written":  # a close after writing: a touch, or the end of one
+                    self.write_closed(target, ev.path)
                 if ev.kind in RELOAD_KINDS:
                     reloading.add(pid)
                 touched.add(pid)
+        for path, kinds in flooded.items():
+            self.watches.mute(path, kinds)
         for pid in touched:
-            self.rescan(self.targets[pid])
+            self.want_look(self.targets[pid])
         for pid in reloading:
             self.follow_up(self.targets[pid])
+        self.run_looks()
 
     @staticmethod
     def follow_up(target: Target) -> None:
@@ -459,31 +707,56 @@ class Daemon:
         target.follow_ups = [now + d for d in RELOAD_FOLLOW_UP]
 
     def overwritten(self, target: Target, path: bytes) -> None:
-        """A watched file was written.  If it is the very inode the target maps, that is the
-        in-place overwrite that crashes it: log it now, before the crash can."""
+        """A watched file's data was written (IN_MODIFY).  If it is the very inode the
+        target maps, that is the in-place overwrite that crashes it: log it now, before the
+        crash can."""
         watched = self.watches.watched_inode(path)
         if watched is None or watched not in target.mapped or watched in target.history.overwritten:
             return  # not its file, or told already: the caller's re-read of the target follows
+        if not target.pace.allows(time.monotonic(), self.look_rate(target)):
+            # Flooded (a user writing her own mapped files): its paced look compares every
+            # file's size and mtime, so the write is told then, not lost.
+            target.history.unseen_writes = True
+            return
         self.rescan(target)  # the map we hold may be older than a reload: does it still map it?
         if watched not in target.mapped or target.mapped[watched].deleted:
             return
-        disk = procfs.DiskView(target.pid)
-        st: os.stat_result | None = None
-        if path.startswith(disk.root) and disk.trusts(path[len(disk.root):]):  # mounted since?
-            try:
-                st = os.stat(path)  # a watch path resolves as the target sees it
-            except OSError:
-                pass
-        size = st.st_size if st is not None and FileId.of(st).ino == watched.ino else None
-        event = target.history.overwrite(target.mapped[watched], size)
+        event = target.history.write_began(target.mapped[watched], self.size_at(target, path, watched))
         if event is not None:
             self.emit(event, target.pid)
+
+    def write_closed(self, target: Target, path: bytes) -> None:
+        """A watched file was closed after writing: the size an overwrite left, if one began."""
+        watched = self.watches.watched_inode(path)
+        if watched is not None and watched in target.history.writing:
+            event = target.history.write_closed(watched, self.size_at(target, path, watched))
+            if event is not None:
+                self.emit(event, target.pid)
+
+    @staticmethod
+    def size_at(target: Target, path: bytes, file: FileId) -> int | None:
+        """The size of `file` at the watch path `path`, if that is still where it is."""
+        disk = procfs.DiskView(target.pid)
+        if not (path.startswith(disk.root) and disk.trusts(path[len(disk.root):])):  # mounted since?
+            return None
+        try:
+            st = os.stat(path)  # a watch path resolves as the target sees it
+        except OSError:
+            return None
+        return st.st_size if FileId.of(st).ino == file.ino else None
 
     def recheck(self) -> None:
         """Inotify may have missed events (its queue overflowed, or the loop did not run):
         look for in-place writes by size and mtime in every target, including one that
-        has died meanwhile (what it mapped is remembered), then re-read every target."""
+        has died meanwhile (what it mapped is remembered), then re-read every target.  A
+        target anyone can match whose pace does not allow it now is looked at when it does,
+        every file's stamp compared then."""
+        now = time.monotonic()
         for target in list(self.targets.values()):
+            if not target.operator and not target.pace.allows(now, self.look_rate(target)):
+                target.history.unseen_writes = True
+                self.want_look(target)
+                continue
             known = target.owner.get("mnt_ns")
             disk = procfs.DiskView(target.pid,
                                    namespace=f"mnt:[{known}]".encode() if known else None)
@@ -496,14 +769,16 @@ class Daemon:
         for at most a small share of this tick.  With few targets each is re-read every
         tick; with hundreds, in turn over several ticks, so the daemon stays near idle and
         returns to poll() (and to inotify's events) within milliseconds."""
-        share = REREAD_SHARE_DEGRADED if self.watches.limited else REREAD_SHARE
+        share = REREAD_SHARE_DEGRADED if "inotify_watches" in self.short else REREAD_SHARE
         stop_at = time.monotonic() + share * self.options.interval
         if not self.reread_queue:
             self.reread_queue.extend(self.targets)
         while self.reread_queue:
             pid = self.reread_queue.popleft()
-            if pid in self.targets:
-                self.rescan(self.targets[pid])
+            target = self.targets.get(pid)
+            # A target whose looks are in debt (flooded, or huge) waits for a later round.
+            if target is not None and target.pace.allows(time.monotonic(), self.look_rate(target)):
+                self.rescan(target)
                 if time.monotonic() >= stop_at:
                     break
 
@@ -541,23 +816,24 @@ class Daemon:
             self.on_exit(report)
         for notice in self.exits.notices():
             if notice == "degraded":
-                self.say("warning", "watch.degraded", resource="exit_status",
-                         detail="proc connector queue overran (ENOBUFS): the kernel dropped "
-                                "events; exits whose status was among them are reported with "
-                                "status_source lost")
+                self.degraded("exit_status",
+                              "proc connector queue overran (ENOBUFS): the kernel dropped "
+                              "events; exits whose status was among them are reported with "
+                              "status_source lost")
             else:
-                self.say("info", "watch.recovered", resource="exit_status",
-                         detail="exit statuses arrive from the proc connector again")
+                self.recovered("exit_status", "exit statuses arrive from the proc connector again")
         if reports:
             if not self.exits.pending():  # once a mass exit is told, not at every batch
                 self.follow_exits()
-            if self.fds.recovered(len(self.targets)):
-                self.say("info", "watch.recovered", resource="file_descriptors",
-                         detail="file descriptors are available again for new targets")
+            if (self.fds.has_room(len(self.targets))
+                    and self.recovered("file_descriptors",
+                                       "file descriptors are available again for new targets")):
                 self.rediscover = bool(self.selector)  # the refused ones, if still there
 
     def on_exit(self, report: ExitReport) -> None:
         target = self.targets.pop(report.pid)
+        self.stop_reading(target)
+        self.operator_count -= target.operator
         status = report.status
         fields = {"exit_code": status.exit_code, "signal": status.signal,
                   "core_dumped": status.core_dumped, "status_source": status.source,
@@ -627,48 +903,75 @@ class Daemon:
         self.fds.base = _open_fds() - len(prepared)
         for target in prepared:
             self.attach(target)
-        discovery = self.options.interval if self.connector is None else DISCOVERY_WITH_CONNECTOR
+        discovery = self.discovery_period()
         if self.selector:
             self.discover()
         self.report_lost()
+        self.check_watch_room()
         self.notifier.ready(self.status_line())
         next_tick = time.monotonic() + self.options.interval
         next_discovery = time.monotonic() + discovery
         ping_every = self.notifier.watchdog_interval()
         next_ping = time.monotonic() + (ping_every or 0)
         pulse = Pulse(time.monotonic())
+        cpu = time.process_time()
+        reads_paused = False  # the inotify fd left out of poll() until the read pace allows
         # With a selector it runs until stopped: the host it follows may come back.
         while (self.targets or self.selector) and self.stop_reason is None:
             now = time.monotonic()
             exit_due = self.exits.next_deadline()
+            looks_due = self.looks_due(now)
+            if reads_paused != (pause := not self.reads.allows(now, READ_RATE)):
+                # Out of the poll set, not merely masked: inotify wakes every poller of its fd
+                # at every event, whatever events the poller asked for.
+                reads_paused = pause
+                if pause:
+                    self.poller.unregister(self.watcher.fileno())
+                else:
+                    self.poller.register(self.watcher.fileno(), select.POLLIN)
             due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
+                       *([now] if self.readings else []),
                        *([next_discovery] if self.selector else []),
                        *([next_ping] if ping_every else []),
                        *([self.next_state_save] if self.state else []),
-                       *([exit_due] if exit_due is not None else [])])
+                       *([exit_due] if exit_due is not None else []),
+                       *([looks_due] if looks_due is not None else []),
+                       *([self.reads.ready_at(now, READ_RATE)] if reads_paused else []),
+                       *([self.attaches.ready_at(now, LOOK_SHARE[False])] if self.deferred else []),
+                       *([self.next_recheck] if self.overflows else [])])
             wait = max(0.0, due - now)
             ready = self.poller.poll(wait * 1000)
             now = time.monotonic()
-            if (lost := pulse.beat(now, wait)) is not None:
+            used = time.process_time()  # a system call: once a wake
+            busy, cpu = used - cpu, used
+            if (lost := pulse.beat(now, wait, busy)) is not None:
                 self.say("warning", "watch.gap", gap_s=round(lost, 3),
                          detail=f"the daemon did not run for {lost:.1f} s (stopped, paused or "
                                 "overloaded); events after this line carry the time it resumed")
                 self.recheck()
-            connector_ready = False
+            connector_ready = inotify_ready = False
             for fd, _mask in ready:
                 if fd == wake.fileno():
                     _drain(wake)
                 elif fd == self.watcher.fileno():
-                    events = self.watcher.read()
-                    if self.watcher.overflowed:
-                        self.say("warning", "watch.overflow", detail="inotify queue overflowed; "
-                                         "re-reading every target")
-                        self.recheck()
-                    self.on_file_events(events)
+                    inotify_ready = True
                 elif self.connector is not None and fd == self.connector.fileno():
                     connector_ready = True
                 elif fd in self.fd_owner:
                     self.on_pidfd(self.fd_owner[fd], now)
+            # Paused reads resume when the pace allows, without another poll() to learn that
+            # the queue is not empty (read() returns [] if it is).
+            if inotify_ready or (reads_paused and self.reads.allows(now, READ_RATE)):
+                self.reads.take(1, now, READ_RATE)
+                events = self.watcher.read()
+                self.overflows += self.watcher.overflowed
+                self.on_file_events(events)
+            if self.overflows and now >= self.next_recheck:
+                self.say("warning", "watch.overflow", overflows=self.overflows,
+                         detail="inotify queue overflowed; re-reading every target")
+                self.overflows = 0
+                self.next_recheck = now + OVERFLOW_PAUSE
+                self.recheck()
             # After the pidfds, and at every wake while an exit is pending: the status trails.
             if self.connector is not None and (connector_ready or self.exits.pending()):
                 self.read_connector(now)
@@ -676,18 +979,25 @@ class Daemon:
             if self.newborn:
                 self.consider(sorted(self.newborn))
                 self.newborn.clear()
+            if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+                deferred, self.deferred = self.deferred, set()
+                self.consider(sorted(deferred))
             if self.reopen_log:
                 self.reopen_log = False
                 self.sink.reopen()
+            self.read_huge_maps()
             now = time.monotonic()
             for target in list(self.targets.values()):
                 if target.follow_ups and target.follow_ups[0] <= now:
                     while target.follow_ups and target.follow_ups[0] <= now:
                         target.follow_ups.pop(0)
-                    self.rescan(target)
+                    self.want_look(target)
+            self.run_looks()
             if now >= next_tick:
                 next_tick = now + self.options.interval
+                self.watches.retry()
                 self.reread_some()
+                self.walk_cgroups()
                 self.write_metrics()
                 self.sink.check()
                 self.notifier.status(self.status_line())
@@ -698,6 +1008,7 @@ class Daemon:
                 next_discovery = now + discovery
                 self.rediscover = False
                 self.discover()
+            self.check_watch_room()
             self.save_state(now)
         reason = self.stop_reason or "all targets exited"
         self.notifier.stopping(reason)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 from inodewatch.text import escape_control, is_utf8, safe_text
 
@@ -75,6 +75,14 @@ def add_timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     # time, not datetime: `scan --json` would pay datetime's import (~2 ms) at every run
     seconds, ns = divmod(time.time_ns(), 1_000_000_000)
     event["timestamp"] = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{ns // 1000:06d}Z"
+    return event
+
+
+def explain_content(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor for the console: a finding of identical content says what that
+    means for the operator (the JSON has `content` alone)."""
+    if event.get("content") == "identical":
+        event["note"] = "identical content, no restart needed"
     return event
 
 
@@ -193,14 +201,39 @@ def choose_format(fmt: str, sink: LogSink) -> str:
     return "console" if sink.isatty() else "json"
 
 
-def make_logger(sink: LogSink, fmt: str) -> Any:
-    """A structlog logger writing to `sink`; fmt is "json" or "console"."""
+def origin() -> dict[str, str]:
+    """Where the events happen: the host name and this boot's id (the kernel's boot_id, which
+    a container shares with its host), for logs merged from many machines."""
+    from inodewatch.state import read_boot_id
+
+    return {"host": os.uname().nodename, "boot_id": read_boot_id()}
+
+
+def with_origin(where: Mapping[str, str]) -> Any:
+    """structlog processor: `where` (see `origin`) at the end of every event."""
+    def add_origin(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.update(where)
+        return event
+    return add_origin
+
+
+def make_logger(sink: LogSink, fmt: str, where: Mapping[str, str] | None = None) -> Any:
+    """A structlog logger writing to `sink`; fmt is "json", "journal" (JSON lines with their
+    fields, for journal.JournalSink) or "console".  `where` (see `origin`) is added to every
+    JSON event; a console is read where it runs."""
     import structlog
 
     processors: list[Any] = [structlog.processors.add_log_level]
     if fmt == "console":
-        processors += [add_timestamp, paths_to_text, escape_for_terminal,
+        processors += [add_timestamp, paths_to_text, escape_for_terminal, explain_content,
                        structlog.dev.ConsoleRenderer(colors=False)]
     else:
-        processors += JSON_PROCESSORS
+        if where:
+            processors.append(with_origin(where))
+        if fmt == "journal":
+            from inodewatch import journal
+
+            processors += [*JSON_PROCESSORS[:-1], journal.render]
+        else:
+            processors += JSON_PROCESSORS
     return structlog.wrap_logger(sink, processors=processors, cache_logger_on_first_use=True)

@@ -5,8 +5,9 @@ else it opens (a /proc file, an O_PATH open for an inotify watch, the log file a
 the metrics file) is closed again at once.  A selector anyone can match (`--name`) could
 otherwise spend every fd on targets and leave the daemon unable to read /proc or watch a
 file for the targets it already has.  So a new selector target is refused while fewer than
-RESERVE fds would remain, and the refusal is said once (degraded) until the fds in use drop
-well below the line again (recovered).  Targets named by --pid are not held to the reserve.
+RESERVE fds would remain; the daemon says the refusal once (degraded) until `has_room` says
+the fds in use dropped well below the line again (recovered).  Targets named by --pid are not
+held to the reserve.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def raise_fd_limit() -> int:
 
 
 class FdBudget:
-    """How many fds may go to targets; whether the daemon is short of them.
+    """How many fds may go to targets.
 
     `in_use` is counted by the caller: the fds it held when the budget was made (`base`)
     plus one per target.  Pure: no fd is counted or opened here."""
@@ -43,25 +44,15 @@ class FdBudget:
         self.limit = limit
         self.base = base
         self.reserve = reserve
-        self.short = False  # a target was refused, and the fds have not come back yet
 
     def admits(self, targets: int) -> bool:
         """May one more selector target get its fd, with `targets` already held?"""
         return self.base + targets + 1 + self.reserve <= self.limit
 
-    def refuse(self) -> bool:
-        """A target was refused for lack of fds; True the first time (log degraded)."""
-        first = not self.short
-        self.short = True
-        return first
-
-    def recovered(self, targets: int) -> bool:
-        """True once, when a short budget has room again for a reserve's worth of targets
+    def has_room(self, targets: int) -> bool:
+        """Whether, after a refusal, there is room again for a reserve's worth of targets
         (a margin, so a flood of short-lived processes does not make it flap)."""
-        if self.short and self.base + targets + 2 * self.reserve <= self.limit:
-            self.short = False
-            return True
-        return False
+        return self.base + targets + 2 * self.reserve <= self.limit
 
     def describe(self, targets: int) -> str:
         return (f"out of file descriptors: {self.base + targets} of RLIMIT_NOFILE {self.limit} "

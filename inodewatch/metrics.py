@@ -22,7 +22,8 @@ disable_created_metrics()
 
 # (subject, kind) of every divergence the daemon can hold live; an fd is never "overwritten".
 LIVE_SERIES: tuple[tuple[str, str], ...] = (
-    *(("mapping", kind) for kind in ("deleted", "replaced", "renamed", "missing", "overwritten")),
+    *(("mapping", kind) for kind in ("deleted", "replaced", "renamed", "missing", "overwritten",
+                                     "duplicated")),
     *(("fd", kind) for kind in ("deleted", "replaced", "renamed", "missing")),
 )
 
@@ -31,7 +32,8 @@ LIVE_SERIES: tuple[tuple[str, str], ...] = (
 EVENTS: tuple[str, ...] = (
     "daemon.started", "daemon.stopped", "target.attached", "target.exited", "target.lost",
     *(f"{subject}.{kind}" for subject, kind in LIVE_SERIES),
-    "mapping.reloaded", "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
+    "mapping.overwrite_closed", "mapping.content", "fd.content", "mapping.reloaded",
+    "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
 )
 
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 # Names the kernel gives to files that were never reachable through a path: shared memory,
 # memfd, SysV segments, DRM buffers.  They always read "(deleted)" and are never a stale
-# shared object.  Everything under /dev/ is IPC or a device, not code on disk (as needrestart).
+# shared object.  Under /dev/ live IPC and devices (POSIX shm segments in /dev/shm, shared
+# mappings of /dev/zero, device memory): not a file on disk, except code (see runs_code).
+DEVICE_DIR = b"/dev/"
 PSEUDO_PREFIXES: tuple[bytes, ...] = (
     b"/memfd:",
     b"/SYSV",
-    b"/dev/",
+    DEVICE_DIR,
     b"/anon_hugepage",
     b"/[aio]",
     b"/drm mm object",
@@ -52,13 +54,15 @@ class FileId(namedtuple("FileId", "dev ino")):
         return f"{os.major(self.dev):02x}:{os.minor(self.dev):02x}"
 
 
-class MappedFile(namedtuple("MappedFile", "path file perms deleted size mtime_ns",
-                            defaults=(None, None))):
+class MappedFile(namedtuple("MappedFile", "path file perms deleted size mtime_ns vma",
+                            defaults=(None, None, None))):
     """One file mapped by a process: all its VMAs grouped into one (dev, inode).
 
     path: bytes, the kernel's current name for it, without a " (deleted)" it added;
     file: FileId; perms: tuple[str, ...], every distinct permission string, e.g. ("r--p",
-    "r-xp"); deleted: bool, the inode has no link left on disk; size, mtime_ns: int | None.
+    "r-xp"); deleted: bool, the inode has no link left on disk; size, mtime_ns: int | None;
+    vma: bytes | None, one VMA's range as maps prints it (b"7f1c2d400000-7f1c2d401000"):
+    where /proc/PID/map_files/ reaches the inode itself.
     """
 
     __slots__ = ()
@@ -71,15 +75,42 @@ class OpenFile(namedtuple("OpenFile", "fd path file deleted size", defaults=(Non
     __slots__ = ()
 
 
-class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perms fd",
-                         defaults=(None, None, (), None))):
+class Content(namedtuple("Content", "verdict mapped_build_id disk_build_id reason")):
+    """What a process runs compared with what is on disk (see inodewatch.contentpass):
+    verdict: str, "identical", "different" or "unknown"; mapped_build_id, disk_build_id:
+    str | None, the GNU build-ids (hex) where the files have one; reason: str | None, why
+    the verdict is unknown."""
+
+    __slots__ = ()
+
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {"content": self.verdict}
+        if self.mapped_build_id is not None:
+            out["mapped_build_id"] = self.mapped_build_id
+        if self.disk_build_id is not None:
+            out["disk_build_id"] = self.disk_build_id
+        if self.reason is not None:
+            out["content_reason"] = self.reason
+        return out
+
+
+IDENTICAL = "identical"
+UNKNOWN = "unknown"
+
+
+class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perms fd vma content "
+                                    "package", defaults=(None, None, (), None, None, None, None))):
     """One way in which what a process holds differs from what is on disk.
 
     subject: str, "mapping" or "fd"; kind: str, "deleted" (the held inode has no link
     left), "replaced" (the path names another inode), "missing" (nothing is at the path, but
-    the inode still has links elsewhere) or "renamed" (the inode now lives under new_path);
-    path: bytes; mapped: FileId, the held inode; disk: FileId | None, what the path names
-    now; new_path: bytes | None; perms: tuple[str, ...]; fd: int | None.
+    the inode still has links elsewhere), "renamed" (the inode now lives under new_path) or
+    "duplicated" (the process maps this inode and, at the same path, the one on disk: two
+    versions loaded at once); path: bytes; mapped: FileId, the held inode; disk: FileId |
+    None, what the path names now; new_path: bytes | None; perms: tuple[str, ...]; fd: int |
+    None; vma: bytes | None, a mapping's range (MappedFile.vma); content: Content | None,
+    once judged (deleted and replaced findings); package: packages.Package | None, the
+    package owning the path (scan only, a process in the host's mount namespace).
     """
 
     __slots__ = ()
@@ -88,8 +119,23 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
     def event(self) -> str:
         return f"{self.subject}.{self.kind}"
 
+    @property
+    def level(self) -> str:
+        """Its event's level: a warning, but info when the content is identical."""
+        return "warning" if self.needs_restart else "info"
+
+    @property
+    def needs_restart(self) -> bool:
+        """False only when the process runs exactly what is on disk (identical content):
+        the inode changed, the code did not."""
+        return self.content is None or self.content.verdict != IDENTICAL
+
     def fields(self) -> dict[str, object]:
         """The event fields of DESIGN.md for this finding (paths still as bytes)."""
+        if self.kind == "duplicated":
+            return {"path": self.path, "old_ino": self.mapped.ino,
+                    "new_ino": self.disk.ino if self.disk is not None else None,
+                    "perms": ",".join(self.perms)}
         out: dict[str, object] = {"path": self.path}
         if self.fd is not None:
             out["fd"] = self.fd
@@ -102,12 +148,25 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
             out["disk_ino"] = self.disk.ino
         if self.perms:
             out["perms"] = ",".join(self.perms)
+        if self.content is not None:
+            out.update(self.content.fields())
+        if self.package is not None:
+            out.update(self.package.fields())
         return out
 
 
 def is_pseudo_path(path: bytes) -> bool:
     """True for names that are not files on a real file system (never reported)."""
     return not path.startswith(b"/") or path.startswith(PSEUDO_PREFIXES)
+
+
+def runs_code(perms: Iterable[str]) -> bool:
+    """Whether a file's VMAs (their maps permissions, e.g. "r-xp") include a private
+    executable one, as the loader maps every object it loads.  That makes a file under /dev/
+    code like anywhere else: a library copied to /dev/shm (tmpfs), dlopen'ed, then deleted.
+    POSIX shm data, /dev/zero and devices are mapped shared or without exec; so is the
+    double mapping of a JIT or of libffi's closures (one file, mapped rw-s and r-xs)."""
+    return any(p[2:4] == "xp" for p in perms)
 
 
 def same_file(held: FileId, on_disk: FileId) -> bool:
@@ -133,6 +192,7 @@ def compare(
     perms: tuple[str, ...] = (),
     fd: int | None = None,
     first_path: bytes | None = None,
+    vma: bytes | None = None,
 ) -> list[Finding]:
     """Compare one held file with what is on disk at the path it was opened from.
 
@@ -144,7 +204,7 @@ def compare(
     still_there = disk is not None and same_file(held, disk)
     if still_there and not deleted and expected == path:
         return []  # nearly every file of every process: decided without building anything
-    common = {"mapped": held, "perms": perms, "fd": fd}
+    common = {"mapped": held, "perms": perms, "fd": fd, "vma": vma}
     found: list[Finding] = []
     if deleted:
         found.append(Finding(subject, "deleted", expected, **common))
@@ -158,7 +218,7 @@ def compare(
 
 
 def find_divergence(
-    mapped: Iterable[MappedFile],
+    mapped: Sequence[MappedFile],
     open_files: Iterable[OpenFile],
     disk: DiskLookup,
     first_paths: dict[FileId, bytes] | None = None,
@@ -170,9 +230,24 @@ def find_divergence(
         expected = first_paths.get(m.file, m.path)
         found += compare(
             "mapping", m.path, m.file, m.deleted, disk(expected),
-            perms=m.perms, first_path=expected,
+            perms=m.perms, first_path=expected, vma=m.vma,
         )
+    found += duplicates(mapped, [f for f in found if f.kind == "replaced"], first_paths)
     for f in open_files:
         expected = first_paths.get(f.file, f.path)
         found += compare("fd", f.path, f.file, f.deleted, disk(expected), fd=f.fd, first_path=expected)
     return found
+
+
+def duplicates(mapped: Sequence[MappedFile], replaced: list[Finding],
+               first_paths: dict[FileId, bytes]) -> list[Finding]:
+    """Two versions loaded at once: a mapping replaced on disk (`replaced`, its findings)
+    whose new file the process maps too, under the same path (nginx reloaded with its
+    load_module spelled otherwise: glibc matches no loaded object by the new name, and loads
+    the new file beside the old one).  One finding per older inode; only a process with a
+    replaced mapping pays for the look."""
+    if not replaced:
+        return []
+    at = {(first_paths.get(m.file, m.path), m.file.ino) for m in mapped}
+    return [Finding("mapping", "duplicated", f.path, f.mapped, f.disk, perms=f.perms, vma=f.vma)
+            for f in replaced if f.disk is not None and (f.path, f.disk.ino) in at]

@@ -171,6 +171,19 @@ def stat_beside(root: bytes, path: bytes, table: MountTable) -> os.stat_result:
     it), every step's mount read from its fdinfo before anything asks its file system, and
     symlinks resolved here.  A plain stat would follow a symlink an attacker planted on her
     own path into her FUSE mount.  Raises Untrusted, or OSError as os.stat does."""
+    fd = open_beside(root, path, table)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def open_beside(root: bytes, path: bytes, table: MountTable, follow_last: bool = True) -> int:
+    """An O_PATH descriptor of root + path, walked as stat_beside walks it (the caller
+    closes it); with follow_last False, a symlink as the last component is not followed
+    (the descriptor is the symlink's, as O_PATH | O_NOFOLLOW gives it).  Its file system
+    has been asked nothing but lookups on trusted mounts: reopen it for reading through
+    /proc/self/fd/N.  Raises Untrusted, or OSError."""
     fds = [os.open(root or b"/", os.O_PATH | os.O_CLOEXEC)]  # the directories walked, root first
     try:
         _check(fds[-1], table)
@@ -191,7 +204,7 @@ def stat_beside(root: bytes, path: bytes, table: MountTable) -> os.stat_result:
             except BaseException:
                 os.close(fd)
                 raise
-            if not stat.S_ISLNK(st.st_mode):
+            if not stat.S_ISLNK(st.st_mode) or (not todo and not follow_last):
                 fds.append(fd)
                 if todo and not stat.S_ISDIR(st.st_mode):
                     raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -207,10 +220,16 @@ def stat_beside(root: bytes, path: bytes, table: MountTable) -> os.stat_result:
                 while len(fds) > 1:
                     os.close(fds.pop())
             todo.extend(target.split(b"/")[::-1])
-        return os.fstat(fds[-1])
+        return fds.pop()
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def check_fd(fd: int, table: MountTable) -> None:
+    """Raise Untrusted if the file open as `fd` (O_PATH is enough) is on an untrusted mount."""
+    if table.by_id:
+        _check(fd, table)
 
 
 def _check(fd: int, table: MountTable) -> None:

@@ -21,11 +21,13 @@ import functools
 import os
 import re
 import stat
+import sys
 from collections import namedtuple
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from inodewatch import mounts
-from inodewatch.model import DELETED_SUFFIX, FileId, MappedFile, OpenFile, is_pseudo_path, same_file
+from inodewatch.model import (DELETED_SUFFIX, DEVICE_DIR, FileId, MappedFile, OpenFile, is_pseudo_path,
+                              runs_code, same_file)
 
 PROC = b"/proc"
 
@@ -48,7 +50,21 @@ class ProcessGone(ProcError):
 
 
 class AccessDenied(ProcError):
-    """We may not read the process: the message names the missing capability."""
+    """We may not read the process: the message names the file and the error, and the
+    capability that would allow it only when we lack it (inodewatch.caps.denial_advice).
+    It is worded when it is shown, not when raised: `scan --all` meets many, shows none."""
+
+    def __init__(self, pid: int, what: str, exc: OSError) -> None:
+        super().__init__(pid, "")
+        self.what = what  # the file under /proc/PID/: "maps", "fd", ...
+        self.error = exc
+
+    def __str__(self) -> str:
+        from inodewatch.caps import denial_advice  # only an error shown pays for it
+
+        code = errno.errorcode.get(self.error.errno or 0, str(self.error.errno))
+        return (f"cannot read /proc/{self.pid}/{self.what}: {self.error.strerror} ({code}); "
+                f"{denial_advice(self.what)}")
 
 
 class StatParseError(ValueError):
@@ -68,8 +84,13 @@ class MappingGroup(namedtuple("MappingGroup", "path file perms vma")):
     @property
     def range_name(self) -> bytes:
         """The VMA's name under /proc/PID/map_files/: the range without maps' zero padding."""
-        start, end = self.vma.split(b"-")
-        return b"%x-%x" % (int(start, 16), int(end, 16))
+        return range_name(self.vma)
+
+
+def range_name(vma: bytes) -> bytes:
+    """A VMA's range as maps prints it -> its name under /proc/PID/map_files/."""
+    start, end = vma.split(b"-")
+    return b"%x-%x" % (int(start, 16), int(end, 16))
 
 
 class ProcessId(namedtuple("ProcessId", "pid start_time")):
@@ -164,14 +185,17 @@ class _MapsFold:
         for dev_inode, (raw_path, perms, vma) in self.seen.items():
             file = _file_of(dev_inode, raw_path)
             if file is not None:
-                found.append(MappingGroup(file[0], file[1], _perm_names(frozenset(perms)), vma))
+                names = _perm_names(frozenset(perms))
+                if file[2] and not runs_code(names):
+                    continue  # POSIX shm data, /dev/zero, device memory: not a file on disk
+                found.append(MappingGroup(file[0], file[1], names, vma))
         too_long = [_file_id(dev_inode) for dev_inode in self.too_long if dev_inode not in self.seen]
         return MapsRead(found, too_long, size, lines)
 
 
 def fold_maps(data: bytes) -> MapsRead:
     """The files mapped in the whole text of /proc/PID/maps, one group per (dev, inode),
-    pseudo files (memfd, SysV shm, /dev/...) left out.  Lines not in the kernel's format are
+    pseudo files (memfd, SysV shm, /dev/... but code, see model.runs_code) left out.  Lines not in the kernel's format are
     skipped.  (read_maps does the same on the kernel's text in bounded memory.)"""
     fold = _MapsFold()
     fold.add(b"\n" + data)
@@ -183,66 +207,106 @@ def map_groups(data: bytes) -> list[MappingGroup]:
     return fold_maps(data).groups
 
 
-def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
-                max_line: int = MAX_MAPS_LINE) -> MapsRead:
-    """fold_maps over maps text arriving in `chunks`, in bounded memory: the text is folded
+class MapsStream:
+    """fold_maps over maps text arriving in chunks, in bounded memory: the text is folded
     into groups whenever more than `limit` bytes are pending, up to their last complete
     line; a line longer than `max_line` is dropped as it streams past, its file counted in
     `too_long`.  At most about limit + max_line + one chunk is held at any time."""
-    fold = _MapsFold()
-    pending = b"\n"  # the text not folded yet, its newline first
-    size = lines = 0
-    dropping = False  # inside an over-long line: discard up to its end
-    for chunk in chunks:
-        size += len(chunk)
-        lines += chunk.count(b"\n")
-        if dropping:
+
+    def __init__(self, limit: int = MAPS_CHUNK, max_line: int = MAX_MAPS_LINE) -> None:
+        self.limit, self.max_line = limit, max_line
+        self.fold = _MapsFold()
+        self.pending = b"\n"  # the text not folded yet, its newline first
+        self.size = self.lines = 0
+        self.dropping = False  # inside an over-long line: discard up to its end
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.lines += chunk.count(b"\n")
+        if self.dropping:
             end = chunk.find(b"\n")
             if end < 0:
-                continue
-            dropping, pending, chunk = False, b"", chunk[end:]
-        pending += chunk
-        if len(pending) > limit:  # a small maps is folded once, at the end
-            cut = pending.rfind(b"\n")
+                return
+            self.dropping, self.pending, chunk = False, b"", chunk[end:]
+        self.pending += chunk
+        if len(self.pending) > self.limit:  # a small maps is folded once, at the end
+            cut = self.pending.rfind(b"\n")
             if cut > 0:
-                fold.add(pending[:cut])
-                pending = pending[cut:]
-            if len(pending) > max_line:
-                fold.skip_line(pending[:200])
-                dropping, pending = True, b"\n"
-    fold.add(pending)
-    return fold.result(size, lines)
+                self.fold.add(self.pending[:cut])
+                self.pending = self.pending[cut:]
+            if len(self.pending) > self.max_line:
+                self.fold.skip_line(self.pending[:200])
+                self.dropping, self.pending = True, b"\n"
+
+    def result(self) -> MapsRead:
+        self.fold.add(self.pending)
+        self.pending = b""
+        return self.fold.result(self.size, self.lines)
+
+
+def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
+                max_line: int = MAX_MAPS_LINE) -> MapsRead:
+    """MapsStream over `chunks`, whole."""
+    stream = MapsStream(limit, max_line)
+    for chunk in chunks:
+        stream.feed(chunk)
+    return stream.result()
+
+
+class MapsReading:
+    """One read of /proc/PID/maps that may be spread over many turns of a loop: a 265 MB
+    maps costs the kernel ~3 s to print, and a daemon must not stop for that.  Holds its fd
+    until done or closed.  Raises ProcError (ProcessGone, AccessDenied)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.stream = MapsStream()
+        try:
+            self.fd: int | None = os.open(proc_path(pid, b"maps"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _error(pid, exc, "maps") from None
+
+    def advance(self, chunks: int) -> MapsRead | None:
+        """Read at most `chunks` chunks more: the whole maps once the end is reached (the fd
+        is then closed), else None."""
+        assert self.fd is not None, "advance after the end"
+        try:
+            for _ in range(chunks):
+                chunk = os.read(self.fd, MAPS_CHUNK)
+                if not chunk:
+                    self.close()
+                    return self.stream.result()
+                self.stream.feed(chunk)
+        except OSError as exc:
+            self.close()
+            raise _error(self.pid, exc, "maps") from None
+        return None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def read_maps(pid: int) -> MapsRead:
-    """fold_chunks over /proc/PID/maps as the kernel hands it out.  Raises ProcError
-    (ProcessGone, AccessDenied)."""
-    try:
-        fd = os.open(proc_path(pid, b"maps"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _error(pid, exc, "maps") from None
-
-    def chunks() -> Iterator[bytes]:
-        while chunk := os.read(fd, MAPS_CHUNK):
-            yield chunk
-    try:
-        return fold_chunks(chunks())
-    except OSError as exc:
-        raise _error(pid, exc, "maps") from None
-    finally:
-        os.close(fd)
+    """/proc/PID/maps folded, in one go (MapsReading to the end)."""
+    maps = MapsReading(pid).advance(sys.maxsize)
+    assert maps is not None  # read to the end
+    return maps
 
 
 # Both caches hold what every process repeats (libc, ld.so, the same few perms strings):
 # a full-host scan decodes each once, not once per process.  Bounded, because the daemon
 # meets a new inode at every plugin replacement: 1024 files, ~0.5 MB at most.
 @functools.lru_cache(maxsize=1024)
-def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId] | None:
-    """(path, FileId) from maps' "major:minor inode" and raw path; None for a pseudo file."""
+def _file_of(dev_inode: bytes, raw_path: bytes) -> tuple[bytes, FileId, bool] | None:
+    """(path, FileId, whether it is under /dev/: a file only if it runs code) from maps'
+    "major:minor inode" and raw path; None for a pseudo file."""
     path = unescape_path(raw_path)
-    if is_pseudo_path(path):
+    under_dev = path.startswith(DEVICE_DIR)
+    if is_pseudo_path(path) and not under_dev:
         return None
-    return path, _file_id(dev_inode)
+    return path, _file_id(dev_inode), under_dev
 
 
 def _file_id(dev_inode: bytes) -> FileId:
@@ -302,10 +366,8 @@ def _error(pid: int, exc: OSError, what: str) -> ProcError:
     if exc.errno in (errno.ENOENT, errno.ESRCH):
         return ProcessGone(pid, f"no such process: {pid}")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return AccessDenied(
-            pid, f"permission denied reading {what} of pid {pid}: "
-                 "run as root or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
-    return ProcError(pid, f"cannot read {what} of pid {pid}: {exc.strerror}")
+        return AccessDenied(pid, what, exc)
+    return ProcError(pid, f"cannot read /proc/{pid}/{what}: {exc.strerror}")
 
 
 def read_proc_file(pid: int, name: bytes) -> bytes:
@@ -405,8 +467,7 @@ class DiskView:
     (`mounts`, see inodewatch.mounts): such a path reads as unknown to `trusts`.
 
     It also keeps the account of one pass over the process: `unknown`, the held files that
-    were not looked at (list[Unknown]); `maps_size` and `maps_lines`, what the last read of
-    its maps cost (read_mapped_files sets them: a caller may re-read a huge maps less often).
+    were not looked at (list[Unknown]).
     """
 
     def __init__(self, pid: int, shared: dict[bytes, OnDisk | None] | None = None,
@@ -422,7 +483,6 @@ class DiskView:
         # them may share one cache (`shared`), and libc is stat'ed once, not once per process.
         self.seen: dict[bytes, OnDisk | None] = shared if shared is not None and not self.root else {}
         self.unknown: list[Unknown] = []
-        self.maps_size = self.maps_lines = 0
 
     def look(self, path: bytes) -> OnDisk | None:
         """What is at `path` now (None: nothing, or it cannot be stat'ed)."""
@@ -493,14 +553,14 @@ def _resolve_name(disk: DiskView, name: bytes, held: FileId, nlink: int | None) 
     return strip_deleted(name, nlink, name_is_this_file)
 
 
-def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile]:
-    """Every file `pid` maps, one entry per inode, pseudo files left out.  Raises ProcError
+def read_mapped_files(pid: int, disk: DiskView | None = None,
+                      maps: MapsRead | None = None) -> list[MappedFile]:
+    """Every file `pid` maps, one entry per inode, pseudo files left out, from `maps` (a
+    read the caller made, maybe over many turns of its loop) or read now.  Raises ProcError
     about the process; a file that cannot be looked at (a name too long, any error about
-    that file alone) is left out and accounted in `disk.unknown`.  Sets `disk.maps_size` and
-    `disk.maps_lines` (bytes and lines of maps read: 265 MB for 65,000 VMAs of a 4 KB path)."""
+    that file alone) is left out and accounted in `disk.unknown`."""
     disk = disk or DiskView(pid)
-    maps = read_maps(pid)
-    disk.maps_size, disk.maps_lines = maps.size, maps.lines
+    maps = read_maps(pid) if maps is None else maps
     disk.unknown += [Unknown("mapping", b"", TOO_LONG) for _ in maps.too_long]
     files: list[MappedFile] = []
     can_read_map_files = True
@@ -520,8 +580,10 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
         if on_disk is not None and same_file(g.file, on_disk.file):
             # The path still names the mapped inode: intact, no need to ask map_files (the
             # common case, and one stat fewer per library per process).
+            if not stat.S_ISREG(on_disk.stat.st_mode):
+                continue  # a device mapped private and executable: no file on disk
             files.append(MappedFile(g.path, g.file, g.perms, False, on_disk.stat.st_size,
-                                    on_disk.stat.st_mtime_ns))
+                                    on_disk.stat.st_mtime_ns, g.vma))
             continue
         st = None
         name = g.path
@@ -548,12 +610,12 @@ def read_mapped_files(pid: int, disk: DiskView | None = None) -> list[MappedFile
             except OSError as exc:  # ENAMETOOLONG: the name and " (deleted)" pass PATH_MAX
                 disk.skip("mapping", g.path, exc)
                 continue
-            if can_read_map_files and st is None:
-                continue  # unmapped between the two reads
+            if can_read_map_files and (st is None or not stat.S_ISREG(st.st_mode)):
+                continue  # unmapped between the two reads, or a device: no file on disk
         path, deleted = _resolve_name(disk, name, g.file, st.st_nlink if st is not None else None)
         files.append(MappedFile(path, g.file, g.perms, deleted,
                                 st.st_size if st is not None else None,
-                                st.st_mtime_ns if st is not None else None))
+                                st.st_mtime_ns if st is not None else None, g.vma))
     return files
 
 

@@ -1,30 +1,31 @@
-"""What `inodewatch scan` prints: a readable table, or the daemon's JSON event lines; then a
-line per reason files were not looked at, and the summary (both on stderr with --json)."""
+"""What `inodewatch scan` prints: a readable table (one row per stale file per process group,
+then what to restart: inodewatch.restart), or the daemon's JSON event lines; then a line per
+reason files were not looked at, and the summary (both on stderr with --json)."""
 
 from __future__ import annotations
 
 import sys
 
+from collections.abc import Callable
+
 from inodewatch import procfs
-from inodewatch.model import Finding
+from inodewatch.model import Content
+from inodewatch.restart import Group, Member, StaleFile, command_text, groups, label, plan
 from inodewatch.scan import ScanSummary
-from inodewatch.text import terminal_text
+from inodewatch.text import escape_control, terminal_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the checkers only: every scan would pay its import (~6 ms)
     from typing import IO
 
 
-def describe(f: Finding) -> str:
-    """One short human sentence of what a finding means."""
-    held = f"inode {f.mapped.ino}"
-    if f.kind == "deleted":
-        return f"{held} has no link left: the process runs a deleted file"
-    if f.kind == "replaced":
-        return f"{held} held, path now names inode {f.disk.ino if f.disk else '?'}"
-    if f.kind == "renamed":
-        return f"{held} now lives at {terminal_text(f.new_path or b'')}"
-    return f"{held} held, nothing at the path"
+def content_text(content: Content | None) -> str:
+    """What the content comparison says of a stale file, for the table ("-" if not judged)."""
+    if content is None:
+        return "-"
+    if content.verdict == "unknown" and content.reason:
+        return f"unknown ({content.reason})"
+    return content.verdict
 
 
 def summary_line(summary: ScanSummary) -> str:
@@ -37,8 +38,9 @@ def summary_line(summary: ScanSummary) -> str:
         skipped.append(f"{summary.unreadable} unreadable")
     if summary.exited:
         skipped.append(f"{summary.exited} exited meanwhile")
+    identical = sum(not f.needs_restart for r in summary.reports for f in r.findings)
     line = (f"scanned {scanned} processes: {len(summary.diverged)} diverged, "
-            f"{findings} findings")
+            f"{findings} findings" + (f" ({identical} of identical content)" if identical else ""))
     return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
 
@@ -77,18 +79,61 @@ def unknown_lines(summary: ScanSummary) -> list[str]:
     return lines
 
 
+def _file_text(sf: StaleFile) -> str:
+    return terminal_text(sf.path) + (f" (fd {sf.fd})" if sf.fd is not None else "")
+
+
+def _with_package(sf: StaleFile) -> str:
+    return _file_text(sf) + (f" ({escape_control(str(sf.package))})" if sf.package else "")
+
+
+def user_name(uid: int) -> str:
+    """The login name of `uid` for `systemctl --user -M NAME@`, else the number."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def restart_lines(all_groups: list[Group], name_of: Callable[[int], str] = user_name) -> list[str]:
+    """The "To restart" section (the command, then the processes and files behind it, per
+    unit or container), and a line for what needs no restart (identical content)."""
+    actions, identical = plan(all_groups, name_of)
+    lines = ["To restart:"] if actions else []
+    for action in actions:
+        if action.command is None:
+            head = max(action.groups, key=lambda g: len(g.members))
+            lines.append(f"  {label(head, terminal_text)}, {escape_control(action.note or '')}")
+            lines += [f"      {_with_package(g.file)}" for g in action.groups]
+            continue
+        note = f"  # {escape_control(action.note)}" if action.note else ""
+        lines.append(f"  {escape_control(command_text(action.command))}{note}")
+        lines += [f"      {label(g, terminal_text)}: {_with_package(g.file)}" for g in action.groups]
+    if identical:
+        named = [f"{label(g, terminal_text)} {_file_text(g.file)}" for g in identical]
+        lines.append("No restart needed (identical content): " + _some(named))
+    return lines
+
+
 def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
-    rows = [
-        (str(r.pid), terminal_text(r.comm), f.event,
-         terminal_text(f.path) + (f" (fd {f.fd})" if f.fd is not None else ""),
-         describe(f) + (f" [{','.join(f.perms)}]" if f.perms else ""))
-        for r in summary.reports for f in r.findings
-    ]
+    """One row per stale file per process group, then what to restart, then the files not
+    looked at and the summary."""
+    all_groups = groups((Member(r.pid, r.comm, r.ppid, r.placement), r.findings)
+                        for r in summary.reports if r.findings)
+    rows = [(label(g, terminal_text), _file_text(g.file), g.file.state,
+             escape_control(content_text(g.file.content)),
+             escape_control(str(g.file.package)) if g.file.package else "-")
+            for g in all_groups]
     if rows:
-        header = ("PID", "COMM", "EVENT", "PATH", "DETAIL")
+        header = ("PROCESS", "FILE", "STATE", "CONTENT", "PACKAGE")
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
         for row in [header, *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4], file=out)
+        print(file=out)
+    for line in restart_lines(all_groups):
+        print(line, file=out)
     for line in unknown_lines(summary):
         print(line, file=out)
     print(summary_line(summary), file=out)
@@ -100,7 +145,9 @@ def print_scan_events(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
 
     for r in summary.reports:
         for f in r.findings:
-            print(format_event("warning", f.event, {"pid": r.pid, "comm": r.comm, **f.fields()}), file=out)
+            where = r.placement.fields() if r.placement is not None else {}
+            print(format_event(f.level, f.event, {"pid": r.pid, "comm": r.comm, **where,
+                                                  **f.fields()}), file=out)
     for line in unknown_lines(summary):
         print(line, file=sys.stderr)
     print(summary_line(summary), file=sys.stderr)

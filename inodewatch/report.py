@@ -17,14 +17,18 @@ timeline, with the number of those in between ("... 12,345 events not shown ..."
 Verdicts: one sentence per life (`outcome` names the case in JSON), judged on the life's events
 up to --until; --since only trims the timeline shown, so a file replaced before it still counts.
 
-  crashed_after_overwrite  killed by a signal after a file it mapped was overwritten in place:
+  crashed_after_overwrite  killed by a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP,
+      SIGSYS: FAULT_SIGNALS) after a file it mapped was overwritten in place:
       "pid 38314 (reload) was killed by SIGSEGV 1.2 s after /opt/demo/so.so (inode 2146358,
       mapped r--p,r-xp,rw-p) was overwritten in place" (perms from a mapping event or `stale`)
   killed         "pid 7 (nginx) was killed by SIGKILL, while running 1 stale file: /x.so (deleted)"
+                 (also after an overwrite: a SIGKILL or SIGTERM is never its symptom)
   exited         "pid 7 (nginx) exited with status 0" (+ the same clause when `stale` is not empty)
   exit_unknown   the exit was seen through a pidfd only, without its status
   lost           "pid 7 (nginx) ended while the daemon was not running, how is unknown" (a
                  restarted daemon's target.lost; + the stale clause)
+  running_duplicated  "pid 7 (nginx) was still running two versions of /x.so (inode 12 and
+                 13) at once at the end of the log" (mapping.duplicated, until a reload)
   running_stale  "pid 7 (nginx) was still running old code at the end of the log:
                   /x.so (deleted, replaced at 2026-01-02T03:04:05.000006Z)"
   reloaded       "pid 7 (nginx) reloaded /x.so (inode 12 -> 13) 0.300 s after it was replaced;
@@ -91,8 +95,12 @@ from typing import Any, Generic, NamedTuple, TextIO, TypeVar
 from inodewatch.logread import Counts, LogEvent, ReportError, parse_line, parse_time, read
 from inodewatch.text import escape_control
 
-DIVERGENCE_KINDS = frozenset(("deleted", "replaced", "renamed", "missing", "overwritten"))
+DIVERGENCE_KINDS = frozenset(("deleted", "replaced", "renamed", "missing", "overwritten",
+                              "duplicated"))
 WARNING_LEVELS = ("warning", "error", "critical")
+# The signals by which an in-place overwrite shows: the process faults on pages that changed
+# under it.  A SIGKILL, a SIGTERM or an exit is someone's decision, never that symptom.
+FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
 # What ends a target's life: its exit seen, or found gone by a restarted daemon.
 ENDS = ("target.exited", "target.lost")
 
@@ -131,6 +139,7 @@ class Divergence(NamedTuple):
     fd: int | None
     ino: int | None
     new_path: str | None
+    new_ino: int | None  # duplicated: the new version, mapped beside the old one (`ino`)
 
     @property
     def file(self) -> tuple[str, str, int | None, int | None]:
@@ -140,6 +149,8 @@ class Divergence(NamedTuple):
     def label(self) -> str:
         if self.kind == "renamed" and self.new_path is not None:
             return f"renamed to {escape_control(self.new_path)}"
+        if self.kind == "duplicated":
+            return f"loaded twice, inode {self.ino} beside {_text(self.new_ino)}"
         return "overwritten in place" if self.kind == "overwritten" else self.kind
 
     @property
@@ -382,8 +393,9 @@ def divergence(name: str, fields: Mapping[str, Any]) -> Divergence | None:
     path = _str(fields, "path")
     if subject not in ("mapping", "fd") or kind not in DIVERGENCE_KINDS or path is None:
         return None
-    return _new(Divergence, (subject, kind, path, _int(fields, "fd"), _int(fields, "mapped_ino"),
-                        _str(fields, "new_path")))
+    ino = _int(fields, "old_ino" if kind == "duplicated" else "mapped_ino")
+    return _new(Divergence, (subject, kind, path, _int(fields, "fd"), ino,
+                             _str(fields, "new_path"), _int(fields, "new_ino")))
 
 
 def _perms_size(ino: int, perms: str) -> int:
@@ -475,12 +487,16 @@ class Timeline:
             if kind == "reloaded" and subject == "mapping":
                 self._reloaded(f, when)
             elif kind in DIVERGENCE_KINDS and type(path := f.get("path")) is str:
-                # divergence(), inline: most events are these
-                fd, ino, new_path = f.get("fd"), f.get("mapped_ino"), f.get("new_path")
-                if type(ino) is not int:
-                    ino = None
-                d = _new(Divergence, (subject, kind, path, fd if type(fd) is int else None, ino,
-                                      new_path if type(new_path) is str else None))
+                if kind == "duplicated":  # rare, and keyed by its old inode
+                    d = divergence(name, f)
+                    assert d is not None
+                    ino = d.ino
+                else:  # divergence(), inline: most events are these
+                    fd, ino, new_path = f.get("fd"), f.get("mapped_ino"), f.get("new_path")
+                    if type(ino) is not int:
+                        ino = None
+                    d = _new(Divergence, (subject, kind, path, fd if type(fd) is int else None,
+                                          ino, new_path if type(new_path) is str else None, None))
                 self.live.add(d, when)
                 if subject == "mapping":
                     if (path, ino) not in self.first_diverged:
@@ -609,7 +625,7 @@ def _exit_verdict(t: Timeline, end: End, fields: Mapping[str, Any]) -> Verdict:
         killed = f"{who} was killed by {escape_control(signal)}"
         if fields.get("core_dumped") is True:
             killed += " (core dumped)"
-        if end.overwrite is None:
+        if end.overwrite is None or signal not in FAULT_SIGNALS:
             return Verdict("killed", killed + _stale_clause(stale), _paths(stale))
         # The last overwrite before the death: the likeliest cause, and the shortest delay.
         over, mark = end.overwrite
@@ -677,6 +693,11 @@ def _verdict(t: Timeline) -> Verdict:
                                    f"unknown{_stale_clause(stale)}", _paths(stale))
         return _exit_verdict(t, t.end, fields)
     who, end = _who(t), _end_of_log(t)
+    twice = [d for d in t.live if d.kind == "duplicated"]
+    if twice:  # two versions of one library at once: a state of its own
+        return Verdict("running_duplicated", f"{who} was still running two versions of "
+                       + ", ".join(f"{escape_control(d.path)} (inode {d.ino} and {_text(d.new_ino)})"
+                                   for d in twice) + f" at once {end}", _paths(twice))
     if t.live:
         live = list(t.live.items())
         what = ("running old code" if any(d.subject == "mapping" for d, _ in live)
@@ -891,21 +912,40 @@ def describe(e: LogEvent) -> str:
         return how
     if e.name == "mapping.reloaded":
         return f"{path}: inode {_text(f.get('old_ino'))} -> {_text(f.get('new_ino'))}"
-    if e.name == "mapping.overwritten":
-        return (f"{path}: inode {_text(f.get('mapped_ino'))} written in place, "
-                f"{_text(f.get('size_before'))} -> {_text(f.get('size_after'))} bytes")
+    if e.name in ("mapping.overwritten", "mapping.overwrite_closed"):
+        # size_after is null in an overwrite seen as it began: overwrite_closed follows with it
+        how = "written in place" if kind == "overwritten" else "closed by its writer"
+        return (f"{path}: inode {_text(f.get('mapped_ino'))} {how}, "
+                f"{_text(f.get('size_before'))} -> {_text(f.get('size_after'))} bytes"
+                + (", truncated first" if f.get("truncated") is True else ""))
     if kind == "renamed":
         return f"{path}: inode {_text(f.get('mapped_ino'))} now at {_text(f.get('new_path'))}"
+    if kind == "duplicated":
+        return (f"{path}: inode {_text(f.get('old_ino'))} and inode {_text(f.get('new_ino'))} "
+                f"both mapped [{_text(f.get('perms'))}]")
     if kind == "replaced":
         return (f"{path}: inode {_text(f.get('mapped_ino'))} held, "
-                f"path now names inode {_text(f.get('disk_ino'))}")
+                f"path now names inode {_text(f.get('disk_ino'))}{_content(f)}")
+    if kind == "content":  # a deleted or replaced divergence judged again, now known
+        return f"{path}: inode {_text(f.get('mapped_ino'))} {_text(f.get('kind'))}{_content(f)}"
     if kind in DIVERGENCE_KINDS:
         perms = f" [{_text(f.get('perms'))}]" if "perms" in f else ""
-        return f"{path}: inode {_text(f.get('mapped_ino'))} {kind}{perms}"
+        return f"{path}: inode {_text(f.get('mapped_ino'))} {kind}{perms}{_content(f)}"
     # Anything else (watch.*, daemon.*, events of a newer version): its fields as they are.
     skip = {"timestamp", "level", "event", "pid"}
     return " ".join(f"{escape_control(k)}={_text(v)}" for k, v in f.items()
                     if k not in skip and not k.endswith("_bytes"))
+
+
+def _content(f: Mapping[str, Any]) -> str:
+    """", identical content, no restart needed": a deleted or replaced finding's `content`."""
+    content = f.get("content")
+    if content is None:
+        return ""
+    if content == "identical":
+        return ", identical content, no restart needed"
+    reason = f" ({_text(f.get('content_reason'))})" if "content_reason" in f else ""
+    return f", content {_text(content)}{reason}"
 
 
 class AsText(Keeping[str]):

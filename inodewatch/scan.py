@@ -25,10 +25,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the checkers only: every scan would pay its import (~6 ms)
     from typing import Any
 
+    from inodewatch.packages import Package
 
-class ProcessReport(namedtuple("ProcessReport", "pid comm findings unknown", defaults=((),))):
+
+class ProcessReport(namedtuple("ProcessReport", "pid comm findings unknown ppid placement",
+                               defaults=((), None, None))):
     """One process scanned (pid: int, comm: bytes, findings: list[Finding], unknown:
-    list[procfs.Unknown], the files it holds that were not looked at)."""
+    list[procfs.Unknown], the files it holds that were not looked at; ppid: int | None and
+    placement: cgroups.Placement | None, its unit and container, read for a process with
+    findings only)."""
 
     __slots__ = ()
 
@@ -43,6 +48,11 @@ class ScanSummary(namedtuple("ScanSummary", "reports kernel_threads unreadable e
     @property
     def diverged(self) -> list[ProcessReport]:
         return [r for r in self.reports if r.findings]
+
+    @property
+    def restart_needed(self) -> bool:
+        """Some finding is not of identical content (scan's exit status 1)."""
+        return any(f.needs_restart for r in self.reports for f in r.findings)
 
 
 class Examined(namedtuple("Examined", "maps_files findings unknown")):
@@ -66,12 +76,56 @@ def scan_process(pid: int) -> ProcessReport:
     """Scan one process.  Raises procfs.ProcError (ProcessGone, AccessDenied)."""
     st = procfs.read_stat(pid)
     _, findings, unknown = examine(pid)
-    return ProcessReport(pid, st.comm, findings, unknown)
+    return ProcessReport(pid, st.comm, findings, unknown, st.ppid)
 
 
 def scan_pids(pids: Iterable[int]) -> ScanSummary:
     """Scan the named processes; the first one that cannot be read raises ProcError."""
-    return ScanSummary([scan_process(pid) for pid in pids])
+    return complete(ScanSummary([scan_process(pid) for pid in pids]))
+
+
+def complete(summary: ScanSummary) -> ScanSummary:
+    """What only processes with findings pay for, once the workers are done: where each
+    runs (its unit, its container), and every deleted or replaced finding's content judged
+    (inodewatch.contentpass): one pass for the whole scan, so an inode many processes hold
+    is read once; in the parent, after the workers, for the same reason."""
+    if not summary.diverged:
+        return summary
+    from inodewatch.cgroups import read_placement
+    from inodewatch.contentpass import ContentPass  # only a scan with findings pays for it
+
+    judge = ContentPass()
+    reports = []
+    on_host: dict[int, None] = {}  # processes that see the host's files at their paths
+    for r in summary.reports:
+        if r.findings:
+            view = procfs.DiskView(r.pid)
+            r = r._replace(findings=[judge.judge(r.pid, f, view.root, view.mounts)
+                                     for f in r.findings],
+                           placement=read_placement(r.pid))
+            if view.root == b"":
+                on_host[r.pid] = None
+        reports.append(r)
+    summary = summary._replace(reports=reports)
+    if not on_host:
+        return summary
+    from inodewatch.packages import Dpkg, default_cache
+
+    paths = {f.path for r in reports if r.pid in on_host for f in r.findings}
+    return attach_packages(summary, Dpkg(cache=default_cache()).owners(paths), on_host)
+
+
+def attach_packages(summary: ScanSummary, owners: dict[bytes, Package],
+                    pids: Iterable[int]) -> ScanSummary:
+    """The findings of `pids` with the package owning their path (`owners`: path ->
+    Package): only processes in the host's mount namespace, whose paths name the files dpkg
+    installed here (a container's files are its image's)."""
+    pids = set(pids)
+    if not owners:
+        return summary
+    return summary._replace(reports=[
+        r._replace(findings=[f._replace(package=owners.get(f.path)) for f in r.findings])
+        if r.pid in pids else r for r in summary.reports])
 
 
 def scan_all(workers: int | None = None) -> ScanSummary:
@@ -84,12 +138,12 @@ def scan_all(workers: int | None = None) -> ScanSummary:
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), MAX_WORKERS, len(pids) // PIDS_PER_WORKER)
     if workers <= 1:
-        return _scan_share(pids)
+        return complete(_scan_share(pids))
     parts = spread(pids, _scan_share, workers, to_plain, from_plain)
-    return ScanSummary(
+    return complete(ScanSummary(
         sorted((r for part in parts for r in part.reports), key=lambda r: r.pid),
         sum(p.kernel_threads for p in parts), sum(p.unreadable for p in parts),
-        sum(p.exited for p in parts))
+        sum(p.exited for p in parts)))
 
 
 def _scan_share(pids: Iterable[int]) -> ScanSummary:
@@ -104,8 +158,9 @@ def _scan_share(pids: Iterable[int]) -> ScanSummary:
             if not maps_files and procfs.read_stat(pid).is_kernel_thread:
                 kernel_threads += 1
                 continue
-            comm = procfs.read_stat(pid).comm if findings or unknown else b""
-            reports.append(ProcessReport(pid, comm, findings, unknown))
+            st = procfs.read_stat(pid) if findings or unknown else None
+            reports.append(ProcessReport(pid, st.comm if st else b"", findings, unknown,
+                                         st.ppid if st else None))
         except procfs.ProcessGone:
             exited += 1
         except (procfs.ProcError, OSError):
@@ -118,7 +173,7 @@ def _scan_share(pids: Iterable[int]) -> ScanSummary:
 def to_plain(summary: ScanSummary) -> tuple[Any, ...]:
     """The summary as builtins only (marshal takes no tuple subclass)."""
     return ([(r.pid, r.comm, [(*f[:3], tuple(f.mapped), f.disk and tuple(f.disk), *f[5:])
-                              for f in r.findings], [tuple(u) for u in r.unknown])
+                              for f in r.findings], [tuple(u) for u in r.unknown], r.ppid)
              for r in summary.reports],
             *summary[1:])
 
@@ -129,6 +184,6 @@ def from_plain(plain: tuple[Any, ...]) -> ScanSummary:
         [ProcessReport(pid, comm, [Finding(subject, kind, path, FileId(*mapped),
                                            disk and FileId(*disk), *rest)
                                    for subject, kind, path, mapped, disk, *rest in findings],
-                       [procfs.Unknown(*u) for u in unknown])
-         for pid, comm, findings, unknown in reports],
+                       [procfs.Unknown(*u) for u in unknown], ppid)
+         for pid, comm, findings, unknown, ppid in reports],
         *counts)

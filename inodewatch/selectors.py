@@ -11,10 +11,12 @@ import os
 from dataclasses import dataclass
 
 from inodewatch import procfs
+from inodewatch.cgroups import parse_cgroups
 from inodewatch.model import DELETED_SUFFIX
+from inodewatch.text import safe_text
 
 CGROUP_MOUNTS = (b"/sys/fs/cgroup/unified", b"/sys/fs/cgroup/systemd", b"/sys/fs/cgroup")
-COMM_LENGTH = 15  # the kernel truncates comm to TASK_COMM_LEN - 1
+COMM_LENGTH = 15  # the kernel keeps TASK_COMM_LEN - 1 bytes of a comm
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,74 @@ class Selector:
         return None
 
 
+def operator_named(term: tuple[str, bytes] | None, cgroups: tuple[bytes, ...] = ()) -> bool:
+    """Whether a target found by `term` (None: named by --pid) in `cgroups` is one the
+    operator chose rather than one any user can make match.
+
+    A cgroup, or a unit of the system's systemd, is where root put the process.  Anyone can
+    give a process any comm (prctl) or exec a world-executable file, and start a unit of any
+    name under her own systemd (user@UID.service: `systemd-run --user --unit nginx`), so such
+    a target may be an attacker's: it gets watches after the operator's own targets and its
+    looks are paced apart (inodewatch.watchset, inodewatch.daemon)."""
+    if term is None or term[0] == "cgroup":
+        return True
+    if term[0] != "unit":
+        return False
+    for path in cgroups:
+        parts = path.split(b"/")
+        if term[1] in parts and not any(p.startswith(b"user@")
+                                        for p in parts[:parts.index(term[1])]):
+            return True
+    return False
+
+
+class SelectorError(ValueError):
+    """A term that can never match (message is one line)."""
+
+
 def make_selector(exes: list[str], names: list[str], cgroups: list[str], units: list[str]) -> Selector:
-    """Normalise the operator's spelling: absolute exe paths, comm as the kernel truncates it,
-    cgroup paths with or without the /sys/fs/cgroup mount, units with or without .service."""
+    """Normalise the operator's spelling: absolute exe paths, cgroup paths with or without
+    the /sys/fs/cgroup mount, units with or without .service.  A name longer than a comm
+    can be (the kernel keeps 15 bytes of it) would never match: SelectorError."""
+    for name in names:
+        if len(os.fsencode(name)) > COMM_LENGTH:
+            raise SelectorError(
+                f"--name {name!r} is {len(os.fsencode(name))} bytes, and a process name (comm, "
+                f"as ps -o comm shows it) is at most {COMM_LENGTH}: it would never match; give "
+                f"its first {COMM_LENGTH} bytes, or --exe")
     return Selector(
         exes=frozenset(os.fsencode(os.path.abspath(e)) for e in exes),
-        names=frozenset(os.fsencode(n)[:COMM_LENGTH] for n in names),
+        names=frozenset(map(os.fsencode, names)),
         cgroups=frozenset(cgroup_path(os.fsencode(c)) for c in cgroups),
         units=frozenset(unit_name(os.fsencode(u)) for u in units),
     )
+
+
+def absent_terms(selector: Selector, pids: list[int] | None = None) -> list[str]:
+    """One sentence per --exe, --cgroup or --unit that names nothing existing now (no such
+    file, no such cgroup, no process of that unit: `pids`, the processes to look at,
+    default all); such a term may still match later (a service started after us)."""
+    found = []
+    for exe in sorted(selector.exes):
+        if not os.path.exists(exe):
+            found.append(f"--exe {safe_text(exe)}: no such file now")
+    for cgroup in sorted(selector.cgroups):
+        if not any(os.path.isdir(mount + cgroup) for mount in CGROUP_MOUNTS):
+            found.append(f"--cgroup {safe_text(cgroup)}: no such cgroup now")
+    units = Selector(units=selector.units)
+    running = set()
+    if units:
+        for pid in procfs.list_pids() if pids is None else pids:
+            try:
+                if (term := units.match(read_facts(pid, units))) is not None:
+                    running.add(term[1])
+            except procfs.ProcError:
+                continue
+            if running == selector.units:
+                break
+    for unit in sorted(selector.units - running):
+        found.append(f"--unit {safe_text(unit)}: no process of it runs now")
+    return found
 
 
 def cgroup_path(path: bytes) -> bytes:
@@ -73,18 +134,6 @@ def cgroup_path(path: bytes) -> bytes:
 def unit_name(unit: bytes) -> bytes:
     """`nginx` and `nginx.service` name the same unit; other suffixes (.scope) are kept."""
     return unit if b"." in unit else unit + b".service"
-
-
-def parse_cgroups(data: bytes) -> tuple[bytes, ...]:
-    """The paths of /proc/PID/cgroup that say where systemd put the process: the v2 line
-    ("0::/path") and v1's name=systemd hierarchy."""
-    paths = []
-    for line in data.splitlines():
-        _, _, rest = line.partition(b":")
-        controllers, _, path = rest.partition(b":")
-        if controllers in (b"", b"name=systemd"):
-            paths.append(path)
-    return tuple(paths)
 
 
 def read_facts(pid: int, selector: Selector) -> ProcessFacts:

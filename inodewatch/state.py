@@ -48,7 +48,7 @@ SAVE_SHARE = 0.01
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 SUBJECTS = ("mapping", "fd")
-KINDS = ("deleted", "replaced", "missing", "renamed")
+KINDS = ("deleted", "replaced", "missing", "renamed", "duplicated")
 MAX_INT = 2 ** 64
 
 Stamp = tuple[int | None, int | None]  # size, mtime_ns
@@ -100,7 +100,7 @@ def encode_target(ident: ProcessId, history: TargetHistory,
             if f.mapped in kept and len(f.path) <= MAX_PATH
             and (f.new_path is None or len(f.new_path) <= MAX_PATH)]
     overwritten = [{**_file(file), "perms": e.fields["perms"], "size_before": e.fields["size_before"],
-                    "size_after": e.fields["size_after"]}
+                    "size_after": e.fields["size_after"], "truncated": e.fields["truncated"]}
                    for file, e in history.overwritten.items() if file in kept]
     awaiting = [{"path": _text(p), **_file(f)} for p, f in history.awaiting_reload.items()
                 if len(p) <= MAX_PATH][:MAX_FILES]
@@ -207,7 +207,8 @@ def _decode_overwrite(obj: Mapping[str, Any], first_paths: Mapping[FileId, bytes
         raise StateError("an overwrite of a file not listed")
     return file, overwritten_event(file, first_paths[file], perms,
                                    _int(obj, "size_before", optional=True),
-                                   _int(obj, "size_after", optional=True))
+                                   _int(obj, "size_after", optional=True),
+                                   obj.get("truncated") is True)
 
 
 def decode_target(obj: Any) -> tuple[ProcessId, TargetHistory]:

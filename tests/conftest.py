@@ -28,6 +28,16 @@ TIMEOUT = 20.0  # seconds: generous, the machine is noisy
 T = TypeVar("T")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`scan`'s dpkg index (inodewatch.packages) goes to a directory of the session's, never
+    to the host's /var/cache: the variable systemd's CacheDirectory= sets, which the
+    commands the tests run inherit."""
+    cache = tmp_path_factory.mktemp("cache")
+    cache.chmod(0o755)
+    os.environ["CACHE_DIRECTORY"] = str(cache)
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = TIMEOUT, what: str = "condition") -> T:
     """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
@@ -153,6 +163,44 @@ def start_demo(demo_build: Path, tmp_path: Path) -> Iterator[Callable[..., Demo]
     yield start
     for demo in demos:
         demo.stop()
+
+
+def cgroup2_root() -> Path | None:
+    """A cgroup v2 hierarchy we may make cgroups in, if there is one."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _dev, mount, fstype, *_ = line.split()
+        if fstype == "cgroup2" and os.access(mount, os.W_OK):
+            return Path(mount)
+    return None
+
+
+@pytest.fixture
+def make_cgroup() -> Iterator[Callable[[str], Path]]:
+    """Factory: make_cgroup("a.slice/b.service") -> that cgroup, made under a writable cgroup
+    v2 hierarchy (the test is skipped without one).  At the end the processes a test put in
+    them are killed, and the cgroups removed, deepest first."""
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("needs a writable cgroup v2 hierarchy")
+    made: list[Path] = []
+
+    def make(relative: str) -> Path:
+        path = root
+        for part in Path(relative).parts:
+            path = path / part
+            if not path.exists():
+                path.mkdir()
+                made.append(path)
+        return path
+
+    yield make
+    for group in reversed(made):
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        wait_for(lambda: not (group / "cgroup.procs").read_text().strip(),
+                 what=f"cgroup {group} to empty")
+        group.rmdir()
 
 
 def run_cli(*args: str, timeout: float = 120,

@@ -42,6 +42,7 @@ def test_every_key(tmp_path):
         log_format = "console"
         metrics_file = "/var/lib/prometheus/node-exporter/inodewatch.prom"
         state_file = "/var/lib/inodewatch/state.json"
+        max_watches = 50000
     """)
     assert load_config(path) == Config(
         pid=(38314, 38400), exe=("/usr/sbin/nginx",), name=("reload", "nginx"),
@@ -49,7 +50,7 @@ def test_every_key(tmp_path):
         watch=(b"/opt/app/so.so", "/opt/app/café.so".encode()), interval=0.5,
         log_file="/var/log/inodewatch/events.json", log_format="console",
         metrics_file="/var/lib/prometheus/node-exporter/inodewatch.prom",
-        state_file="/var/lib/inodewatch/state.json")
+        state_file="/var/lib/inodewatch/state.json", max_watches=50000)
 
 
 def test_a_list_key_takes_one_value_and_interval_an_integer(tmp_path):
@@ -98,6 +99,9 @@ def test_a_table_is_an_unknown_key(tmp_path):
     ('log_format = "xml"', "key 'log_format' must be one of 'auto', 'json', 'console', not 'xml'"),
     ('metrics_file = "m.prom"', "key 'metrics_file' must be an absolute path, not 'm.prom'"),
     ('state_file = "state.json"', "key 'state_file' must be an absolute path, not 'state.json'"),
+    ("max_watches = 0", "key 'max_watches' must be an integer >= 1, not 0"),
+    ("max_watches = 1.5", "key 'max_watches' must be an integer >= 1, not 1.5"),
+    ("max_watches = true", "key 'max_watches' must be an integer >= 1, not True"),
 ])
 def test_wrong_value(tmp_path, line, message):
     path = write(tmp_path, line + "\n")
@@ -138,7 +142,7 @@ def test_default_file_read_only_when_present(tmp_path, monkeypatch):
 
 
 FLAGS = ("pid", "exe", "name", "unit", "cgroup", "watch", "interval", "log_file", "log_format",
-         "metrics_file", "state_file")
+         "metrics_file", "state_file", "max_watches")
 
 
 def given(**flags: object) -> argparse.Namespace:
@@ -161,6 +165,8 @@ def test_merge_takes_the_file_where_no_flag_is_given():
     assert (merged.interval, merged.log_format, merged.metrics_file) == (5.0, "json", "/m.prom")
     assert merge(Config(state_file="/s.json"), given()).state_file == "/s.json"
     assert merge(Config(state_file="/s.json"), given(state_file="/t.json")).state_file == "/t.json"
+    assert merge(Config(max_watches=500), given()).max_watches == 500
+    assert merge(Config(max_watches=500), given(max_watches=50)).max_watches == 50
 
 
 def test_targets_on_the_command_line_replace_all_of_the_files_targets():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
 from conftest import TIMEOUT, lowered_sysctl, run_cli, wait_for
+from inodewatch.report import parse_time
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +25,51 @@ def test_cp_in_place_is_overwritten_then_the_crash(start_demo, start_watcher):
     assert overwritten["level"] == "critical"
     assert overwritten["path"] == os.fsdecode(demo.lib)
     assert overwritten["size_before"] == os.path.getsize(demo.dir / "so1.so")
+    # told at the first write, before the writer is done: the size it leaves follows
+    assert overwritten["size_after"] is None
+    closed = watcher.log.wait("mapping.overwrite_closed", pid=demo.pid)
+    assert (closed["level"], closed["mapped_ino"], closed["size_before"], closed["size_after"]) == (
+        "warning", overwritten["mapped_ino"], overwritten["size_before"],
+        os.path.getsize(demo.dir / "so2.so"))
     exited = watcher.log.wait("target.exited", pid=demo.pid)
     assert exited["signal"] in CRASH_SIGNALS and exited["level"] == "warning"
     assert exited["status_source"] == "proc_connector"
     assert exited["core_dumped"] is False and exited["exit_code"] is None
     assert [s["event"] for s in exited["stale"]] == ["mapping.overwritten"]
+    assert exited["stale"][0]["size_after"] == closed["size_after"]
     assert -demo.wait_exit() in (signal.SIGSEGV, signal.SIGBUS)
     # the last target is gone: the daemon stops by itself, cleanly
     assert watcher.proc.wait(timeout=TIMEOUT) == 0
     names = watcher.log.names()
     assert names.index("mapping.overwritten") < names.index("target.exited") < names.index("daemon.stopped")
     assert names.count("mapping.overwritten") == 1
+
+
+def test_touch_and_an_open_for_append_are_no_overwrite(start_demo, start_watcher):
+    """Seen on nginx: `touch` of a mapped module logged a critical mapping.overwritten for
+    every process.  An open for writing that changes no byte (touch, `: >>`) raises
+    IN_CLOSE_WRITE (and IN_ATTRIB) but no IN_MODIFY: nothing to report.  A real write after
+    them (appended zeros, harmless to the demo) is the overwrite, and the only one: its
+    line comes after the write began, so neither the touch nor the append open raised it."""
+    demo = start_demo("leak", interval_ms=50)
+    watcher = start_watcher(demo.pid)
+    size = os.path.getsize(demo.lib)
+    subprocess.run(["touch", demo.lib], check=True)
+    subprocess.run(["sh", "-c", ': >> "$1"', "sh", demo.lib], check=True)
+    assert os.path.getsize(demo.lib) == size
+    began = time.time()
+    with open(demo.lib, "ab") as f:
+        f.write(bytes(16))
+    overwritten = watcher.log.wait("mapping.overwritten", pid=demo.pid)
+    assert parse_time(overwritten["timestamp"]).timestamp() >= began
+    assert (overwritten["size_before"], overwritten["truncated"]) == (size, False)
+    closed = watcher.log.wait("mapping.overwrite_closed", pid=demo.pid)
+    assert (closed["size_before"], closed["size_after"]) == (size, size + 16)
+    demo.wait_for_line("so1: version 1", after=len(demo.lines))
+    code, _out, _err = watcher.stop()
+    assert code == 0
+    assert watcher.log.names().count("mapping.overwritten") == 1
+    assert watcher.log.names().count("mapping.overwrite_closed") == 1
 
 
 def test_watches_are_in_place_when_target_attached_is_logged(start_demo):
@@ -74,6 +110,14 @@ def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, 
     replaced = watcher.log.wait("mapping.replaced", pid=demo.pid)
     assert deleted["mapped_ino"] == replaced["mapped_ino"] != replaced["disk_ino"]
     assert replaced["disk_ino"] == os.stat(demo.lib).st_ino
+    # judged when first seen: at the unlink nothing was at the path yet
+    assert (deleted["content"], deleted["content_reason"]) == ("unknown", "nothing at the path")
+    # cp's create is seen before its write, as a rule: the empty file's content is
+    # unknown, then judged again once written (mapping.content); known at once otherwise
+    judged = replaced if replaced["content"] != "unknown" else watcher.log.wait(
+        "mapping.content", pid=demo.pid)
+    assert (judged["level"], judged["content"]) == ("warning", "different")
+    assert judged["mapped_build_id"] != judged["disk_build_id"]
     demo.wait_for_line("so1: version 1", after=len(demo.lines))
     assert demo.proc.poll() is None
     code, _out, err = watcher.stop()
@@ -81,6 +125,39 @@ def test_rm_then_cp_is_deleted_and_replaced_and_the_target_lives_on(start_demo, 
     assert watcher.log.find("daemon.stopped", reason="SIGTERM")
     # each state change once, not at every poll
     assert watcher.log.names().count("mapping.replaced") == 1
+
+
+def test_a_reinstall_of_the_same_bytes_is_identical_content(start_demo, start_watcher):
+    """dpkg-style (write X.dpkg-new, rename it over X) with the very same file: the inode
+    changed, the code did not: content identical, logged at info (no restart needed)."""
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    demo.copy_lib("so1.so", demo.lib + b".dpkg-new")
+    os.rename(demo.lib + b".dpkg-new", demo.lib)
+    for name in ("mapping.deleted", "mapping.replaced"):
+        event = watcher.log.wait(name, pid=demo.pid)
+        assert (event["level"], event["content"]) == ("info", "identical")
+        assert event["mapped_build_id"] == event["disk_build_id"]
+
+
+def test_a_new_file_judged_while_empty_is_judged_again_once_written(start_demo, start_watcher):
+    """`rm; cp` is seen at cp's create: the file is empty, its content cannot be compared
+    (unknown); once written, mapping.content tells the verdict, once."""
+    demo = start_demo("leak")
+    watcher = start_watcher(demo.pid)
+    os.unlink(demo.lib)
+    watcher.log.wait("mapping.deleted", pid=demo.pid)
+    with open(demo.lib, "wb") as new:  # created, nothing written yet
+        replaced = watcher.log.wait("mapping.replaced", pid=demo.pid)
+        assert (replaced["content"], replaced["content_reason"]) == (
+            "unknown", "one file has a build-id, the other none")
+        new.write((demo.dir / "so2.so").read_bytes())
+    judged = watcher.log.wait("mapping.content", pid=demo.pid)
+    assert (judged["kind"], judged["level"], judged["content"], judged["disk_ino"]) == (
+        "replaced", "warning", "different", replaced["disk_ino"])
+    assert judged["mapped_build_id"] == replaced["mapped_build_id"] != judged["disk_build_id"]
+    watcher.stop()
+    assert watcher.log.names().count("mapping.content") == 1
 
 
 def test_hold_mode_mv_over_is_replaced_then_reloaded(start_demo, start_watcher):
@@ -117,6 +194,13 @@ def test_fd_held_on_a_deleted_log_file(tmp_path, start_watcher):
         log.unlink()
         event = watcher.log.wait("fd.deleted", pid=holder.pid)
         assert (event["fd"], event["path"]) == (1, str(log))
+        # an fd's divergence is judged too: nothing at the path to compare with
+        assert (event["content"], event["content_reason"]) == ("unknown", "nothing at the path")
+        log.with_name("app.log.new").write_text("a new log\n")
+        os.rename(log.with_name("app.log.new"), log)  # complete when it appears
+        event = watcher.log.wait("fd.replaced", pid=holder.pid)
+        assert (event["level"], event["content"]) == ("warning", "different")
+        assert "mapped_build_id" not in event  # not ELF: sizes (0, 10) tell them apart
     finally:
         holder.kill()
         holder.wait()
@@ -166,8 +250,8 @@ def test_watch_limit_exhausted_degrades_to_polling(start_demo, start_watcher):
     demo = start_demo("leak")
     with lowered_sysctl("max_user_watches", 1):
         watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
-        degraded = watcher.log.wait("watch.degraded")
-        assert "max_user_watches" in degraded["detail"]
+        degraded = watcher.log.wait("watch.degraded", resource="inotify_watches")
+        assert "max_user_watches" in degraded["detail"] and degraded["pids"] == [demo.pid]
     os.unlink(demo.lib)
     demo.copy_lib("so2.so")
     watcher.log.wait("mapping.replaced", pid=demo.pid)

@@ -49,6 +49,33 @@ def test_in_place_write_is_overwritten_once():
     assert h.overwrite(mapping(), 23696) is None  # the inotify path does not log it twice
 
 
+def test_a_write_seen_as_it_begins_is_critical_at_once_its_size_at_the_close():
+    """IN_MODIFY: the critical line first (size_after not known yet; truncated when the
+    size seen was below the one before); the writer's close then gives the size it left,
+    once, and the overwrite's record (stale) takes it."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    began = h.write_began(mapping(), 0)
+    assert (began.level, began.name, began.fields["size_before"], began.fields["size_after"],
+            began.fields["truncated"]) == ("critical", "mapping.overwritten", 15472, None, True)
+    assert h.write_began(mapping(), 9000) is None  # every later write of it: told already
+    closed = h.write_closed(OLD, 15472)
+    assert (closed.level, closed.name) == ("warning", "mapping.overwrite_closed")
+    assert closed.fields == {"path": P, "mapped_dev": "fe:00", "mapped_ino": 100,
+                             "size_before": 15472, "size_after": 15472, "truncated": True}
+    assert h.write_closed(OLD, 15472) is None  # a later touch: nothing
+    assert [(s["event"], s["size_after"]) for s in h.stale()] == [("mapping.overwritten", 15472)]
+
+
+def test_a_close_without_a_write_is_nothing():
+    """touch, `: >>`: an open for writing that changes no byte raises IN_CLOSE_WRITE alone."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    assert h.write_closed(OLD, 15472) is None and h.stale() == []
+    began = h.write_began(mapping(), 15472)  # appended to, or rewritten before the look
+    assert began.fields["truncated"] is False and began.fields["size_after"] is None
+
+
 def test_a_reused_inode_number_inherits_nothing():
     """ext4 gives a freed inode number to the next new file: not an overwrite, not a rename."""
     h = TargetHistory()
@@ -122,3 +149,48 @@ def test_stamp_check_finds_a_write_inotify_missed_even_in_a_dead_target():
     step(h2, [m], {P: OLD})
     assert h2.stamp_check([m], {P: (Stat, NEW)}.get) == []
     assert h2.stamp_check([m], {}.get) == []
+
+
+def test_a_touch_seen_while_watched_is_no_overwrite_once_the_path_is_replaced():
+    """Seen on nginx: touch (its watch saw no write), then a dpkg-style upgrade: the watch
+    moves to the new inode, and the held one's moved mtime read as an overwrite."""
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    watched = lambda m: m.file == OLD  # noqa: E731  (the path's watch is on the held inode)
+    assert h.update([mapping(mtime=2)], [], watched) == []  # the touch
+    h.learn([mapping(deleted=True, mtime=2)])
+    findings = find_divergence([mapping(deleted=True, mtime=2)], [], {P: NEW}.get, h.first_paths)
+    events = h.update([mapping(deleted=True, mtime=2)], findings, lambda m: False)
+    assert [e.name for e in events] == ["mapping.deleted", "mapping.replaced"]
+    # a size that moved while watched is left to the IN_MODIFY the daemon gets: size_before
+    assert h.update([mapping(size=1, mtime=3)], [], watched) == []
+    assert h.write_began(mapping(), 1).fields["size_before"] == 15472
+
+
+def test_content_unknown_while_the_new_file_is_written_is_judged_again_once():
+    """`rm; cp`: the replaced finding is seen at cp's create, the file still empty (content
+    unknown); once its stamp moves the divergence is judged again, and the verdict told once
+    (mapping.content); a stamp that stays put is never judged again."""
+    from inodewatch.model import Content
+
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    verdicts = iter([Content("unknown", "ab", None, "one file has a build-id, the other none"),
+                     Content("different", "ab", "cd", None)])
+    judged = []
+
+    def judge(f):
+        judged.append(f.kind)
+        return f._replace(content=next(verdicts)) if f.kind == "replaced" else f
+    held = [mapping(deleted=True)]
+    h.learn(held)
+    findings = find_divergence(held, [], {P: NEW}.get, h.first_paths)
+    events = h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 0, 1))
+    assert [e.fields.get("content") for e in events] == [None, "unknown"]
+    assert h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 0, 1)) == []
+    assert judged == ["deleted", "replaced"]  # the same stamp: not judged again
+    events = h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 15472, 2))
+    assert [(e.level, e.name, e.fields["kind"], e.fields["content"]) for e in events] == [
+        ("warning", "mapping.content", "replaced", "different")]
+    assert h.update(held, findings, judge=judge, stamp_at=lambda p: (200, 15472, 3)) == []
+    assert [s.get("content") for s in h.stale()] == [None, "different"]

@@ -14,18 +14,10 @@ def test_targets_are_admitted_until_only_the_reserve_is_left() -> None:
     assert not budget.admits(86)
 
 
-def test_the_refusal_is_said_once_and_recovery_needs_a_margin() -> None:
+def test_room_again_needs_a_margin() -> None:
     budget = FdBudget(limit=128, base=10, reserve=32)
-    assert budget.refuse() is True
-    assert budget.refuse() is False  # the same shortage
-    assert not budget.recovered(80)  # one exit frees one fd: not yet, or it would flap
-    assert budget.recovered(54)
-    assert not budget.recovered(54)  # once
-    assert budget.refuse() is True  # a new shortage is said again
-
-
-def test_recovered_is_never_said_without_a_shortage() -> None:
-    assert not FdBudget(limit=128, base=10, reserve=32).recovered(0)
+    assert not budget.has_room(80)  # one exit frees one fd: not yet, or it would flap
+    assert budget.has_room(54)
 
 
 def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:

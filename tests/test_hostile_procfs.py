@@ -18,20 +18,40 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-# Run as the attacker with the distribution's python (the test's may live under /root):
-# chdir down `depth` directories of 200 bytes, then hold f.so open and mapped, so its name is
-# longer than PATH_MAX and every readlink of it fails with ENAMETOOLONG.
-LONG_PATH_HOLDER = r"""
-import mmap, os, sys, time
-depth = int(sys.argv[1])
-for i in range(depth):
+# The start of both holders, run as the attacker with the distribution's python (the test's
+# may live under /root): chdir down argv[1] directories of 200 bytes, write f.so there.
+DIVE = r"""
+import ctypes, mmap, os, sys, time
+for i in range(int(sys.argv[1])):
     name = ("%03d" % i) + "d" * 197
     os.mkdir(name)
     os.chdir(name)
 with open("f.so", "wb") as f:
     f.write(b"\x7fELF" + b"\0" * 8188)
+"""
+
+# Hold f.so open and mapped under 25 such directories: its name is longer than PATH_MAX and
+# every readlink of it fails with ENAMETOOLONG.
+LONG_PATH_HOLDER = DIVE + r"""
 held = open("f.so", "rb")
 mapped = mmap.mmap(held.fileno(), 0, prot=mmap.PROT_READ)  # mmap keeps an fd of its own
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+# As the attacker: map one page of a file under a ~3,900-byte path 60,000 times (the kernel
+# prints a maps line for each: ~240 MB, seconds of its time to read), then delete the file.
+HUGE_MAPS_HOLDER = DIVE + r"""
+vmas = int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open("f.so", os.O_RDONLY)
+for i in range(vmas):  # PROT_READ, MAP_PRIVATE: one page at offset 0, so no two VMAs merge
+    if libc.mmap(None, 4096, 1, 2, fd, 0) in (None, ctypes.c_void_p(-1).value):
+        sys.exit("mmap %d: %s" % (i, os.strerror(ctypes.get_errno())))
+os.close(fd)
+os.unlink("f.so")
 print("ready", flush=True)
 time.sleep(3600)
 """
@@ -49,14 +69,16 @@ def attacker_dir(attacker) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def long_path_holder(attacker, where: Path, depth: int = 25, comm: str = "longpath") -> Iterator[subprocess.Popen]:
-    """A process of the attacker's holding a file (2 fds, 1 mapping) named with more than
-    200 * depth bytes, in a directory of its own under `where`."""
+def long_path_holder(attacker, where: Path, depth: int = 25, comm: str = "longpath",
+                     script: str = LONG_PATH_HOLDER, *args: str) -> Iterator[subprocess.Popen]:
+    """A process of the attacker's running `script` (by default: holding a file, 2 fds and 1
+    mapping, named with more than 200 * depth bytes), in a directory of its own under
+    `where`, named `comm`."""
     home = where / comm
     home.mkdir()
     os.chown(home, attacker.uid, attacker.gid)
     (home / comm).symlink_to("/usr/bin/python3")
-    proc = subprocess.Popen([*attacker.argv, str(home / comm), "-c", LONG_PATH_HOLDER, str(depth)],
+    proc = subprocess.Popen([*attacker.argv, str(home / comm), "-c", script, str(depth), *args],
                             cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)  # no deleted capture file held
     try:
@@ -111,3 +133,22 @@ def test_daemon_keeps_watching_past_a_long_name_holder(start_demo, start_watcher
         watcher.log.wait("mapping.replaced", pid=demo.pid)
         assert watcher.proc.poll() is None
     assert not [e for e in watcher.log.read() if e.get("pid") == holder.pid and e["event"].startswith(("mapping.", "fd."))]
+
+
+def test_a_huge_maps_is_read_between_the_other_targets_events(start_demo, start_watcher, attacker):
+    """A user's process with ~240 MB of maps (--name matches it): the daemon reads it a
+    little at each turn of its loop, so a root target's rm + cp, made while that read is
+    under way, is told before the huge target's own finding, and the loop never stalls
+    long enough to call it a gap."""
+    demo = start_demo("leak")
+    with attacker_dir(attacker) as where, \
+            long_path_holder(attacker, where, 19, "hugemaps", HUGE_MAPS_HOLDER, "60000") as holder:
+        watcher = start_watcher(demo.pid, extra=["--name", "hugemaps", "--interval", "0.1"])
+        watcher.log.wait("target.attached", pid=holder.pid)  # its maps is being read now
+        diverge(demo)
+        watcher.log.wait("mapping.replaced", pid=demo.pid)
+        watcher.log.wait("mapping.deleted", pid=holder.pid, timeout=120)
+        names = [(e["event"], e.get("pid")) for e in watcher.log.read()]
+        assert names.index(("mapping.replaced", demo.pid)) < names.index(("mapping.deleted", holder.pid))
+        assert "watch.gap" not in watcher.log.names()
+        assert watcher.proc.poll() is None

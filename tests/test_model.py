@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inodewatch.model import FileId, MappedFile, OpenFile, compare, find_divergence, is_pseudo_path
+from inodewatch.model import FileId, MappedFile, OpenFile, compare, find_divergence, is_pseudo_path, runs_code
 
 HELD = FileId(0xFE00, 100)
 NEW = FileId(0xFE00, 200)
@@ -59,3 +59,25 @@ def test_pseudo_paths():
     for p in [b"/memfd:x", b"/SYSV00000000", b"/dev/zero", b"anon_inode:[x]", b"[vdso]", b""]:
         assert is_pseudo_path(p)
     assert not is_pseudo_path(b"/usr/lib/libc.so.6")
+
+
+def test_runs_code_is_a_private_executable_mapping():
+    assert runs_code(("r--p", "r-xp", "rw-p")) and runs_code(("--xp",))
+    assert not runs_code(("rw-s",)) and not runs_code(("rw-s", "r-xs")) and not runs_code(())
+
+
+def test_two_versions_at_one_path_are_duplicated_once_per_older_inode():
+    """nginx reloaded with load_module spelled otherwise maps the old, deleted inode and the
+    new one under one path: deleted and replaced (the old), and duplicated."""
+    path = b"/etc/nginx/modules/echo.so"
+    old = MappedFile(path, HELD, ("r--p", "r-xp"), True, vma=b"7f00-7f01")
+    new = MappedFile(path, NEW, ("r--p", "r-xp"), False)
+    found = find_divergence([old, new], [], {path: NEW}.get)
+    assert [f.event for f in found] == ["mapping.deleted", "mapping.replaced", "mapping.duplicated"]
+    assert found[2].fields() == {"path": path, "old_ino": HELD.ino, "new_ino": NEW.ino,
+                                 "perms": "r--p,r-xp"}
+    assert found[2].needs_restart and found[2].vma == b"7f00-7f01"
+    # the new one not mapped (yet): no duplicate; another path's new file: none either
+    assert [f.kind for f in find_divergence([old], [], {path: NEW}.get)] == ["deleted", "replaced"]
+    other = MappedFile(b"/other.so", NEW, ("r-xp",), False)
+    assert "duplicated" not in [f.kind for f in find_divergence([old, other], [], {path: NEW, b"/other.so": NEW}.get)]

@@ -35,15 +35,23 @@ def scan(pids: list[int]) -> tuple[int, list[dict]]:
 
 
 def module_findings(pids: list[int], module: Path) -> dict[int, set[str]]:
-    """scan's findings about the module copy: pid -> event names, for every pid scanned."""
+    """scan's findings about the module copy: pid -> event names, for every pid scanned; the
+    exit status is 1 when a finding needs a restart (its content is not identical)."""
     code, events = scan(pids)
     found: dict[int, set[str]] = {pid: set() for pid in pids}
     for event in events:
         if event.get("path") == str(module):
             found[event["pid"]].add(event["event"])
-    if any(found.values()):
-        assert code == 1
+    assert code == (1 if any(e.get("content") != "identical" for e in events) else 0)
     return found
+
+
+def module_content(pids: list[int], module: Path) -> set[tuple[str, str | None, str | None]]:
+    """What scan says of the module's content in every deleted / replaced finding:
+    (content, mapped_build_id, disk_build_id)."""
+    return {(e["content"], e.get("mapped_build_id"), e.get("disk_build_id"))
+            for e in scan(pids)[1] if e.get("path") == str(module)
+            and e["event"] in ("mapping.deleted", "mapping.replaced")}
 
 
 def build_id(data: bytes) -> bytes:
@@ -88,7 +96,10 @@ def upgrade_and_reload(nginx: NginxInstance, new: bytes, expected_content: str) 
     stale = module_findings(before, nginx.module)
     assert all(stale[pid] & {"mapping.deleted", "mapping.replaced"} for pid in before), stale
     disk = identity_of_path(os.fsencode(nginx.module))
-    assert compare(mapped_identity(nginx.master_pid, nginx.module), disk) == expected_content
+    mapped = mapped_identity(nginx.master_pid, nginx.module)
+    assert compare(mapped, disk) == expected_content
+    told = {(expected_content, mapped.build_id, disk.build_id)}
+    assert module_content(before, nginx.module) == told
 
     workers = nginx.reload()
     assert set(workers).isdisjoint(before)
@@ -100,6 +111,9 @@ def upgrade_and_reload(nginx: NginxInstance, new: bytes, expected_content: str) 
     stale = module_findings(after, nginx.module)
     assert all(stale[pid] & {"mapping.deleted", "mapping.replaced"} for pid in after), stale
     assert compare(mapped_identity(nginx.master_pid, nginx.module), disk) == expected_content
+    assert module_content(after, nginx.module) == told
+    # scan's exit status: 1 for another build (a restart is needed), 0 for the same bytes
+    assert scan(after)[0] == (1 if expected_content == "different" else 0)
     assert nginx.request().startswith("inodewatch echo from ")
     return new_ino
 

@@ -63,10 +63,40 @@ def test_scan_table_has_no_raw_control_characters():
     out = io.StringIO()
     print_scan_table(ScanSummary(reports), out)
     assert no_control(out.getvalue())
-    assert out.getvalue().count("\n") == len(HOSTILE) + 2
+    # a header and a row per file, a blank line, "To restart:", the process's line and one
+    # per file, the summary: no name made a line of its own
+    assert out.getvalue().count("\n") == 1 + len(HOSTILE) + 1 + 2 + len(HOSTILE) + 1
 
 
 def test_escape_control():
     assert escape_control("plain name.so") == "plain name.so"
     assert escape_control("a\nb\tc\x1b\x7f") == "a\\x0ab\\x09c\\x1b\\x7f"
     assert terminal_text(b"\xff") == "\\xff"
+
+
+def test_identical_content_says_no_restart_is_needed_on_a_terminal():
+    from inodewatch.model import Content
+
+    same = Content("identical", "ab" * 20, "ab" * 20, None)
+    other = Content("different", "ab" * 20, "cd" * 20, None)
+    out = io.StringIO()
+    log = make_logger(LogSink(stream=out), "console")
+    for content in (same, other):
+        log.info("mapping.replaced", pid=1, path=b"/opt/x.so", **content.fields())
+    first, second = out.getvalue().splitlines()
+    assert "identical content, no restart needed" in first
+    assert "no restart needed" not in second and "content=different" in second
+    findings = [Finding("mapping", "replaced", b"/opt/x.so", FileId(1, 2), FileId(1, 3),
+                        content=c) for c in (same, other)]
+    out = io.StringIO()
+    print_scan_table(ScanSummary([ProcessReport(7, b"nginx", findings[:1]),
+                                  ProcessReport(8, b"nginx", findings[1:])]), out)
+    rows = out.getvalue().splitlines()
+    assert rows[1].split() == ["pid", "7", "(nginx)", "/opt/x.so", "replaced", "identical", "-"]
+    assert rows[2].split() == ["pid", "8", "(nginx)", "/opt/x.so", "replaced", "different", "-"]
+    assert rows[4:] == [
+        "To restart:",
+        "  pid 8 (nginx), not in a unit: restart it yourself",
+        "      /opt/x.so",
+        "No restart needed (identical content): pid 7 (nginx) /opt/x.so",
+        "scanned 2 processes: 2 diverged, 2 findings (1 of identical content)"]

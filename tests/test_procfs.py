@@ -84,6 +84,34 @@ def test_grouping_one_finding_per_inode_and_no_pseudo_files():
     assert len(groups) == 8
 
 
+# Captured on this machine: a library copied to /dev/shm, dlopen'ed (ctypes) and deleted,
+# beside a POSIX shm segment, /dev/zero mapped shared and private, and a memfd.
+UNDER_DEV = b"\n".join([
+    b"7fdde21c2000-7fdde21c3000 r--p 00000000 00:1b 2                          /dev/shm/libplug.so (deleted)",
+    b"7fdde21c3000-7fdde21c4000 r-xp 00001000 00:1b 2                          /dev/shm/libplug.so (deleted)",
+    b"7fdde21c4000-7fdde21c5000 r--p 00002000 00:1b 2                          /dev/shm/libplug.so (deleted)",
+    b"7fdde21c6000-7fdde21c7000 rw-p 00003000 00:1b 2                          /dev/shm/libplug.so (deleted)",
+    b"7fdde2fbc000-7fdde2fbd000 rw-s 00000000 00:01 94                         /memfd:probe (deleted)",
+    b"7fdde2fbd000-7fdde2fbe000 rw-p 00000000 00:06 4                          /dev/zero",
+    b"7fdde303c000-7fdde303d000 rw-s 00000000 00:01 93                         /dev/zero (deleted)",
+    b"7fdde303d000-7fdde303e000 rw-s 00000000 00:1b 3                          /dev/shm/probe_seg (deleted)",
+    # a JIT's double mapping of one /dev/shm file: data and code, both shared
+    b"7fdde303e000-7fdde303f000 rw-s 00000000 00:1b 5                          /dev/shm/ffiXXXX (deleted)",
+    b"7fdde303f000-7fdde3040000 r-xs 00000000 00:1b 5                          /dev/shm/ffiXXXX (deleted)",
+    b"",
+])
+
+
+def test_code_on_tmpfs_is_a_file_ipc_under_dev_is_not():
+    """An executable mapping of a file is code wherever it lives: the library loaded from
+    /dev/shm is kept (its private r-xp VMA); POSIX shm, /dev/zero, memfd and a JIT's shared
+    double mapping stay out, as before."""
+    groups = groups_by_file(UNDER_DEV)
+    assert list(groups) == [FileId(os.makedev(0, 0x1B), 2)]
+    plug = groups[FileId(os.makedev(0, 0x1B), 2)]
+    assert (plug.path, plug.perms) == (b"/dev/shm/libplug.so (deleted)", ("r--p", "r-xp", "rw-p"))
+
+
 @pytest.mark.parametrize("name, nlink, name_is_this_file, expected", [
     (b"/a/so.so (deleted)", 0, False, (b"/a/so.so", True)),
     (b"/a/so.so", 1, True, (b"/a/so.so", False)),

@@ -41,16 +41,18 @@ def round_trip(history, mapped=None, ident=IDENT, boot=BOOT):
 
 
 def a_rich_history():
-    """A target that has seen everything: a replaced file awaiting reload, an overwrite, a
-    file with a non-UTF-8 name, and an fd on a deleted file."""
+    """A target that has seen everything: a replaced file awaiting reload (and its new
+    version loaded beside it), an overwrite, a file with a non-UTF-8 name, and an fd on a
+    deleted file."""
     h = TargetHistory()
     others = [mapping(LIBC, b"/usr/lib/libc.so.6", size=9, mtime=-5),
               mapping(FileId(0xFE00, 9), ODD, size=1, mtime=1)]
     disk = {b"/usr/lib/libc.so.6": LIBC, ODD: FileId(0xFE00, 9)}
     step(h, [mapping(), *others], {P: OLD, **disk})
-    step(h, [mapping(deleted=True), *others], {P: NEW, **disk})
+    step(h, [mapping(deleted=True), mapping(NEW), *others], {P: NEW, **disk})
+    assert {f.kind for f in h.live.values()} == {"deleted", "replaced", "duplicated"}
     assert h.overwrite(others[0], 11) is not None
-    h.learn([mapping(deleted=True), *others], [(FileId(0xFE00, 55), b"/var/log/app.log")])
+    h.learn([mapping(deleted=True), mapping(NEW), *others], [(FileId(0xFE00, 55), b"/var/log/app.log")])
     h.live[("fd", "deleted", b"/var/log/app.log", 3, FileId(0xFE00, 55))] = Finding(
         "fd", "deleted", b"/var/log/app.log", FileId(0xFE00, 55), fd=3)
     return h

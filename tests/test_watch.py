@@ -286,3 +286,36 @@ def test_rewatching_a_path_that_now_names_another_file(watcher: FileWatcher, tmp
     os.unlink(path)  # ...then the second's, in the same queue
     events = wait_for(watcher, has(path, "ignored"))
     assert kinds_for(path, events)[-1] == "ignored" and watcher.watched() == set()
+
+
+def test_a_directory_reads_only_the_names_asked_for(watcher: FileWatcher, tmp_path: Path) -> None:
+    """A flood of other names in the directory costs a set look-up each, and no event."""
+    d = bytes(tmp_path)
+    names = {b"so.so"}
+    watcher.watch_directory(d, names)
+    for i in range(500):
+        make_file(d + b"/noise%d" % i, b"")
+        os.rename(d + b"/noise%d" % i, d + b"/moved%d" % i)
+    make_file(d + b"/so.so")
+    events = wait_for(watcher, has(d + b"/so.so", "created"))
+    assert {e.path for e in events} == {d + b"/so.so"}
+    names.add(b"later.so")  # the caller's own set: read at every record
+    make_file(d + b"/later.so")
+    make_file(d + b"/unasked.so")
+    events = wait_for(watcher, has(d + b"/later.so", "created"))
+    assert {e.path for e in events} == {d + b"/later.so"}
+
+
+def test_the_records_of_one_read_are_merged_per_file(watcher: FileWatcher, tmp_path: Path) -> None:
+    from inodewatch.watch import NAME_EVENTS, OPEN_EVENTS
+
+    lib = make_file(bytes(tmp_path / "so.so"))
+    watcher.watch_file(lib, NAME_EVENTS | OPEN_EVENTS)
+    for _ in range(50):  # open, close, open, close: records the kernel cannot merge itself
+        os.close(os.open(lib, os.O_RDONLY))
+    poller = select.poll()
+    poller.register(watcher.fileno(), select.POLLIN)
+    assert poller.poll(5000)
+    events = watcher.read()
+    assert [e.kind for e in events] == ["opened", "closed"]
+    assert all(e.records == 100 for e in events)
