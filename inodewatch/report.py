@@ -7,9 +7,11 @@ events.json` in any order, read as one stream of events in time order by inodewa
 (lines capped at 1 MiB, bad lines counted and skipped; see its docstring).  Nothing is held
 whole: the report is built as the events stream past, in bounded memory.
 
-Targets.  Every event with a `pid` belongs to one target *life*: a `target.attached` after that
-pid's `target.exited` (or `target.lost`), or with another `start_time`, starts a new one (pid
-reuse).  A re-attach of the same process (the daemon restarted) continues the life.  Each life
+Targets.  Every event with a `pid` belongs to one target *life*, of that pid on the line's
+`host` (every daemon line names it; lines without, from older daemons, are one host of their
+own, None): pid 1234 on web-1 and pid 1234 on web-2 are two targets, whatever the order their
+logs interleave in.  A `target.attached` after that pid's `target.exited` (or `target.lost`),
+or with another `start_time`, starts a new one (pid reuse).  A re-attach of the same process (the daemon restarted) continues the life.  Each life
 is followed incrementally (Timeline): what its verdict needs is kept as the events come, and
 of its events in the window the first FIRST_SHOWN and the last LAST_SHOWN are kept for the
 timeline, with the number of those in between ("... 12,345 events not shown ...").
@@ -41,12 +43,15 @@ sentence says "after ... (the interval is unknown: the daemon was paused 27.3 s 
 when the first event was logged within RESUME_BLUR (2 s) after a watch.gap, it was found by
 the daemon's re-read at the resume and carries the resume's time, not its own: "(the interval
 is unknown: the write was logged as the daemon resumed from a pause of 27.3 s)".  A gap has
-no pid: any watch.gap counts, whichever daemon logged it.  An end earlier than its start
-(the log's clock went back) has no interval either.
+no pid: it counts for every target of its host (Daemons: each host's pauses and namespace,
+the least recently used forgotten past MAX_HOSTS).  An end earlier than its start (the log's
+clock went back) has no interval either.  `--pid` selects that pid on every host.
 
 Whose.  Target events carry the process's `uid` and mount namespace (`mnt_ns`), and
-daemon.started the daemon's own: the header and the verdict say "pid 7 (reload, uid 1001)",
-and a target whose namespace differs from the daemon's (the latest daemon.started before its
+daemon.started the daemon's own: the header and the verdict say "pid 7 (reload, uid 1001) on
+web-1" (" on HOST" whenever the lines name the host, even with one host in the logs: the
+report prints a target before it knows whether another host follows), and a target whose
+namespace differs from its host's daemon's (the latest daemon.started of its host before its
 event) gets a note: "...; note: this process runs in another mount namespace (mnt:[X]) than
 the daemon's (mnt:[Y]): its /opt/demo/so.so is not necessarily the host's file" (a user in
 `unshare -Urm` can bind her own file over any path there).  No daemon.started read (rotated
@@ -73,7 +78,7 @@ Output.  Text: per target a header, its events in the window and the verdict; th
 daemon's own warnings (watch.overflow, watch.degraded, watch.gap: every daemon-wide event of
 level warning or above; the first and last WARNINGS_SHOWN) and a summary line.  Every value
 from the log is passed through escape_control: names are untrusted.  --json: JSON lines, one
-`{"type": "target", "pid", "comm", "start_time", "uid", "mnt_ns", "foreign_namespace",
+`{"type": "target", "host", "pid", "comm", "start_time", "uid", "mnt_ns", "foreign_namespace",
 "outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
 logged, in ASCII; when some are not shown, `events_not_shown` counts them and
 `not_shown_after` says after which entry), then one `{"type": "summary", "files", "events",
@@ -114,6 +119,8 @@ LINGER = timedelta(seconds=10)
 RESUME_BLUR = timedelta(seconds=2)
 LIVES_BUDGET = 96 << 20
 HOLD_BUDGET = 16 << 20
+MAX_HOSTS = 4096  # whose daemon state (pauses, mount namespace) is kept, by name
+HOSTS_BYTES = 1 << 20
 # What a life and one remembered fact cost beyond the text they hold, roughly, in CPython.
 LIFE_COST = 2048
 FACT_COST = 256
@@ -371,6 +378,31 @@ class DaemonState:
         return _new(Mark, (when, self.gaps, self.paused, resumed))
 
 
+class Daemons:
+    """Each host's DaemonState (lines without `host`, from older daemons, are one host of
+    their own), the least recently used forgotten past MAX_HOSTS hosts or HOSTS_BYTES of
+    names: a later line of a forgotten host starts it afresh (no gap, no namespace known);
+    a life keeps the state it began with."""
+
+    __slots__ = ("states", "bytes")
+
+    def __init__(self) -> None:
+        self.states: dict[str | None, DaemonState] = {}
+        self.bytes = 0
+
+    def of(self, host: str | None) -> DaemonState:
+        state = self.states.pop(host, None)
+        if state is None:
+            state = DaemonState()
+            self.bytes += len(host or "")
+            while self.states and (len(self.states) >= MAX_HOSTS or self.bytes > HOSTS_BYTES):
+                old = next(iter(self.states))
+                del self.states[old]
+                self.bytes -= len(old or "")
+        self.states[host] = state  # last: the most recently used
+        return state
+
+
 _new = tuple.__new__  # _new(Divergence, (...)): without the class's Python-level __new__
 
 
@@ -414,13 +446,14 @@ class Timeline:
     """One target life, followed event by event: what its verdict needs, and the events of the
     window kept for showing (as `keep` makes them)."""
 
-    __slots__ = ("pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns",
+    __slots__ = ("host", "pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns",
                  "start_time", "identity", "ended", "end",
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
                  "cut_at", "dropped", "active")
 
-    def __init__(self, pid: int, seq: int, keep: Keeping[Any], budget: Budget,
+    def __init__(self, host: str | None, pid: int, seq: int, keep: Keeping[Any], budget: Budget,
                  daemon: DaemonState) -> None:
+        self.host = host  # the `host` of its lines: a pid is a process of one host
         self.pid = pid
         self.seq = seq  # the order lives began in
         self.budget = budget
@@ -446,12 +479,12 @@ class Timeline:
         self.dropped = False  # judged before its end: the report's memory budget
         self.active: datetime | None = None  # the time of its latest event: least recently
         # active lives are the first to forget what they keep when memory is short
-        budget.used += LIFE_COST
+        budget.used += LIFE_COST + len(host or "")
 
     @property
     def cost(self) -> int:
         """What it holds, as counted in its budget."""
-        return (LIFE_COST + (len(self.end.raw) if self.end is not None else 0) + self.shown.bytes
+        return (LIFE_COST + len(self.host or "") + (len(self.end.raw) if self.end is not None else 0) + self.shown.bytes
                 + self.perms.bytes + self.live.bytes + self.first_diverged.bytes
                 + self.reloads.bytes)
 
@@ -536,10 +569,11 @@ class Timeline:
 
 
 def _who(t: Timeline) -> str:
-    """"pid 7 (reload, uid 1001)": what is known of it."""
+    """"pid 7 (reload, uid 1001) on web-1": what is known of it."""
     known = [escape_control(t.comm)] if t.comm is not None else []
     known += [f"uid {t.uid}"] if t.uid is not None else []
-    return f"pid {t.pid} ({', '.join(known)})" if known else f"pid {t.pid}"
+    where = f" on {escape_control(t.host)}" if t.host is not None else ""
+    return f"pid {t.pid} ({', '.join(known)}){where}" if known else f"pid {t.pid}{where}"
 
 
 def format_time(when: datetime) -> str:
@@ -742,10 +776,10 @@ class Tracker:
         self.keep = keep
         self.begin = begin
         self.done = done
-        self.open: dict[int, Timeline] = {}  # by pid
+        self.open: dict[tuple[str | None, int], Timeline] = {}  # by host and pid
         self.ended: deque[tuple[datetime, Timeline]] = deque()  # as they ended, for LINGER
         self.budget = Budget()
-        self.daemon = DaemonState()
+        self.daemons = Daemons()
         self.seq = 0
         self.now: datetime | None = None  # the latest time seen
         self.warnings: Shown[Any] = Shown(WARNINGS_SHOWN, WARNINGS_SHOWN, keep, Budget())
@@ -757,22 +791,27 @@ class Tracker:
             while self.ended and self.ended[0][0] + LINGER < when:
                 self._finish(self.ended.popleft()[1])
         window = self.window
+        host = fields.get("host")
+        if type(host) is not str:
+            host = None
         if pid is None:
             if window.until is None or when <= window.until:
                 if name == "watch.gap":
-                    self.daemon.paused_at(when, fields)
+                    self.daemons.of(host).paused_at(when, fields)
                 elif name == "daemon.started" and type(mnt_ns := fields.get("mnt_ns")) is int:
-                    self.daemon.mnt_ns = mnt_ns
+                    self.daemons.of(host).mnt_ns = mnt_ns
             if (fields.get("level") in WARNING_LEVELS or name == "watch.gap") and window.shows(when):
                 self.warnings.add(e)
             return
         if window.pids is not None and pid not in window.pids:
             return
-        life = self.open.get(pid)
+        key = (host, pid)
+        life = self.open.get(key)
         if life is None or (name == "target.attached" and life.starts_anew(e)):
             if life is not None:
                 self._finish(life)
-            life = self.open[pid] = Timeline(pid, self.seq, self.keep, self.budget, self.daemon)
+            life = self.open[key] = Timeline(host, pid, self.seq, self.keep, self.budget,
+                                             self.daemons.of(host))
             self.seq += 1
             self.begin(life)
         life.active = when
@@ -793,10 +832,11 @@ class Tracker:
             self._shed()
 
     def _finish(self, life: Timeline) -> None:
-        if self.open.get(life.pid) is life:
-            del self.open[life.pid]
+        key = (life.host, life.pid)
+        if self.open.get(key) is life:
+            del self.open[key]
             if life.host_mnt_ns is None:  # its events came before any daemon.started read
-                life.host_mnt_ns = self.daemon.mnt_ns
+                life.host_mnt_ns = life.daemon.mnt_ns
             self.budget.used -= life.cost
             self.done(life)
 
@@ -1021,7 +1061,7 @@ def render_target(t: Timeline, as_json: bool) -> str:
         return "\n".join([_who(t), *_shown_lines(t.shown, "event"),
                           f"  verdict: {judged.text}", "", ""])
     head, tail = t.shown.items()
-    record: dict[str, Any] = {"type": "target", "pid": t.pid, "comm": t.comm,
+    record: dict[str, Any] = {"type": "target", "host": t.host, "pid": t.pid, "comm": t.comm,
                               "start_time": t.start_time, "uid": t.uid, "mnt_ns": t.mnt_ns,
                               "foreign_namespace": t.foreign_namespace,
                               "outcome": judged.outcome, "verdict": judged.text}

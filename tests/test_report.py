@@ -37,6 +37,7 @@ from inodewatch.report import (
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 SO = "/opt/demo/so.so"
+HOST = os.uname().nodename  # what the real daemon logs as `host`
 ATTACH = {"comm": "reload", "exe": "/opt/demo/reload", "cmdline": ["/opt/demo/reload"],
           "start_time": "2026-01-02T03:00:00Z"}
 
@@ -334,6 +335,43 @@ def test_the_note_names_what_the_verdict_names():
                     "necessarily the host's files")
 
 
+
+def test_the_same_pid_on_two_hosts_is_two_targets(tmp_path):
+    """Two hosts' logs read together (issue 12 item 4): pid 1234 on web-1 and pid 1234 on
+    web-2 are two processes, interleaved in time.  Each host's daemon.started and watch.gap
+    are its own: web-2's pause says nothing of web-1's crash, and a target is in another
+    mount namespace only against its own host's daemon."""
+    def on(host: str, seconds: float, event: str, pid: int | None = 1234, **fields: Any) -> str:
+        return line(seconds, event, pid, **fields, host=host, boot_id=f"boot-{host}")
+    web1 = write(tmp_path / "web-1.json", [
+        on("web-1", 0, "daemon.started", None, mnt_ns=HOST_NS),
+        on("web-1", 1, "target.attached", **ATTACH, uid=0, mnt_ns=HOST_NS),
+        on("web-1", 2, "mapping.overwritten", **OVERWRITTEN, mnt_ns=HOST_NS),
+        on("web-1", 3, "target.exited", exit_code=None, signal="SIGSEGV", core_dumped=False,
+           status_source="proc_connector", stale=[], mnt_ns=HOST_NS)])
+    web2 = write(tmp_path / "web-2.json", [
+        on("web-2", 0, "daemon.started", None, mnt_ns=OWN_NS),
+        on("web-2", 1.5, "target.attached", **ATTACH, uid=33, mnt_ns=HOST_NS),
+        on("web-2", 2.5, "watch.gap", None, level="warning", gap_s=5.0),
+        on("web-2", 2.6, "mapping.deleted", **DELETED, mnt_ns=HOST_NS)])
+    out = report(str(web1), str(web2))
+    verdicts_seen = [x for x in out.splitlines() if x.startswith("  verdict: ")]
+    assert verdicts_seen == [
+        "  verdict: pid 1234 (reload, uid 0) on web-1 was killed by SIGSEGV 1.0 s after "
+        "/opt/demo/so.so (inode 2146358) was overwritten in place",
+        "  verdict: pid 1234 (reload, uid 33) on web-2 was still running old code at the end of "
+        "the log: /opt/demo/so.so (deleted at 2026-01-02T03:04:07.600000Z); note: this process "
+        f"runs in another mount namespace (mnt:[{HOST_NS}]) than the daemon's (mnt:[{OWN_NS}]): "
+        "its /opt/demo/so.so is not necessarily the host's file"]
+    assert "pid 1234 (reload, uid 0) on web-1\n" in out and "pid 1234 (reload, uid 33) on web-2\n" in out
+    targets = [json.loads(x) for x in report(str(web2), str(web1), "--json").splitlines()[:2]]
+    assert [(x["host"], x["pid"], x["outcome"], x["foreign_namespace"]) for x in targets] == [
+        ("web-1", 1234, "crashed_after_overwrite", False), ("web-2", 1234, "running_stale", True)]
+    # an old log, without host: no "on", `host` null, as before
+    target = json.loads(report(str(write(tmp_path / "old.json", [attached(1)])), "--json").splitlines()[0])
+    assert target["host"] is None and target["verdict"].startswith("pid 38314 (reload) was")
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -529,9 +567,9 @@ def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp
 
     out = report(*paths, "--pid", str(demo.pid))
     verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
-    # the real daemon logs whose process it is: the uid is in the verdict
+    # the real daemon logs whose process it is and where: the uid and host are in the verdict
     assert verdict_line.startswith(
-        f"  verdict: pid {demo.pid} (reload, uid {os.getuid()}) was killed by SIG")
+        f"  verdict: pid {demo.pid} (reload, uid {os.getuid()}) on {HOST} was killed by SIG")
     assert any(f"killed by {sig} " in verdict_line for sig in ("SIGSEGV", "SIGBUS"))
     assert f"after {os.fsdecode(demo.lib)} (inode {os.stat(demo.lib).st_ino}" in verdict_line
     assert verdict_line.endswith("was overwritten in place")
@@ -577,7 +615,8 @@ def test_a_crash_while_the_daemon_was_paused_has_no_interval(start_demo, start_w
     out = report(str(watcher.log.path))
     verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
     assert re.fullmatch(
-        rf"  verdict: pid {demo.pid} \(reload, uid {os.getuid()}\) was killed by SIG(SEGV|BUS) after "
+        rf"  verdict: pid {demo.pid} \(reload, uid {os.getuid()}\) on {re.escape(HOST)} was killed by "
+        rf"SIG(SEGV|BUS) after "
         rf"{re.escape(os.fsdecode(demo.lib))} \(inode \d+[^)]*\) was overwritten in place "
         r"\(the interval is unknown: the daemon was paused \d+\.\d s in between\)", verdict_line)
     assert "daemon warnings:" in out and "watch.gap" in out.split("daemon warnings:")[1]
@@ -644,7 +683,8 @@ def test_a_spoofed_plugin_in_a_users_own_namespace_is_told_as_hers(attacker, dem
         out = report(str(watcher.log.path))
         verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
         assert re.fullmatch(
-            rf"  verdict: pid {host.pid} \(reload, uid {attacker.uid}\) was killed by SIG(SEGV|BUS) "
+            rf"  verdict: pid {host.pid} \(reload, uid {attacker.uid}\) on {re.escape(HOST)} was killed "
+            rf"by SIG(SEGV|BUS) "
             rf"[\d.]+ s after {re.escape(str(real))} \(inode (\d+), mapped [^)]+\) was overwritten "
             rf"in place; note: this process runs in another mount namespace "
             rf"\(mnt:\[{theirs['mnt_ns']}\]\) than the daemon's \(mnt:\[{own_ns}\]\): its "

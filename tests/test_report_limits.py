@@ -104,3 +104,21 @@ def test_a_deep_value_the_decoder_takes_is_printed_back_whole(tmp_path: Path):
     text = run_cli("report", str(log))
     assert text.returncode == 0 and "internal error" not in text.stderr
     assert "watch.degraded       detail={\"a\": {\"a\"" in text.stdout
+
+
+def test_hosts_are_remembered_within_bounds():
+    """A log may name any number of hosts, of any length: their daemon state (pauses, mount
+    namespace) is kept for the most recently used MAX_HOSTS, within HOSTS_BYTES of names."""
+    from inodewatch.report import HOSTS_BYTES, MAX_HOSTS, Daemons
+    daemons = Daemons()
+    kept = daemons.of("web-1")
+    kept.mnt_ns = 1
+    for i in range(MAX_HOSTS + 100):
+        daemons.of(f"h{i}")
+        if i % 1000 == 0:
+            assert daemons.of("web-1") is kept  # used again: not the first forgotten
+    assert len(daemons.states) == MAX_HOSTS and daemons.of("web-1") is kept
+    for i in range(3):
+        daemons.of(f"{i}" * (HOSTS_BYTES // 2))
+    assert daemons.bytes <= HOSTS_BYTES and len(daemons.states) == 2
+    assert daemons.of("web-1") is not kept and daemons.of("web-1").mnt_ns is None
