@@ -2,16 +2,19 @@
 
 `inodewatch report LOG ... [--json] [--pid PID] [--since T] [--until T]`
 
-Input.  Each LOG is a plain or gzip file (recognised by its magic bytes, not its name), e.g.
-logrotate's `events.json.2.gz events.json.1 events.json` in any order.  All events are sorted
-by `timestamp`, stably, with the files taken oldest first, so equal timestamps keep log order.
-A line that is not UTF-8, not a JSON object, or lacks a string `event` or a valid `timestamp`
-(or has a non-integer `pid`) is skipped and counted; so is the damaged tail of a truncated
-gzip file (one bad line).  Blank lines are ignored.
+Input.  Each LOG is a plain or gzip file, e.g. logrotate's `events.json.2.gz events.json.1
+events.json` in any order, read as one stream of events in time order by inodewatch.logread
+(lines capped at 1 MiB, bad lines counted and skipped; see its docstring).  Nothing is held
+whole: the report is built as the events stream past, in bounded memory.
 
-Targets.  Every event with a `pid` belongs to one target *life*: a `target.attached` after that
-pid's `target.exited` (or `target.lost`), or with another `start_time`, starts a new one (pid
-reuse).  A re-attach of the same process (the daemon restarted) continues the life.
+Targets.  Every event with a `pid` belongs to one target *life*, of that pid on the line's
+`host` (every daemon line names it; lines without, from older daemons, are one host of their
+own, None): pid 1234 on web-1 and pid 1234 on web-2 are two targets, whatever the order their
+logs interleave in.  A `target.attached` after that pid's `target.exited` (or `target.lost`),
+or with another `start_time`, starts a new one (pid reuse).  A re-attach of the same process (the daemon restarted) continues the life.  Each life
+is followed incrementally (Timeline): what its verdict needs is kept as the events come, and
+of its events in the window the first FIRST_SHOWN and the last LAST_SHOWN are kept for the
+timeline, with the number of those in between ("... 12,345 events not shown ...").
 
 Verdicts: one sentence per life (`outcome` names the case in JSON), judged on the life's events
 up to --until; --since only trims the timeline shown, so a file replaced before it still counts.
@@ -19,7 +22,7 @@ up to --until; --since only trims the timeline shown, so a file replaced before 
   crashed_after_overwrite  killed by a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP,
       SIGSYS: FAULT_SIGNALS) after a file it mapped was overwritten in place:
       "pid 38314 (reload) was killed by SIGSEGV 1.2 s after /opt/demo/so.so (inode 2146358,
-      mapped r--p,r-xp,rw-p) was overwritten in place" (perms from an earlier event or `stale`)
+      mapped r--p,r-xp,rw-p) was overwritten in place" (perms from a mapping event or `stale`)
   killed         "pid 7 (nginx) was killed by SIGKILL, while running 1 stale file: /x.so (deleted)"
                  (also after an overwrite: a SIGKILL or SIGTERM is never its symptom)
   exited         "pid 7 (nginx) exited with status 0" (+ the same clause when `stale` is not empty)
@@ -34,91 +37,107 @@ up to --until; --since only trims the timeline shown, so a file replaced before 
                   still running at the end of the log"
   running        "pid 7 (nginx) was still running at the end of the log; nothing diverged"
 
+Intervals ("1.2 s after", a reload's "0.300 s after") are not computed across a pause of the
+daemon: when a watch.gap was logged after the first event and at or before the second, the
+sentence says "after ... (the interval is unknown: the daemon was paused 27.3 s in between)";
+when the first event was logged within RESUME_BLUR (2 s) after a watch.gap, it was found by
+the daemon's re-read at the resume and carries the resume's time, not its own: "(the interval
+is unknown: the write was logged as the daemon resumed from a pause of 27.3 s)".  A gap has
+no pid: it counts for every target of its host (Daemons: each host's pauses and namespace,
+the least recently used forgotten past MAX_HOSTS).  An end earlier than its start (the log's
+clock went back) has no interval either.  `--pid` selects that pid on every host.
+
+Whose.  Target events carry the process's `uid` and mount namespace (`mnt_ns`), and
+daemon.started the daemon's own: the header and the verdict say "pid 7 (reload, uid 1001) on
+web-1" (" on HOST" whenever the lines name the host, even with one host in the logs: the
+report prints a target before it knows whether another host follows), and a target whose
+namespace differs from its host's daemon's (the latest daemon.started of its host before its
+event) gets a note: "...; note: this process runs in another mount namespace (mnt:[X]) than
+the daemon's (mnt:[Y]): its /opt/demo/so.so is not necessarily the host's file" (a user in
+`unshare -Urm` can bind her own file over any path there).  No daemon.started read (rotated
+away): no note, `foreign_namespace` null.
+
 "At the end of the log" becomes "at T" when --until cut the life short.  The daemon logs no
 event when a diverged file is closed or unmapped, so running_stale lists the divergences as
 last reported (a re-attach resets them: the daemon reports again what is still diverged; not
 one with `restored: true`, whose daemon kept them in its state file and does not repeat them).
 
+Memory.  A life is printed once it is over: LINGER (10 s of log time) after its end, so a
+second daemon's word on the same exit still joins it; at a new life of its pid; or at the end
+of the input.  Each life remembers at most MAX_REMEMBERED files per kind of fact (live
+divergences, perms, divergences awaiting their reload, reloads), the oldest forgotten first.  All lives
+together are held to LIVES_BUDGET bytes (as counted: lines kept plus a fixed cost per life
+and per fact); past it, the report first prints the lives already over, then drops the kept
+timeline lines of the lives least recently active, and last judges those lives as they are
+and prints them ("at T, its last event read: not followed further"), so any log is read in
+bounded memory.  Targets are printed in the order their lives began, except that when more
+than HOLD_BUDGET bytes of finished targets wait behind one still running, they are printed
+as they are.
+
 Output.  Text: per target a header, its events in the window and the verdict; then the
-daemon's own warnings (watch.overflow, watch.degraded) and a summary line.  Every value from
-the log is passed through escape_control: names are untrusted.  --json: JSON lines, one
-`{"type": "target", "pid", "comm", "start_time", "outcome", "verdict", "timeline"}` per target
-(timeline: the events in the window exactly as logged), then one `{"type": "summary", "files",
-"events", "skipped", "targets", "warnings"}`.
+daemon's own warnings (watch.overflow, watch.degraded, watch.gap: every daemon-wide event of
+level warning or above; the first and last WARNINGS_SHOWN) and a summary line.  Every value
+from the log is passed through escape_control: names are untrusted.  --json: JSON lines, one
+`{"type": "target", "host", "pid", "comm", "start_time", "uid", "mnt_ns", "foreign_namespace",
+"outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
+logged, in ASCII; when some are not shown, `events_not_shown` counts them and
+`not_shown_after` says after which entry), then one `{"type": "summary", "files", "events",
+"skipped", "targets", "warnings"}` (`warnings_not_shown` and `out_of_order` when not zero).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
+import re
 import sys
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, TextIO
+from datetime import datetime, timedelta
+from typing import Any, Generic, NamedTuple, TextIO, TypeVar
 
+from inodewatch.logread import Counts, LogEvent, ReportError, parse_line, parse_time, read
 from inodewatch.text import escape_control
 
-GZIP_MAGIC = b"\x1f\x8b"
-DIVERGENCE_KINDS = ("deleted", "replaced", "renamed", "missing", "overwritten", "duplicated")
+DIVERGENCE_KINDS = frozenset(("deleted", "replaced", "renamed", "missing", "overwritten",
+                              "duplicated"))
 WARNING_LEVELS = ("warning", "error", "critical")
 # The signals by which an in-place overwrite shows: the process faults on pages that changed
 # under it.  A SIGKILL, a SIGTERM or an exit is someone's decision, never that symptom.
 FAULT_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
 # What ends a target's life: its exit seen, or found gone by a restarted daemon.
 ENDS = ("target.exited", "target.lost")
-EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
+FIRST_SHOWN = 20
+LAST_SHOWN = 20
+WARNINGS_SHOWN = 10  # first and last
+MAX_REMEMBERED = 64
+LINGER = timedelta(seconds=10)
+# What the daemon logs right after a watch.gap is what its full re-read at the resume found:
+# it may have happened at any time during the pause (its timestamp is the resume's).
+RESUME_BLUR = timedelta(seconds=2)
+LIVES_BUDGET = 96 << 20
+HOLD_BUDGET = 16 << 20
+MAX_HOSTS = 4096  # whose daemon state (pauses, mount namespace) is kept, by name
+HOSTS_BYTES = 1 << 20
+# What a life and one remembered fact cost beyond the text they hold, roughly, in CPython.
+LIFE_COST = 2048
+FACT_COST = 256
+SLOT_COST = 64
 
-class ReportError(Exception):
-    """A log file cannot be read, or the arguments contradict each other (message is one line)."""
-
-
-@dataclass(frozen=True)
-class LogEvent:
-    """One valid line of the log."""
-
-    time: datetime  # aware, UTC
-    name: str
-    pid: int | None
-    fields: Mapping[str, Any]  # the whole object, exactly as logged
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """The events of one target life, oldest first."""
-
-    pid: int
-    events: tuple[LogEvent, ...]
-    cut_at: datetime | None = None  # the life went on past --until: judge it at this time
-
-    @property
-    def comm(self) -> str | None:
-        return _attached(self.events, "comm")
-
-    @property
-    def start_time(self) -> str | None:
-        return _attached(self.events, "start_time")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
 class Verdict:
     outcome: str
     text: str  # terminal-safe
+    paths: tuple[str, ...] = ()  # the files it names, as logged
 
 
-@dataclass(frozen=True)
-class TargetReport:
-    timeline: Timeline  # judged part of the life (up to --until)
-    shown: tuple[LogEvent, ...]  # the part in the --since/--until window
-    verdict: Verdict
-
-
-@dataclass(frozen=True)
-class Divergence:
+class Divergence(NamedTuple):
     """One file a target held that no longer matched the disk, as a log event tells it."""
 
     subject: str  # "mapping" or "fd"
@@ -127,7 +146,7 @@ class Divergence:
     fd: int | None
     ino: int | None
     new_path: str | None
-    new_ino: int | None = None  # duplicated: the new version, mapped beside the old one
+    new_ino: int | None  # duplicated: the new version, mapped beside the old one (`ino`)
 
     @property
     def file(self) -> tuple[str, str, int | None, int | None]:
@@ -141,98 +160,253 @@ class Divergence:
             return f"loaded twice, inode {self.ino} beside {_text(self.new_ino)}"
         return "overwritten in place" if self.kind == "overwritten" else self.kind
 
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def parse_time(text: str) -> datetime:
-    """ISO 8601 with or without Z or an offset; naive means UTC.  Raises ValueError."""
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
+    @property
+    def size(self) -> int:
+        return len(self.path) + len(self.new_path or "")
 
 
-def _reject_constant(name: str) -> None:
-    # NaN and Infinity are not JSON: accepting them would make --json print invalid JSON.
-    raise ValueError(f"not JSON: {name}")
+class Budget:
+    """The bytes all lives hold, as counted (see the module docstring)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = 0
 
 
-def parse_line(raw: bytes) -> LogEvent | None:
-    """One log line as an event, or None when it is not one."""
-    try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; "[[[[…" recurses
-        return None
-    if not isinstance(obj, dict):
-        return None
-    name, stamp, pid = obj.get("event"), obj.get("timestamp"), obj.get("pid")
-    if not isinstance(name, str) or not isinstance(stamp, str):
-        return None
-    if pid is not None and type(pid) is not int:  # bool is an int, but not a pid
-        return None
-    try:
-        when = parse_time(stamp)
-    except ValueError:
-        return None
-    return LogEvent(when, name, pid, obj)
+_MISSING: Any = object()
 
 
-def parse_lines(lines: Iterable[bytes | None]) -> tuple[list[LogEvent], int]:
-    """Events and the number of bad lines; None stands for a damaged, unreadable rest."""
-    events: list[LogEvent] = []
-    bad = 0
-    for raw in lines:
-        if raw is not None and not raw.strip():
-            continue
-        event = parse_line(raw) if raw is not None else None
-        if event is None:
-            bad += 1
+class Memo(dict[K, V]):
+    """What a life remembers of one kind: a dict of at most MAX_REMEMBERED entries, the oldest
+    forgotten first (an update keeps an entry's place), each costing FACT_COST plus what
+    `size(key, value)` says.  A dict itself: look-ups cost no Python call."""
+
+    __slots__ = ("size", "bytes", "budget")
+
+    def __init__(self, budget: Budget, size: Callable[[K, V], int]) -> None:
+        super().__init__()
+        self.size = size
+        self.bytes = 0
+        self.budget = budget
+
+    def put(self, key: K, value: V) -> None:
+        old = self.get(key, _MISSING)
+        if old is _MISSING:
+            delta = FACT_COST + self.size(key, value)
+            if len(self) >= MAX_REMEMBERED:
+                self.drop(next(iter(self)))
         else:
-            events.append(event)
-    return events, bad
+            delta = self.size(key, value) - self.size(key, old)
+        self[key] = value
+        self.bytes += delta
+        self.budget.used += delta
+
+    def drop(self, key: K) -> None:
+        old = self.pop(key, _MISSING)
+        if old is not _MISSING:
+            delta = FACT_COST + self.size(key, old)
+            self.bytes -= delta
+            self.budget.used -= delta
+
+    def clear(self) -> None:
+        super().clear()
+        self.budget.used -= self.bytes
+        self.bytes = 0
 
 
-def _log_lines(f: io.BufferedReader) -> Iterator[bytes | None]:
-    # peek, not seek: a LOG may be a pipe, e.g. <(ssh host cat events.json)
-    if f.peek(len(GZIP_MAGIC))[:len(GZIP_MAGIC)] != GZIP_MAGIC:
-        yield from f
-        return
-    try:
-        yield from gzip.GzipFile(fileobj=f, mode="rb")
-    except (EOFError, gzip.BadGzipFile, zlib.error):
-        # Compression cut short (a crash during logrotate) or a damaged disk: keep the lines
-        # before the damage and count the rest as one bad line.
-        yield None
+class Live(Memo[Divergence, datetime]):
+    """What a life still runs or holds diverged, as last reported, and when; a reload drops
+    the divergences of its (path, inode) at once, through an index."""
+
+    __slots__ = ("files", "forgotten")
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__(budget, _divergence_size)
+        self.files: dict[tuple[str, int | None], list[Divergence]] = {}  # mapping subject only
+        self.forgotten = 0  # forgotten for newer ones since the last attach
+
+    def add(self, d: Divergence, when: datetime) -> None:
+        if d not in self:
+            if len(self) >= MAX_REMEMBERED:
+                self.forget(next(iter(self)))
+                self.forgotten += 1
+            if d[0] == "mapping":
+                self.files.setdefault((d[2], d[4]), []).append(d)
+        self.put(d, when)
+
+    def reloaded(self, path: str | None, old: int | None) -> None:
+        for d in self.files.pop((path, old), ()) if path is not None else ():
+            self.drop(d)
+
+    def clear(self) -> None:
+        super().clear()
+        self.files.clear()
+        self.forgotten = 0
+
+    def forget(self, d: Divergence) -> None:
+        self.drop(d)
+        if d.subject == "mapping":
+            same = self.files[(d.path, d.ino)]
+            same.remove(d)
+            if not same:
+                del self.files[(d.path, d.ino)]
 
 
-def read_log(path: str) -> tuple[list[LogEvent], int]:
-    """The events of one file and its number of bad lines.  Raises ReportError."""
-    try:
-        with open(path, "rb") as f:
-            return parse_lines(_log_lines(f))
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ReportError(f"cannot read {escape_control(path)}: {reason}") from None
+def _divergence_size(d: Divergence, when: datetime) -> int:
+    return d.size
 
 
-def read_events(paths: Sequence[str]) -> tuple[list[LogEvent], int]:
-    """Every event of all files in time order, and the number of bad lines skipped."""
-    files = []
-    skipped = 0
-    for path in paths:
-        events, bad = read_log(path)
-        files.append(events)
-        skipped += bad
-    # Oldest file first, whatever order the shell's glob gave: then the stable sort keeps
-    # the log order of events that share a timestamp across a rotation.
-    files.sort(key=lambda events: min((e.time for e in events), default=EPOCH))
-    merged = [e for events in files for e in events]
-    merged.sort(key=lambda e: e.time)
-    return merged, skipped
+class Keeping(Generic[V]):
+    """What a timeline keeps of an event it shows: `event` makes it of a decoded event (the
+    first ones, as they come), `line` of a line kept as it was (the last ones, at the end)."""
+
+    def event(self, e: LogEvent) -> V:
+        raise NotImplementedError
+
+    def line(self, raw: bytes) -> V:
+        return self.event(_event(raw))
 
 
-# --- timelines and verdicts ---------------------------------------------------------------
+class Shown(Generic[V]):
+    """The events of a sequence kept for showing: the first `first`, made when they come
+    (most lives are short: each is made once), and the last `last` as their lines (made at
+    the end: a long life's middle is never made); how many in between were not kept."""
+
+    __slots__ = ("head", "tail", "first", "not_shown", "bytes", "keep", "budget")
+
+    def __init__(self, first: int, last: int, keep: Keeping[V], budget: Budget) -> None:
+        self.head: list[V] = []
+        self.tail: deque[bytes] = deque(maxlen=last)
+        self.first = first
+        self.not_shown = 0
+        self.bytes = 0  # counted: what head and tail hold, by the length of their lines
+        self.keep = keep
+        self.budget = budget
+
+    def add(self, e: LogEvent) -> None:
+        size = len(e.raw) + FACT_COST
+        if len(self.head) < self.first:
+            self.head.append(self.keep.event(e))
+        else:
+            tail = self.tail
+            if len(tail) == tail.maxlen:
+                size -= len(tail[0]) + FACT_COST
+                self.not_shown += 1
+            tail.append(e.raw)
+        self.bytes += size
+        self.budget.used += size
+
+    def forget(self) -> None:
+        """Keep nothing already seen (memory is short); later events still go to the tail."""
+        self.not_shown += len(self.head) + len(self.tail)
+        self.head.clear()
+        self.tail.clear()
+        self.first = 0
+        self.budget.used -= self.bytes
+        self.bytes = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.head) + self.not_shown + len(self.tail)
+
+    def items(self) -> tuple[list[V], list[V]]:
+        """The kept events as `keep` makes them: those before the ones not shown, and after."""
+        return self.head, [self.keep.line(raw) for raw in self.tail]
+
+
+def _event(raw: bytes) -> LogEvent:
+    event = parse_line(raw)  # it was valid when first read
+    assert event is not None
+    return event
+
+
+class Mark(NamedTuple):
+    """When an event was logged, and where it stands among the daemon's pauses (watch.gap):
+    an interval is known only between two marks with no pause between them, the first not
+    logged right after one (see _interval)."""
+
+    time: datetime
+    gaps: int  # watch.gap events read before this one
+    paused: float  # their gap_s, summed (those that gave one)
+    resumed: float | None  # logged within RESUME_BLUR after a watch.gap: its gap_s (0: unknown)
+
+
+class Reload(NamedTuple):
+    """A target's last reload of one path, and the first report of the held inode diverging."""
+
+    path: Any  # as logged: _reload_text makes them text
+    old_ino: Any
+    new_ino: Any
+    mark: Mark
+    diverged: tuple[Divergence, Mark] | None
+
+
+class End(NamedTuple):
+    """A life's last end (its exit, or target.lost), with the last overwrite before it."""
+
+    raw: bytes  # parsed again to judge: the `stale` list may be long
+    name: str
+    mark: Mark
+    overwrite: tuple[Divergence, Mark] | None
+
+
+class DaemonState:
+    """What the daemon's own events said so far: its pauses (watch.gap: daemon-wide, with no
+    pid; logged when the daemon resumed, so any event logged before it and one logged at or
+    after it have a pause between them, and what is logged right after it may have happened
+    during it), and its mount namespace (daemon.started)."""
+
+    __slots__ = ("gaps", "paused", "last", "mnt_ns")
+
+    def __init__(self) -> None:
+        self.gaps = 0
+        self.paused = 0.0
+        self.last: tuple[datetime, float] | None = None  # the latest: when, gap_s (0: unknown)
+        self.mnt_ns: int | None = None  # the latest daemon.started's
+
+    def paused_at(self, when: datetime, fields: Mapping[str, Any]) -> None:
+        seconds = fields.get("gap_s")
+        seconds = float(seconds) if type(seconds) in (int, float) and seconds > 0 else 0.0
+        self.gaps += 1
+        self.paused += seconds
+        self.last = (when, seconds)
+
+    def mark(self, when: datetime) -> Mark:
+        last = self.last
+        resumed = last[1] if last is not None and when - last[0] <= RESUME_BLUR else None
+        return _new(Mark, (when, self.gaps, self.paused, resumed))
+
+
+class Daemons:
+    """Each host's DaemonState (lines without `host`, from older daemons, are one host of
+    their own), the least recently used forgotten past MAX_HOSTS hosts or HOSTS_BYTES of
+    names: a later line of a forgotten host starts it afresh (no gap, no namespace known);
+    a life keeps the state it began with."""
+
+    __slots__ = ("states", "bytes")
+
+    def __init__(self) -> None:
+        self.states: dict[str | None, DaemonState] = {}
+        self.bytes = 0
+
+    def of(self, host: str | None) -> DaemonState:
+        state = self.states.pop(host, None)
+        if state is None:
+            state = DaemonState()
+            self.bytes += len(host or "")
+            while self.states and (len(self.states) >= MAX_HOSTS or self.bytes > HOSTS_BYTES):
+                old = next(iter(self.states))
+                del self.states[old]
+                self.bytes -= len(old or "")
+        self.states[host] = state  # last: the most recently used
+        return state
+
+
+_new = tuple.__new__  # _new(Divergence, (...)): without the class's Python-level __new__
+
+
+# --- following one life -------------------------------------------------------------------
 
 
 def _str(fields: Mapping[str, Any], key: str) -> str | None:
@@ -245,51 +419,166 @@ def _int(fields: Mapping[str, Any], key: str) -> int | None:
     return value if type(value) is int else None
 
 
-def _attached(events: Iterable[LogEvent], key: str) -> str | None:
-    """A field of the target's identity, from its latest attach that gives it."""
-    values = [_str(e.fields, key) for e in events if e.name == "target.attached"]
-    return next((v for v in reversed(values) if v is not None), None)
-
-
-def _starts_new_life(life: list[LogEvent], attached: LogEvent) -> bool:
-    if any(e.name in ENDS for e in life):
-        return True
-    known, new = _attached(life, "start_time"), _str(attached.fields, "start_time")
-    return known is not None and new is not None and known != new
-
-
-def build_timelines(events: Iterable[LogEvent]) -> list[Timeline]:
-    """One timeline per target life, in the order the lives begin."""
-    lives: list[tuple[int, list[LogEvent]]] = []
-    current: dict[int, list[LogEvent]] = {}
-    for e in events:
-        if e.pid is None:
-            continue
-        life = current.get(e.pid)
-        if life is None or (e.name == "target.attached" and _starts_new_life(life, e)):
-            life = current[e.pid] = []
-            lives.append((e.pid, life))
-        life.append(e)
-    return [Timeline(pid, tuple(life)) for pid, life in lives]
-
-
 def divergence(name: str, fields: Mapping[str, Any]) -> Divergence | None:
     """The divergence an event (or an entry of `stale`) reports, if it reports one."""
     subject, _, kind = name.partition(".")
     path = _str(fields, "path")
     if subject not in ("mapping", "fd") or kind not in DIVERGENCE_KINDS or path is None:
         return None
-    return Divergence(subject, kind, path, _int(fields, "fd"),
-                      _int(fields, "mapped_ino") if kind != "duplicated" else _int(fields, "old_ino"),
-                      _str(fields, "new_path"), _int(fields, "new_ino"))
+    ino = _int(fields, "old_ino" if kind == "duplicated" else "mapped_ino")
+    return _new(Divergence, (subject, kind, path, _int(fields, "fd"), ino,
+                             _str(fields, "new_path"), _int(fields, "new_ino")))
+
+
+def _perms_size(ino: int, perms: str) -> int:
+    return len(perms)
+
+
+def _first_size(key: tuple[str, int | None], first: tuple[Divergence, Mark]) -> int:
+    return len(key[0])
+
+
+def _reload_size(path: str | None, r: Reload) -> int:
+    return len(path or "")
+
+
+class Timeline:
+    """One target life, followed event by event: what its verdict needs, and the events of the
+    window kept for showing (as `keep` makes them)."""
+
+    __slots__ = ("host", "pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns",
+                 "start_time", "identity", "ended", "end",
+                 "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
+                 "cut_at", "dropped", "active")
+
+    def __init__(self, host: str | None, pid: int, seq: int, keep: Keeping[Any], budget: Budget,
+                 daemon: DaemonState) -> None:
+        self.host = host  # the `host` of its lines: a pid is a process of one host
+        self.pid = pid
+        self.seq = seq  # the order lives began in
+        self.budget = budget
+        self.daemon = daemon
+        self.comm: str | None = None  # from its latest attach that gives it (judged part)
+        self.uid: int | None = None  # from its latest event that gives them
+        self.mnt_ns: int | None = None
+        self.host_mnt_ns: int | None = None  # the daemon's, as that event was logged
+        self.start_time: str | None = None
+        self.identity: str | None = None  # the latest start_time of any attach: pid reuse
+        self.ended = False  # an end seen, judged or not: a later attach is a new life
+        self.end: End | None = None
+        self.overwrite: tuple[Divergence, Mark] | None = None  # the last one so far
+        self.perms: Memo[int, str] = Memo(budget, _perms_size)  # inode -> perms, as last logged
+        self.live = Live(budget)
+        # (path, inode) -> its first divergence, for the reload's delay
+        self.first_diverged: Memo[tuple[str, int | None], tuple[Divergence, Mark]] = Memo(
+            budget, _first_size)
+        self.reloads: Memo[str | None, Reload] = Memo(budget, _reload_size)  # per path, its last
+        self.shown = Shown(FIRST_SHOWN, LAST_SHOWN, keep, budget)
+        self.last_time: datetime | None = None  # of its last judged event
+        self.cut_at: datetime | None = None  # the life went on past --until: judged at this time
+        self.dropped = False  # judged before its end: the report's memory budget
+        self.active: datetime | None = None  # the time of its latest event: least recently
+        # active lives are the first to forget what they keep when memory is short
+        budget.used += LIFE_COST + len(host or "")
+
+    @property
+    def cost(self) -> int:
+        """What it holds, as counted in its budget."""
+        return (LIFE_COST + len(self.host or "") + (len(self.end.raw) if self.end is not None else 0) + self.shown.bytes
+                + self.perms.bytes + self.live.bytes + self.first_diverged.bytes
+                + self.reloads.bytes)
+
+    @property
+    def foreign_namespace(self) -> bool | None:
+        """Whether it ran in another mount namespace than the daemon; None: one is unknown."""
+        if self.mnt_ns is None or self.host_mnt_ns is None:
+            return None
+        return self.mnt_ns != self.host_mnt_ns
+
+    @property
+    def events(self) -> list[Any]:
+        """The events kept for showing, oldest first (all of them when there were few)."""
+        head, tail = self.shown.items()
+        return head + tail
+
+    def starts_anew(self, attached: LogEvent) -> bool:
+        if self.ended:
+            return True
+        new = _str(attached.fields, "start_time")
+        return self.identity is not None and new is not None and self.identity != new
+
+    def judge(self, e: LogEvent) -> None:
+        """Take in one event of the life, up to --until."""
+        f, name, when = e.fields, e.name, e.time
+        self.last_time = when
+        if type(uid := f.get("uid")) is int:
+            self.uid = uid
+        if type(mnt_ns := f.get("mnt_ns")) is int:
+            self.mnt_ns, self.host_mnt_ns = mnt_ns, self.daemon.mnt_ns
+        subject, _, kind = name.partition(".")
+        if subject == "mapping" or subject == "fd":
+            if kind == "reloaded" and subject == "mapping":
+                self._reloaded(f, when)
+            elif kind in DIVERGENCE_KINDS and type(path := f.get("path")) is str:
+                if kind == "duplicated":  # rare, and keyed by its old inode
+                    d = divergence(name, f)
+                    assert d is not None
+                    ino = d.ino
+                else:  # divergence(), inline: most events are these
+                    fd, ino, new_path = f.get("fd"), f.get("mapped_ino"), f.get("new_path")
+                    if type(ino) is not int:
+                        ino = None
+                    d = _new(Divergence, (subject, kind, path, fd if type(fd) is int else None,
+                                          ino, new_path if type(new_path) is str else None, None))
+                self.live.add(d, when)
+                if subject == "mapping":
+                    if (path, ino) not in self.first_diverged:
+                        self.first_diverged.put((path, ino), (d, self.daemon.mark(when)))
+                    if kind == "overwritten":
+                        self.overwrite = (d, self.daemon.mark(when))
+            if subject == "mapping" and type(ino := f.get("mapped_ino")) is int:
+                perms = f.get("perms")
+                if perms and type(perms) is str and self.perms.get(ino) != perms:
+                    self.perms.put(ino, perms)
+        elif name == "target.attached":
+            if (comm := _str(f, "comm")) is not None:
+                self.comm = comm
+            if (start_time := _str(f, "start_time")) is not None:
+                self.start_time = start_time
+            if f.get("restored") is not True:
+                self.live.clear()  # a (re-)attach reports afresh whatever is diverged
+        elif name in ENDS:
+            self.budget.used += len(e.raw) - (len(self.end.raw) if self.end is not None else 0)
+            self.end = _new(End, (e.raw, name, self.daemon.mark(when), self.overwrite))
+
+    def _reloaded(self, f: Mapping[str, Any], when: datetime) -> None:
+        path, old = _str(f, "path"), _int(f, "old_ino")
+        self.live.reloaded(path, old)
+        # The first report of the held inode diverging: when the operator replaced it.  Both
+        # facts about the old inode are done with (a hold-mode host reloads a new one at every
+        # replacement: kept, they would fill the memos with inodes long gone).
+        diverged = self.first_diverged.get((path, old)) if path is not None else None
+        self.first_diverged.drop((path, old))
+        if old is not None:
+            self.perms.drop(old)
+        self.reloads.put(path, _new(Reload, (f.get("path"), f.get("old_ino"), f.get("new_ino"),
+                                             self.daemon.mark(when), diverged)))
+
+
+# --- verdicts -----------------------------------------------------------------------------
 
 
 def _who(t: Timeline) -> str:
-    return f"pid {t.pid} ({escape_control(t.comm)})" if t.comm is not None else f"pid {t.pid}"
+    """"pid 7 (reload, uid 1001) on web-1": what is known of it."""
+    known = [escape_control(t.comm)] if t.comm is not None else []
+    known += [f"uid {t.uid}"] if t.uid is not None else []
+    where = f" on {escape_control(t.host)}" if t.host is not None else ""
+    return f"pid {t.pid} ({', '.join(known)}){where}" if known else f"pid {t.pid}{where}"
 
 
 def format_time(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: glibc's %Y does not pad year 1 to 0001
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _delay(start: datetime, end: datetime) -> str:
@@ -297,8 +586,30 @@ def _delay(start: datetime, end: datetime) -> str:
     return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds:.3f} s"
 
 
+# What was logged, as a noun: "the write was logged as the daemon resumed"
+NOUNS = {"overwritten": "the write", "replaced": "the replacement", "deleted": "the deletion",
+         "renamed": "the rename", "missing": "the removal"}
+
+
+def _interval(start: Mark, end: Mark, what: Divergence) -> tuple[str, str]:
+    """(" 1.2 s", "") when the interval from `start` to `end` is known; ("", " (the interval is
+    unknown: why)") when a pause of the daemon lies between them, `start` (`what`) was logged
+    as the daemon resumed from one, or the log's clock went back."""
+    if end.gaps > start.gaps:
+        length = f" {end.paused - start.paused:.1f} s" if end.paused > start.paused else ""
+        why = f"the daemon was paused{length} in between"
+    elif start.resumed is not None:
+        length = f" of {start.resumed:.1f} s" if start.resumed else ""
+        why = f"{NOUNS[what.kind]} was logged as the daemon resumed from a pause{length}"
+    elif end.time < start.time:
+        why = "the log's clock went back in between"
+    else:
+        return f" {_delay(start.time, end.time)}", ""
+    return "", f" (the interval is unknown: {why})"
+
+
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def _describe_files(divergences: Iterable[tuple[Divergence, datetime | None]]) -> list[str]:
@@ -321,145 +632,281 @@ def _stale_clause(stale: Iterable[Divergence]) -> str:
     return f", while running {_plural(len(files), 'stale file')}: {', '.join(files)}"
 
 
-def _perms(t: Timeline, ino: int | None, stale: list[Mapping[str, Any]]) -> str | None:
-    """How the overwritten inode was mapped: the overwrite event itself does not say."""
-    if ino is None:
-        return None
-    found = None
-    for fields in [e.fields for e in t.events if e.name.startswith("mapping.")] + stale:
-        if _int(fields, "mapped_ino") == ino and _str(fields, "perms"):
-            found = _str(fields, "perms")
-    return found
-
-
 def _stale(fields: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[Divergence]]:
     """An end's `stale` list: its well-formed entries, and the divergences they name."""
     raw_stale = fields.get("stale")
     stale_fields = [s for s in raw_stale if isinstance(s, dict)] if isinstance(raw_stale, list) else []
-    return stale_fields, [d for s in stale_fields
-                          if isinstance(s.get("event"), str) and (d := divergence(s["event"], s)) is not None]
+    return stale_fields, [d for s in stale_fields if isinstance(s.get("event"), str)
+                          and (d := divergence(s["event"], s)) is not None]
 
 
-def _exit_verdict(t: Timeline, exited: LogEvent) -> Verdict:
-    who, fields = _who(t), exited.fields
+def _perms(t: Timeline, ino: int | None, stale: list[Mapping[str, Any]]) -> str | None:
+    """How the overwritten inode was mapped (the overwrite event itself does not say): from
+    the end's `stale` entry, else from the life's mapping events."""
+    if ino is None:
+        return None
+    for fields in reversed(stale):
+        if _int(fields, "mapped_ino") == ino and (perms := _str(fields, "perms")):
+            return perms
+    return t.perms.get(ino)
+
+
+def _exit_verdict(t: Timeline, end: End, fields: Mapping[str, Any]) -> Verdict:
+    who = _who(t)
     stale_fields, stale = _stale(fields)
     signal = _str(fields, "signal")
     if signal:
         killed = f"{who} was killed by {escape_control(signal)}"
         if fields.get("core_dumped") is True:
             killed += " (core dumped)"
-        overwrites = [(e, d) for e in t.events
-                      if e.name == "mapping.overwritten" and e.time <= exited.time
-                      and (d := divergence(e.name, e.fields)) is not None]
-        if not overwrites or signal not in FAULT_SIGNALS:
-            return Verdict("killed", killed + _stale_clause(stale))
+        if end.overwrite is None or signal not in FAULT_SIGNALS:
+            return Verdict("killed", killed + _stale_clause(stale), _paths(stale))
         # The last overwrite before the death: the likeliest cause, and the shortest delay.
-        event, over = overwrites[-1]
+        over, mark = end.overwrite
         details = [f"inode {over.ino}"] if over.ino is not None else []
         if (perms := _perms(t, over.ino, stale_fields)) is not None:
             details.append(f"mapped {escape_control(perms)}")
         file = escape_control(over.path) + (f" ({', '.join(details)})" if details else "")
         rest = [d for d in stale if d.file != over.file or d.kind != "overwritten"]
+        delay, unknown = _interval(mark, end.mark, over)
         return Verdict("crashed_after_overwrite",
-                       f"{killed} {_delay(event.time, exited.time)} after {file} was overwritten "
-                       f"in place{_stale_clause(rest)}")
+                       f"{killed}{delay} after {file} was overwritten in place{unknown}"
+                       f"{_stale_clause(rest)}", _paths([over, *rest]))
     code = _int(fields, "exit_code")
     if code is not None:
-        return Verdict("exited", f"{who} exited with status {code}{_stale_clause(stale)}")
+        return Verdict("exited", f"{who} exited with status {code}{_stale_clause(stale)}",
+                       _paths(stale))
     how = (" (seen through a pidfd, without the proc connector)"
            if _str(fields, "status_source") == "pidfd" else "")
-    return Verdict("exit_unknown", f"{who} exited with an unknown status{how}{_stale_clause(stale)}")
+    return Verdict("exit_unknown", f"{who} exited with an unknown status{how}{_stale_clause(stale)}",
+                   _paths(stale))
 
 
-def _lost_verdict(t: Timeline, lost: LogEvent) -> Verdict:
-    return Verdict("lost", f"{_who(t)} ended while the daemon was not running, how is unknown"
-                           f"{_stale_clause(_stale(lost.fields)[1])}")
+def _paths(divergences: Iterable[Divergence]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(d.path for d in divergences))
 
 
-def live_divergences(events: Iterable[LogEvent]) -> dict[Divergence, datetime]:
-    """What was still diverged after these events, as last reported, and when."""
-    live: dict[Divergence, datetime] = {}
-    for e in events:
-        if e.name == "target.attached" and e.fields.get("restored") is not True:
-            live.clear()  # a (re-)attach reports afresh whatever is diverged
-        elif e.name == "mapping.reloaded":
-            path, old = _str(e.fields, "path"), _int(e.fields, "old_ino")
-            live = {d: w for d, w in live.items()
-                    if not (d.subject == "mapping" and d.path == path and d.ino == old)}
-        elif (d := divergence(e.name, e.fields)) is not None:
-            live[d] = e.time
-    return live
+def _reload_text(r: Reload) -> str:
+    text = f"reloaded {_text(r.path)} (inode {_text(r.old_ino)} -> {_text(r.new_ino)})"
+    if r.diverged is None:
+        return text
+    d, mark = r.diverged
+    delay, unknown = _interval(mark, r.mark, d)
+    return f"{text}{delay} after it was {d.label}{unknown}"
 
 
-def _reload_text(t: Timeline, reloaded: LogEvent) -> str:
-    fields = reloaded.fields
-    path, old = _str(fields, "path"), _int(fields, "old_ino")
-    text = (f"reloaded {_text(fields.get('path'))} "
-            f"(inode {_text(fields.get('old_ino'))} -> {_text(fields.get('new_ino'))})")
-    for e in t.events:
-        d = divergence(e.name, e.fields) if e.time <= reloaded.time else None
-        if d is not None and d.subject == "mapping" and (d.path, d.ino) == (path, old):
-            # The first report of the held inode diverging: when the operator replaced it.
-            return f"{text} {_delay(e.time, reloaded.time)} after it was {d.label}"
-    return text
+def _end_of_log(t: Timeline) -> str:
+    if t.dropped and t.last_time is not None:
+        return (f"at {format_time(t.last_time)}, its last event read (not followed further: "
+                f"more targets at once than the report holds in {LIVES_BUDGET >> 20} MiB)")
+    return "at the end of the log" if t.cut_at is None else f"at {format_time(t.cut_at)}"
 
 
 def verdict(t: Timeline) -> Verdict:
-    """What happened to this target, in one terminal-safe sentence (see the module docstring)."""
-    exits = [e for e in t.events if e.name in ENDS]
-    if exits and exits[-1].name == "target.lost":
-        return _lost_verdict(t, exits[-1])
-    if exits:
-        return _exit_verdict(t, exits[-1])
-    who = _who(t)
-    end = "at the end of the log" if t.cut_at is None else f"at {format_time(t.cut_at)}"
-    live = live_divergences(t.events)
-    twice = [d for d in live if d.kind == "duplicated"]
+    """What happened to this target, in one terminal-safe sentence (see the module docstring);
+    with a note when it ran in another mount namespace than the daemon."""
+    judged = _verdict(t)
+    if not t.foreign_namespace:
+        return judged
+    if len(judged.paths) == 1:
+        whose = f"its {escape_control(judged.paths[0])} is not necessarily the host's file"
+    else:
+        whose = (f"the files named here are not necessarily the host's" if judged.paths
+                 else "the paths in its events are not necessarily the host's files")
+    return Verdict(judged.outcome, f"{judged.text}; note: this process runs in another mount "
+                   f"namespace (mnt:[{t.mnt_ns}]) than the daemon's (mnt:[{t.host_mnt_ns}]): "
+                   f"{whose}", judged.paths)
+
+
+def _verdict(t: Timeline) -> Verdict:
+    if t.end is not None:
+        fields = _event(t.end.raw).fields
+        if t.end.name == "target.lost":
+            stale = _stale(fields)[1]
+            return Verdict("lost", f"{_who(t)} ended while the daemon was not running, how is "
+                                   f"unknown{_stale_clause(stale)}", _paths(stale))
+        return _exit_verdict(t, t.end, fields)
+    who, end = _who(t), _end_of_log(t)
+    twice = [d for d in t.live if d.kind == "duplicated"]
     if twice:  # two versions of one library at once: a state of its own
         return Verdict("running_duplicated", f"{who} was still running two versions of "
                        + ", ".join(f"{escape_control(d.path)} (inode {d.ino} and {_text(d.new_ino)})"
-                                   for d in twice) + f" at once {end}")
-    if live:
-        what = ("running old code" if any(d.subject == "mapping" for d in live)
+                                   for d in twice) + f" at once {end}", _paths(twice))
+    if t.live:
+        live = list(t.live.items())
+        what = ("running old code" if any(d.subject == "mapping" for d, _ in live)
                 else "holding stale files open")
-        ordered = sorted(live.items(), key=lambda item: item[1])
+        ordered = sorted(live, key=lambda item: item[1])
+        more = (f", and {_plural(t.live.forgotten, 'older divergence')} not kept (more than "
+                f"{MAX_REMEMBERED} at once)" if t.live.forgotten else "")
         return Verdict("running_stale", f"{who} was still {what} {end}: "
-                       + ", ".join(_describe_files(ordered)))
-    reloads: dict[str | None, LogEvent] = {}
-    for e in t.events:
-        if e.name == "mapping.reloaded":
-            reloads[_str(e.fields, "path")] = e  # the last reload of each file tells its state
-    if reloads:
-        done = "; ".join(_reload_text(t, e) for e in reloads.values())
-        return Verdict("reloaded", f"{who} {done}; still running {end}")
+                       + ", ".join(_describe_files(ordered)) + more, _paths(d for d, _ in ordered))
+    if t.reloads:
+        reloads = list(t.reloads.values())
+        done = "; ".join(_reload_text(r) for r in reloads)
+        return Verdict("reloaded", f"{who} {done}; still running {end}",
+                       tuple(dict.fromkeys(r.path for r in reloads if isinstance(r.path, str))))
     return Verdict("running", f"{who} was still running {end}; nothing diverged")
 
 
-def select(events: Sequence[LogEvent], pids: Iterable[int] | None = None,
+# --- following every life -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """What to report: the targets (`pids`, all when None) and the time window."""
+
+    pids: frozenset[int] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def shows(self, when: datetime) -> bool:
+        return (self.since is None or when >= self.since) and (self.until is None or when <= self.until)
+
+
+class Tracker:
+    """Every life at once, as the events stream past, in bounded memory (module docstring).
+    `begin(life)` is called as a life begins, `done(life)` once it is over and judged; `keep`
+    makes what a life keeps of an event it shows."""
+
+    def __init__(self, window: Window, keep: Keeping[Any],
+                 begin: Callable[[Timeline], None], done: Callable[[Timeline], None]) -> None:
+        self.window = window
+        self.everything = window.since is None and window.until is None
+        self.keep = keep
+        self.begin = begin
+        self.done = done
+        self.open: dict[tuple[str | None, int], Timeline] = {}  # by host and pid
+        self.ended: deque[tuple[datetime, Timeline]] = deque()  # as they ended, for LINGER
+        self.budget = Budget()
+        self.daemons = Daemons()
+        self.seq = 0
+        self.now: datetime | None = None  # the latest time seen
+        self.warnings: Shown[Any] = Shown(WARNINGS_SHOWN, WARNINGS_SHOWN, keep, Budget())
+
+    def feed(self, e: LogEvent) -> None:
+        when, name, pid, fields, _ = e
+        if self.now is None or when > self.now:
+            self.now = when
+            while self.ended and self.ended[0][0] + LINGER < when:
+                self._finish(self.ended.popleft()[1])
+        window = self.window
+        host = fields.get("host")
+        if type(host) is not str:
+            host = None
+        if pid is None:
+            if window.until is None or when <= window.until:
+                if name == "watch.gap":
+                    self.daemons.of(host).paused_at(when, fields)
+                elif name == "daemon.started" and type(mnt_ns := fields.get("mnt_ns")) is int:
+                    self.daemons.of(host).mnt_ns = mnt_ns
+            if (fields.get("level") in WARNING_LEVELS or name == "watch.gap") and window.shows(when):
+                self.warnings.add(e)
+            return
+        if window.pids is not None and pid not in window.pids:
+            return
+        key = (host, pid)
+        life = self.open.get(key)
+        if life is None or (name == "target.attached" and life.starts_anew(e)):
+            if life is not None:
+                self._finish(life)
+            life = self.open[key] = Timeline(host, pid, self.seq, self.keep, self.budget,
+                                             self.daemons.of(host))
+            self.seq += 1
+            self.begin(life)
+        life.active = when
+        if name == "target.attached":
+            if (start_time := _str(fields, "start_time")) is not None:
+                life.identity = start_time
+        elif name in ENDS:
+            life.ended = True
+        if window.until is not None and when > window.until:
+            life.cut_at = window.until
+        else:
+            life.judge(e)
+            if self.everything or window.shows(when):
+                life.shown.add(e)
+            if name in ENDS:
+                self.ended.append((when, life))
+        if self.budget.used > LIVES_BUDGET:
+            self._shed()
+
+    def _finish(self, life: Timeline) -> None:
+        key = (life.host, life.pid)
+        if self.open.get(key) is life:
+            del self.open[key]
+            if life.host_mnt_ns is None:  # its events came before any daemon.started read
+                life.host_mnt_ns = life.daemon.mnt_ns
+            self.budget.used -= life.cost
+            self.done(life)
+
+    def _shed(self) -> None:
+        """Back under 3/4 of the budget: print what is over, then forget kept events, then
+        judge lives early, the least recently active first."""
+        goal = LIVES_BUDGET * 3 // 4
+        while self.ended and self.budget.used > goal:
+            self._finish(self.ended.popleft()[1])
+        idle = sorted(self.open.values(), key=lambda t: t.active)
+        for life in idle:
+            if self.budget.used <= goal:
+                return
+            life.shown.forget()
+        for life in idle:
+            if self.budget.used <= goal:
+                return
+            life.dropped = True
+            self._finish(life)
+
+    def close(self) -> None:
+        """The end of the input: every life still open is judged and printed, in begin order."""
+        for life in sorted(self.open.values(), key=lambda t: t.seq):
+            self._finish(life)
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    timeline: Timeline
+    verdict: Verdict
+
+
+def track(events: Iterable[LogEvent], window: Window, keep: Keeping[Any],
+          begin: Callable[[Timeline], None], done: Callable[[Timeline], None]) -> Tracker:
+    tracker = Tracker(window, keep, begin, done)
+    for e in events:
+        tracker.feed(e)
+    tracker.close()
+    return tracker
+
+
+class AsEvents(Keeping[LogEvent]):
+    """Events as they are (build_timelines, select: small logs)."""
+
+    def event(self, e: LogEvent) -> LogEvent:
+        return e
+
+
+AS_EVENTS = AsEvents()
+
+
+def _ignore(life: Timeline) -> None:
+    pass
+
+
+def build_timelines(events: Iterable[LogEvent]) -> list[Timeline]:
+    """One timeline per target life, in the order the lives begin (small logs: all are kept)."""
+    lives: list[Timeline] = []
+    track(events, Window(), AS_EVENTS, lives.append, _ignore)
+    return lives
+
+
+def select(events: Iterable[LogEvent], pids: Iterable[int] | None = None,
            since: datetime | None = None, until: datetime | None = None) -> list[TargetReport]:
     """The targets to report: those (of `pids`) with events in the window, each judged on its
-    life up to `until`."""
-    wanted = set(pids) if pids else None
-    reports = []
-    for life in build_timelines(events):
-        if wanted is not None and life.pid not in wanted:
-            continue
-        shown = tuple(e for e in life.events
-                      if (since is None or e.time >= since) and (until is None or e.time <= until))
-        if not shown:
-            continue
-        judged = life
-        if until is not None and life.events[-1].time > until:
-            judged = Timeline(life.pid, tuple(e for e in life.events if e.time <= until), cut_at=until)
-        reports.append(TargetReport(judged, shown, verdict(judged)))
-    return reports
-
-
-def daemon_warnings(events: Iterable[LogEvent], since: datetime | None = None,
-                    until: datetime | None = None) -> list[LogEvent]:
-    """The daemon's own warnings in the window (overflow, degraded): they qualify verdicts."""
-    return [e for e in events if e.pid is None and e.fields.get("level") in WARNING_LEVELS
-            and (since is None or e.time >= since) and (until is None or e.time <= until)]
+    life up to `until` (small logs: all are kept)."""
+    lives: list[Timeline] = []
+    track(events, Window(frozenset(pids) if pids else None, since, until), AS_EVENTS, lives.append,
+          _ignore)
+    return [TargetReport(t, verdict(t)) for t in lives if t.shown.count]
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -469,7 +916,14 @@ def _text(value: Any) -> str:
     """Any logged value as inert text: a hostile or damaged log may put anything anywhere."""
     if value is None:
         return "?"
-    return escape_control(value if isinstance(value, str) else json.dumps(value))
+    if type(value) is int:
+        return str(value)
+    if isinstance(value, str):
+        return escape_control(value)
+    try:
+        return escape_control(json.dumps(value, allow_nan=False))
+    except RecursionError:  # decoded from a deeper stack than this one
+        return "(nested too deeply to show)"
 
 
 def describe(e: LogEvent) -> str:
@@ -511,57 +965,168 @@ def describe(e: LogEvent) -> str:
                 f"both mapped [{_text(f.get('perms'))}]")
     if kind == "replaced":
         return (f"{path}: inode {_text(f.get('mapped_ino'))} held, "
-                f"path now names inode {_text(f.get('disk_ino'))}")
+                f"path now names inode {_text(f.get('disk_ino'))}{_content(f)}")
+    if kind == "content":  # a deleted or replaced divergence judged again, now known
+        return f"{path}: inode {_text(f.get('mapped_ino'))} {_text(f.get('kind'))}{_content(f)}"
     if kind in DIVERGENCE_KINDS:
         perms = f" [{_text(f.get('perms'))}]" if "perms" in f else ""
-        return f"{path}: inode {_text(f.get('mapped_ino'))} {kind}{perms}"
+        return f"{path}: inode {_text(f.get('mapped_ino'))} {kind}{perms}{_content(f)}"
     # Anything else (watch.*, daemon.*, events of a newer version): its fields as they are.
     skip = {"timestamp", "level", "event", "pid"}
     return " ".join(f"{escape_control(k)}={_text(v)}" for k, v in f.items()
                     if k not in skip and not k.endswith("_bytes"))
 
 
+def _content(f: Mapping[str, Any]) -> str:
+    """", identical content, no restart needed": a deleted or replaced finding's `content`."""
+    content = f.get("content")
+    if content is None:
+        return ""
+    if content == "identical":
+        return ", identical content, no restart needed"
+    reason = f" ({_text(f.get('content_reason'))})" if "content_reason" in f else ""
+    return f", content {_text(content)}{reason}"
+
+
+class AsText(Keeping[str]):
+    """Timeline lines for a terminal."""
+
+    def event(self, e: LogEvent) -> str:
+        return _line(e)
+
+
+class AsJson(Keeping[str]):
+    """Timeline entries in JSON, from the line itself: no decoding needed."""
+
+    def event(self, e: LogEvent) -> str:
+        return _json(e.raw)
+
+    def line(self, raw: bytes) -> str:
+        return _json(raw)
+
+
 def _line(e: LogEvent) -> str:
-    return f"  {format_time(e.time)}  {escape_control(e.name):<19}  {describe(e)}"
+    """One timeline line on a terminal."""
+    stamp = e.fields["timestamp"]
+    if not (len(stamp) == 27 and stamp[10] == "T" and stamp[19] == "." and stamp[26] == "Z"):
+        stamp = format_time(e.time)  # the daemon's own form is already format_time's
+    return f"  {stamp}  {escape_control(e.name):<19}  {describe(e)}"
 
 
-def summary_line(files: int, events: int, skipped: int) -> str:
-    return (f"read {_plural(files, 'file')}, {_plural(events, 'event')}, "
-            f"skipped {_plural(skipped, 'bad line')}")
+def _json(raw: bytes) -> str:
+    """One timeline entry in JSON: the line as logged (it was decoded, so it is valid JSON with
+    nothing non-finite in it), in plain ASCII: every other character is in a string, so
+    \\uXXXX stands for it, and a tab or CR can only be blank space between values.  Never
+    encoded again from the decoded value, which may nest deeper than json.dumps recurses."""
+    text = raw.decode()
+    if not raw.isascii():
+        text = _NOT_ASCII.sub(_json_escape, text)
+    if "\t" in text or "\r" in text:
+        text = text.translate(_BLANK)
+    return text.strip(" ")
 
 
-def render_text(reports: Sequence[TargetReport], warnings: Sequence[LogEvent],
-                summary: str, out: TextIO) -> None:
-    for r in reports:
-        print(_who(r.timeline), file=out)
-        for e in r.shown:
-            print(_line(e), file=out)
-        print(f"  verdict: {r.verdict.text}", file=out)
-        print(file=out)
-    if not reports:
-        print("no target events", file=out)
-    if warnings:
-        print("daemon warnings:", file=out)
-        for e in warnings:
-            print(_line(e), file=out)
-    print(summary, file=out)
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+_BLANK = str.maketrans("\t\r", "  ")
 
 
-def render_json(reports: Sequence[TargetReport], warnings: Sequence[LogEvent],
-                counts: Mapping[str, int], out: TextIO) -> None:
-    # ensure_ascii: the lines stay plain ASCII, no raw control or bidi character in them.
-    for r in reports:
-        print(json.dumps({
-            "type": "target",
-            "pid": r.timeline.pid,
-            "comm": r.timeline.comm,
-            "start_time": r.timeline.start_time,
-            "outcome": r.verdict.outcome,
-            "verdict": r.verdict.text,
-            "timeline": [e.fields for e in r.shown],
-        }), file=out)
-    print(json.dumps({"type": "summary", **counts, "targets": len(reports),
-                      "warnings": [e.fields for e in warnings]}), file=out)
+def _json_escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a surrogate pair, as JSON spells a character past the BMP
+    return f"\\u{0xd800 + (code >> 10):04x}\\u{0xdc00 + (code & 0x3ff):04x}"
+
+
+def _shown_lines(shown: Shown[str], what: str) -> list[str]:
+    head, tail = shown.items()
+    elided = [f"  ... {_plural(shown.not_shown, what)} not shown ..."] if shown.not_shown else []
+    return head + elided + tail
+
+
+def summary_line(files: int, counts: Counts) -> str:
+    text = (f"read {_plural(files, 'file')}, {_plural(counts.events, 'event')}, "
+            f"skipped {_plural(counts.bad, 'bad line')}")
+    if counts.out_of_order:
+        text += (f"; {_plural(counts.out_of_order, 'line')} older than the line before "
+                 "(taken in log order)")
+    return text
+
+
+def render_target(t: Timeline, as_json: bool) -> str:
+    """One target's report: its text block, or its JSON line (the life kept its events as
+    _line or _json made them)."""
+    judged = verdict(t)
+    if not as_json:
+        return "\n".join([_who(t), *_shown_lines(t.shown, "event"),
+                          f"  verdict: {judged.text}", "", ""])
+    head, tail = t.shown.items()
+    record: dict[str, Any] = {"type": "target", "host": t.host, "pid": t.pid, "comm": t.comm,
+                              "start_time": t.start_time, "uid": t.uid, "mnt_ns": t.mnt_ns,
+                              "foreign_namespace": t.foreign_namespace,
+                              "outcome": judged.outcome, "verdict": judged.text}
+    if t.shown.not_shown:
+        record.update(events_not_shown=t.shown.not_shown, not_shown_after=len(head))
+    # ensure_ascii: plain ASCII, no raw control or bidi character; allow_nan=False: a guard
+    start = json.dumps(record, allow_nan=False)[:-1]
+    return f'{start}, "timeline": [{", ".join(head + tail)}]}}\n'
+
+
+def render_end(warnings: Shown[str], files: int, counts: Counts, targets: int,
+               as_json: bool) -> str:
+    """What follows the targets: the daemon's warnings and the summary."""
+    if as_json:
+        head, tail = warnings.items()
+        summary: dict[str, Any] = {"type": "summary", "files": files, "events": counts.events,
+                                   "skipped": counts.bad, "targets": targets}
+        extra = {"warnings_not_shown": warnings.not_shown, "out_of_order": counts.out_of_order}
+        start = json.dumps(summary, allow_nan=False)[:-1]
+        tail_keys = "".join(f', "{k}": {v}' for k, v in extra.items() if v)
+        return f'{start}, "warnings": [{", ".join(head + tail)}]{tail_keys}}}\n'
+    lines = [] if targets else ["no target events"]
+    if warnings.count:
+        lines += ["daemon warnings:", *_shown_lines(warnings, "warning")]
+    return "\n".join([*lines, summary_line(files, counts)]) + "\n"
+
+
+class Printer:
+    """Targets printed in the order their lives began, as soon as every earlier one is out;
+    past HOLD_BUDGET bytes waiting, the finished ones go out as they are."""
+
+    def __init__(self, out: TextIO, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.slots: deque[list[str | None]] = deque()  # one per life begun, not yet printed
+        self.slot: dict[int, list[str | None]] = {}  # by life seq, until it is done
+        self.held = 0
+        self.printed = 0
+
+    def begin(self, life: Timeline) -> None:
+        slot: list[str | None] = [None]
+        self.slots.append(slot)
+        self.slot[life.seq] = slot
+
+    def done(self, life: Timeline) -> None:
+        slot = self.slot.pop(life.seq)
+        text = slot[0] = render_target(life, self.as_json) if life.shown.count else ""
+        self.held += len(text) + SLOT_COST
+        while self.slots and (text := self.slots[0][0]) is not None:
+            self.slots.popleft()
+            self._print(text)
+        if self.held > HOLD_BUDGET:
+            waiting: deque[list[str | None]] = deque()
+            for slot in self.slots:
+                if slot[0] is None:
+                    waiting.append(slot)
+                else:
+                    self._print(slot[0])
+            self.slots = waiting
+
+    def _print(self, text: str) -> None:
+        self.held -= len(text) + SLOT_COST
+        if text:
+            self.out.write(text)
+            self.printed += 1
 
 
 # --- command line -------------------------------------------------------------------------
@@ -589,15 +1154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Print the report.  Raises ReportError (one line) when a log cannot be read."""
+    """Print the report as the logs are read.  Raises ReportError (one line) when a log cannot
+    be read: before anything is printed if it cannot be opened."""
     if args.since is not None and args.until is not None and args.since > args.until:
         raise ReportError("--since is after --until")
-    events, skipped = read_events(args.logs)
-    reports = select(events, args.pid, args.since, args.until)
-    warnings = daemon_warnings(events, args.since, args.until)
-    if args.json:
-        render_json(reports, warnings, {"files": len(args.logs), "events": len(events),
-                                        "skipped": skipped}, out)
-    else:
-        render_text(reports, warnings, summary_line(len(args.logs), len(events), skipped), out)
+    counts = Counts()
+    printer = Printer(out, args.json)
+    window = Window(frozenset(args.pid) if args.pid else None, args.since, args.until)
+    tracker = track(read(args.logs, counts), window, AsJson() if args.json else AsText(),
+                    printer.begin, printer.done)
+    out.write(render_end(tracker.warnings, len(args.logs), counts, printer.printed, args.json))
     return 0

@@ -9,6 +9,12 @@ import io
 import json
 import os
 import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,12 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TIMEOUT
+from inodewatch.daemon import GAP_THRESHOLD
+from inodewatch.logread import parse_lines, read_events
 from inodewatch.report import (
     ReportError,
     add_arguments,
     build_timelines,
-    parse_lines,
-    read_events,
     run,
     select,
     verdict,
@@ -31,6 +37,7 @@ from inodewatch.report import (
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 SO = "/opt/demo/so.so"
+HOST = os.uname().nodename  # what the real daemon logs as `host`
 ATTACH = {"comm": "reload", "exe": "/opt/demo/reload", "cmdline": ["/opt/demo/reload"],
           "start_time": "2026-01-02T03:00:00Z"}
 
@@ -211,6 +218,158 @@ def test_pid_reuse_starts_a_new_life():
     assert [(t.pid, t.comm, len(t.events)) for t in lives] == [
         (38314, "reload", 2), (38314, "other", 1), (38314, "third", 2)]
     assert [verdict(t).outcome for t in lives] == ["killed", "running", "running"]
+
+
+# --- the daemon's pauses ---------------------------------------------------------------------
+
+
+def gap(seconds: float, gap_s: object = 27.3) -> str:
+    return line(seconds, "watch.gap", None, "warning", gap_s=gap_s,
+                detail="the daemon did not run for 27.3 s")
+
+
+def test_no_interval_is_computed_across_a_pause_of_the_daemon():
+    """SIGSTOP the daemon after it logged the write, the crash is logged when it resumes: the
+    0.002 s between the two lines is not how long the process lived after the write."""
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN), gap(28.3),
+                    exited(28.302, signal="SIGSEGV")) == [
+        "pid 38314 (reload) was killed by SIGSEGV after /opt/demo/so.so (inode 2146358) was "
+        "overwritten in place (the interval is unknown: the daemon was paused 27.3 s in between)"]
+    # two pauses in between: their lengths add up; a gap_s that is not a number has none
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN), gap(30, 3),
+                    gap(40, 4.5), exited(41, signal="SIGSEGV"))[0].endswith(
+        "(the interval is unknown: the daemon was paused 7.5 s in between)")
+    assert verdicts(attached(0), line(1, "mapping.overwritten", **OVERWRITTEN), gap(30, "long"),
+                    exited(41, signal="SIGSEGV"))[0].endswith(
+        "(the interval is unknown: the daemon was paused in between)")
+
+
+def test_what_is_logged_as_the_daemon_resumes_has_no_known_time():
+    """The daemon was stopped, the file written and the process killed meanwhile: its re-read at
+    the resume logs both with the resume's time (the issue's "0.002 s after")."""
+    assert verdicts(attached(0), gap(30), line(30.001, "mapping.overwritten", **OVERWRITTEN),
+                    exited(30.003, signal="SIGSEGV")) == [
+        "pid 38314 (reload) was killed by SIGSEGV after /opt/demo/so.so (inode 2146358) was "
+        "overwritten in place (the interval is unknown: the write was logged as the daemon "
+        "resumed from a pause of 27.3 s)"]
+    # well after the resume, the daemon was watching again: the interval is known
+    assert verdicts(attached(0), gap(30), line(40, "mapping.overwritten", **OVERWRITTEN),
+                    exited(40.5, signal="SIGSEGV"))[0].endswith(
+        "0.500 s after /opt/demo/so.so (inode 2146358) was overwritten in place")
+
+
+def test_a_reload_across_a_pause_has_no_known_delay():
+    assert verdicts(attached(0), line(1, "mapping.replaced", **REPLACED), gap(31),
+                    line(31.01, "mapping.reloaded", path=SO, old_ino=2146358, new_ino=2146377)) == [
+        "pid 38314 (reload) reloaded /opt/demo/so.so (inode 2146358 -> 2146377) after it was "
+        "replaced (the interval is unknown: the daemon was paused 27.3 s in between); still "
+        "running at the end of the log"]
+    assert verdicts(attached(0), gap(31), line(31.5, "mapping.replaced", **REPLACED),
+                    line(32, "mapping.reloaded", path=SO, old_ino=2146358, new_ino=2146377))[0] == (
+        "pid 38314 (reload) reloaded /opt/demo/so.so (inode 2146358 -> 2146377) after it was "
+        "replaced (the interval is unknown: the replacement was logged as the daemon resumed "
+        "from a pause of 27.3 s); still running at the end of the log")
+
+
+def test_a_pause_is_listed_among_the_daemon_warnings(tmp_path):
+    log = write(tmp_path / "events.json", [attached(0), gap(30), exited(31, exit_code=0)])
+    out = report(str(log))
+    assert out.endswith("daemon warnings:\n"
+                        f"  {stamp(30)}  watch.gap            gap_s=27.3 detail=the daemon did not "
+                        "run for 27.3 s\nread 1 file, 3 events, skipped 0 bad lines\n")
+    summary = json.loads(report(str(log), "--json").splitlines()[-1])
+    assert [w["event"] for w in summary["warnings"]] == ["watch.gap"]
+
+
+# --- whose process, in which mount namespace --------------------------------------------------
+
+HOST_NS, OWN_NS = 4026531841, 4026532577
+
+
+def started(seconds: float, mnt_ns: int = HOST_NS) -> str:
+    return line(seconds, "daemon.started", None, version="0.1.0", targets=[], mnt_ns=mnt_ns)
+
+
+def test_a_target_in_another_mount_namespace_is_said_so(tmp_path):
+    """A user in `unshare -Urm` can bind her own file over any path in her namespace: the
+    crash story is about her file, whatever the path says."""
+    theirs = {"uid": 1001, "mnt_ns": OWN_NS}
+    log = write(tmp_path / "events.json", [
+        started(0), attached(1, **theirs), line(2, "mapping.overwritten", **OVERWRITTEN, **theirs),
+        line(2.5, "target.exited", level="warning", exit_code=None, signal="SIGSEGV",
+             core_dumped=False, status_source="proc_connector", stale=[], **theirs)])
+    out = report(str(log))
+    assert out.startswith("pid 38314 (reload, uid 1001)\n")
+    assert ("  verdict: pid 38314 (reload, uid 1001) was killed by SIGSEGV 0.500 s after "
+            "/opt/demo/so.so (inode 2146358) was overwritten in place; note: this process runs in "
+            f"another mount namespace (mnt:[{OWN_NS}]) than the daemon's (mnt:[{HOST_NS}]): its "
+            "/opt/demo/so.so is not necessarily the host's file\n") in out
+    target = json.loads(report(str(log), "--json").splitlines()[0])
+    assert (target["uid"], target["mnt_ns"], target["foreign_namespace"]) == (1001, OWN_NS, True)
+
+
+def test_a_target_in_the_daemons_namespace_or_an_unknown_one_has_no_note(tmp_path):
+    ours = {"uid": 0, "mnt_ns": HOST_NS}
+    lines = [started(0), attached(1, **ours), line(2, "mapping.deleted", **DELETED, **ours)]
+    target = json.loads(report(str(write(tmp_path / "a.json", lines)), "--json").splitlines()[0])
+    assert (target["uid"], target["foreign_namespace"]) == (0, False)
+    assert "note:" not in target["verdict"] and target["verdict"].startswith("pid 38314 (reload, uid 0)")
+    # the daemon.started line rotated away: whose namespace it was is unknown, nothing said
+    target = json.loads(report(str(write(tmp_path / "b.json", lines[1:])), "--json").splitlines()[0])
+    assert target["foreign_namespace"] is None and "note:" not in target["verdict"]
+    # an old log without uid or mnt_ns: as before
+    target = json.loads(report(str(write(tmp_path / "c.json", [attached(1)])), "--json").splitlines()[0])
+    assert (target["uid"], target["mnt_ns"], target["foreign_namespace"]) == (None, None, None)
+
+
+def test_the_note_names_what_the_verdict_names():
+    theirs = {"uid": 1001, "mnt_ns": OWN_NS}
+    other = {**DELETED, "path": "/opt/demo/b.so", "mapped_ino": 7}
+    text, = verdicts(started(0), attached(1, **theirs), line(2, "mapping.deleted", **DELETED, **theirs),
+                     line(3, "mapping.deleted", **other, **theirs))
+    assert text.endswith("(mnt:[4026531841]): the files named here are not necessarily the host's")
+    text, = verdicts(started(0), attached(1, **theirs))
+    assert text == ("pid 38314 (reload, uid 1001) was still running at the end of the log; nothing "
+                    f"diverged; note: this process runs in another mount namespace (mnt:[{OWN_NS}]) "
+                    f"than the daemon's (mnt:[{HOST_NS}]): the paths in its events are not "
+                    "necessarily the host's files")
+
+
+
+def test_the_same_pid_on_two_hosts_is_two_targets(tmp_path):
+    """Two hosts' logs read together (issue 12 item 4): pid 1234 on web-1 and pid 1234 on
+    web-2 are two processes, interleaved in time.  Each host's daemon.started and watch.gap
+    are its own: web-2's pause says nothing of web-1's crash, and a target is in another
+    mount namespace only against its own host's daemon."""
+    def on(host: str, seconds: float, event: str, pid: int | None = 1234, **fields: Any) -> str:
+        return line(seconds, event, pid, **fields, host=host, boot_id=f"boot-{host}")
+    web1 = write(tmp_path / "web-1.json", [
+        on("web-1", 0, "daemon.started", None, mnt_ns=HOST_NS),
+        on("web-1", 1, "target.attached", **ATTACH, uid=0, mnt_ns=HOST_NS),
+        on("web-1", 2, "mapping.overwritten", **OVERWRITTEN, mnt_ns=HOST_NS),
+        on("web-1", 3, "target.exited", exit_code=None, signal="SIGSEGV", core_dumped=False,
+           status_source="proc_connector", stale=[], mnt_ns=HOST_NS)])
+    web2 = write(tmp_path / "web-2.json", [
+        on("web-2", 0, "daemon.started", None, mnt_ns=OWN_NS),
+        on("web-2", 1.5, "target.attached", **ATTACH, uid=33, mnt_ns=HOST_NS),
+        on("web-2", 2.5, "watch.gap", None, level="warning", gap_s=5.0),
+        on("web-2", 2.6, "mapping.deleted", **DELETED, mnt_ns=HOST_NS)])
+    out = report(str(web1), str(web2))
+    verdicts_seen = [x for x in out.splitlines() if x.startswith("  verdict: ")]
+    assert verdicts_seen == [
+        "  verdict: pid 1234 (reload, uid 0) on web-1 was killed by SIGSEGV 1.0 s after "
+        "/opt/demo/so.so (inode 2146358) was overwritten in place",
+        "  verdict: pid 1234 (reload, uid 33) on web-2 was still running old code at the end of "
+        "the log: /opt/demo/so.so (deleted at 2026-01-02T03:04:07.600000Z); note: this process "
+        f"runs in another mount namespace (mnt:[{HOST_NS}]) than the daemon's (mnt:[{OWN_NS}]): "
+        "its /opt/demo/so.so is not necessarily the host's file"]
+    assert "pid 1234 (reload, uid 0) on web-1\n" in out and "pid 1234 (reload, uid 33) on web-2\n" in out
+    targets = [json.loads(x) for x in report(str(web2), str(web1), "--json").splitlines()[:2]]
+    assert [(x["host"], x["pid"], x["outcome"], x["foreign_namespace"]) for x in targets] == [
+        ("web-1", 1234, "crashed_after_overwrite", False), ("web-2", 1234, "running_stale", True)]
+    # an old log, without host: no "on", `host` null, as before
+    target = json.loads(report(str(write(tmp_path / "old.json", [attached(1)])), "--json").splitlines()[0])
+    assert target["host"] is None and target["verdict"].startswith("pid 38314 (reload) was")
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -408,7 +567,9 @@ def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp
 
     out = report(*paths, "--pid", str(demo.pid))
     verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
-    assert verdict_line.startswith(f"  verdict: pid {demo.pid} (reload) was killed by SIG")
+    # the real daemon logs whose process it is and where: the uid and host are in the verdict
+    assert verdict_line.startswith(
+        f"  verdict: pid {demo.pid} (reload, uid {os.getuid()}) on {HOST} was killed by SIG")
     assert any(f"killed by {sig} " in verdict_line for sig in ("SIGSEGV", "SIGBUS"))
     assert f"after {os.fsdecode(demo.lib)} (inode {os.stat(demo.lib).st_ino}" in verdict_line
     assert verdict_line.endswith("was overwritten in place")
@@ -420,6 +581,120 @@ def test_a_real_cp_in_place_crash_is_told_as_such(start_demo, start_watcher, tmp
     assert [e["event"] for e in target["timeline"] if e["event"] != "mapping.overwrite_closed"] == [
         "target.attached", "mapping.overwritten", "target.exited"]
     assert (summary["files"], summary["skipped"], summary["targets"]) == (2, 0, 1)
+
+
+def _paused(watcher, stimulus) -> None:
+    """SIGSTOP the daemon, do `stimulus`, keep it stopped past the gap threshold, SIGCONT."""
+    watcher.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        stimulus()
+        # The pause itself is the stimulus: it must outlast the gap threshold.
+        time.sleep(max(0.0, GAP_THRESHOLD + 0.5 - (time.monotonic() - stopped)))
+    finally:
+        watcher.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.integration
+def test_a_crash_while_the_daemon_was_paused_has_no_interval(start_demo, start_watcher):
+    """The write is logged, then the daemon is stopped and the process crashes: the exit is
+    logged at the resume, after watch.gap.  The report names the pause, not "0.002 s"."""
+    demo = start_demo("leak", interval_ms=60_000)  # ticks only when told
+    watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
+    demo.copy_lib("so2.so")
+    watcher.log.wait("mapping.overwritten", pid=demo.pid)
+
+    def crash() -> None:
+        demo.proc.send_signal(signal.SIGUSR1)  # its next dlopen runs the overwritten code
+        demo.wait_exit()
+    _paused(watcher, crash)
+    watcher.log.wait("target.exited", pid=demo.pid)
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0
+    names = watcher.log.names()
+    assert names.index("mapping.overwritten") < names.index("watch.gap") < names.index("target.exited")
+    out = report(str(watcher.log.path))
+    verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+    assert re.fullmatch(
+        rf"  verdict: pid {demo.pid} \(reload, uid {os.getuid()}\) on {re.escape(HOST)} was killed by "
+        rf"SIG(SEGV|BUS) after "
+        rf"{re.escape(os.fsdecode(demo.lib))} \(inode \d+[^)]*\) was overwritten in place "
+        r"\(the interval is unknown: the daemon was paused \d+\.\d s in between\)", verdict_line)
+    assert "daemon warnings:" in out and "watch.gap" in out.split("daemon warnings:")[1]
+
+
+@pytest.mark.integration
+def test_a_write_and_a_crash_during_a_pause_have_no_interval(start_demo, start_watcher):
+    """The issue's case: both happen while the daemon is stopped, both are logged at the
+    resume with its time, milliseconds apart."""
+    demo = start_demo("leak", interval_ms=100)
+    watcher = start_watcher(demo.pid, extra=["--interval", "0.2"])
+
+    def overwrite_and_crash() -> None:
+        demo.copy_lib("so2.so")
+        demo.wait_exit()
+    _paused(watcher, overwrite_and_crash)
+    watcher.log.wait("target.exited", pid=demo.pid)
+    assert watcher.proc.wait(timeout=TIMEOUT) == 0
+    out = report(str(watcher.log.path))
+    verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+    assert re.search(r"was overwritten in place \(the interval is unknown: the write was logged as "
+                     r"the daemon resumed from a pause of \d+\.\d s\)$", verdict_line), verdict_line
+
+
+@pytest.mark.integration
+def test_a_spoofed_plugin_in_a_users_own_namespace_is_told_as_hers(attacker, demo_build,
+                                                                   start_watcher):
+    """The issue's spoof: a user in `unshare -Urm` binds her own .so over a root-owned plugin
+    path, runs the demo on it, overwrites her copy: the crash story names the real path, and
+    the report says the path is hers, in her mount namespace."""
+    base = Path(tempfile.mkdtemp(prefix="iw-spoof-"))
+    try:
+        base.chmod(0o755)
+        real = base / "plugins" / "so.so"  # the host's plugin, root's, untouched
+        real.parent.mkdir(mode=0o755)
+        shutil.copy(demo_build / "so1.so", real)
+        home = base / "home"
+        home.mkdir()
+        for name in ("reload", "so1.so", "so2.so"):
+            shutil.copy(demo_build / name, home / name)
+        mine = home / "mine.so"
+        shutil.copy(demo_build / "so1.so", mine)
+        for path in (home, *home.iterdir()):
+            os.chown(path, attacker.uid, attacker.gid)
+        script = (f"mount --bind {mine} {real} && exec {home}/reload --mode leak "
+                  f"--interval-ms 100 --lib {real}")
+        host = subprocess.Popen([*attacker.argv, "unshare", "-Urm", "sh", "-c", script],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            assert host.stdout is not None
+            while b"so1: version 1" not in host.stdout.readline():
+                assert host.poll() is None, "the demo in its own namespace did not start"
+            watcher = start_watcher(host.pid)
+            shutil.copyfile(home / "so2.so", mine)  # her copy, written in place
+            watcher.log.wait("target.exited", pid=host.pid)
+            assert watcher.proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            host.kill()
+            host.wait()
+            if host.stdout:
+                host.stdout.close()
+        own_ns, theirs = os.stat("/proc/self/ns/mnt").st_ino, watcher.log.find("target.attached")
+        assert theirs is not None and theirs["mnt_ns"] != own_ns
+        out = report(str(watcher.log.path))
+        verdict_line = next(x for x in out.splitlines() if x.startswith("  verdict: "))
+        assert re.fullmatch(
+            rf"  verdict: pid {host.pid} \(reload, uid {attacker.uid}\) on {re.escape(HOST)} was killed "
+            rf"by SIG(SEGV|BUS) "
+            rf"[\d.]+ s after {re.escape(str(real))} \(inode (\d+), mapped [^)]+\) was overwritten "
+            rf"in place; note: this process runs in another mount namespace "
+            rf"\(mnt:\[{theirs['mnt_ns']}\]\) than the daemon's \(mnt:\[{own_ns}\]\): its "
+            rf"{re.escape(str(real))} is not necessarily the host's file", verdict_line), verdict_line
+        inode = int(re.search(r"\(inode (\d+),", verdict_line).group(1))
+        assert inode == mine.stat().st_ino != real.stat().st_ino  # hers, not the host's
+        target = json.loads(report(str(watcher.log.path), "--json").splitlines()[0])
+        assert (target["uid"], target["foreign_namespace"]) == (attacker.uid, True)
+    finally:
+        shutil.rmtree(base)
 
 
 def test_two_versions_loaded_at_once_is_a_state_of_its_own():
@@ -438,7 +713,25 @@ def test_two_versions_loaded_at_once_is_a_state_of_its_own():
 
 
 def report_text(reports) -> str:
-    from inodewatch.report import render_text
-    out = io.StringIO()
-    render_text(reports, [], "", out)
-    return out.getvalue()
+    """The timelines' detail columns (render_text of the old whole-log report is gone)."""
+    from inodewatch.report import describe
+    return "\n".join(describe(e) for r in reports for e in r.timeline.events)
+
+
+def test_the_daemons_newer_events_are_described():
+    """overwrite_closed (the size at the writer's close), an overwrite seen as it began (no
+    size yet), and content identity on deleted/replaced findings and their later verdict."""
+    reports = select(parse_lines(x.encode() for x in [
+        attached(0),
+        line(1, "mapping.overwritten", **{**OVERWRITTEN, "size_after": None}),
+        line(1.1, "mapping.overwrite_closed", **OVERWRITTEN, truncated=True),
+        line(2, "mapping.deleted", **DELETED, content="unknown", content_reason="nothing at the path"),
+        line(3, "mapping.replaced", **REPLACED, content="identical"),
+        line(4, "fd.content", fd=3, kind="replaced", **REPLACED, content="different")])[0])
+    assert report_text(reports).splitlines()[1:] == [
+        "/opt/demo/so.so: inode 2146358 written in place, 15472 -> ? bytes",
+        "/opt/demo/so.so: inode 2146358 closed by its writer, 15472 -> 23696 bytes, truncated first",
+        "/opt/demo/so.so: inode 2146358 deleted [r--p,r-xp,rw-p], content unknown (nothing at the path)",
+        "/opt/demo/so.so: inode 2146358 held, path now names inode 2146377, identical content, "
+        "no restart needed",
+        "fd 3 /opt/demo/so.so: inode 2146358 replaced, content different"]
