@@ -43,6 +43,12 @@ class Selector:
     def __bool__(self) -> bool:
         return bool(self.exes or self.names or self.cgroups or self.units)
 
+    def terms(self) -> list[bytes]:
+        """Its terms as the daemon's events name them: b"exe=/usr/sbin/nginx", ..."""
+        return [b"%s=%s" % (kind, value) for kind, values in (
+            (b"exe", self.exes), (b"name", self.names), (b"unit", self.units),
+            (b"cgroup", self.cgroups)) for value in sorted(values)]
+
     def match(self, facts: ProcessFacts) -> tuple[str, bytes] | None:
         """The selector term the process matches, e.g. ("exe", b"/usr/sbin/nginx"), or None."""
         if facts.exe is not None and facts.exe in self.exes:
