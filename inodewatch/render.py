@@ -117,11 +117,16 @@ def restart_lines(all_groups: list[Group], name_of: Callable[[int], str] = user_
     return lines
 
 
+def scan_groups(summary: ScanSummary) -> list[Group]:
+    """The scan's stale files per process group (inodewatch.restart)."""
+    return groups((Member(r.pid, r.comm, r.ppid, r.placement), r.findings)
+                  for r in summary.reports if r.findings)
+
+
 def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
     """One row per stale file per process group, then what to restart, then the files not
     looked at and the summary."""
-    all_groups = groups((Member(r.pid, r.comm, r.ppid, r.placement), r.findings)
-                        for r in summary.reports if r.findings)
+    all_groups = scan_groups(summary)
     rows = [(label(g, terminal_text), _file_text(g.file), g.file.state,
              escape_control(content_text(g.file.content)),
              escape_control(str(g.file.package)) if g.file.package else "-")
