@@ -39,12 +39,14 @@ event when a diverged file is closed or unmapped, so running_stale lists the div
 last reported (a re-attach resets them: the daemon reports again what is still diverged; not
 one with `restored: true`, whose daemon kept them in its state file and does not repeat them).
 
-Output.  Text: per target a header, its events in the window and the verdict; then the
-daemon's own warnings (watch.overflow, watch.degraded) and a summary line.  Every value from
+Output.  Text: per target a header, its events in the window and the verdict (lives of one
+command that ended within a second, nothing diverged, folded into one line: inodewatch.tally);
+then the daemon's own warnings (watch.overflow, watch.degraded), the tally of outcomes and a
+summary line.  Every value from
 the log is passed through escape_control: names are untrusted.  --json: JSON lines, one
 `{"type": "target", "pid", "comm", "start_time", "outcome", "verdict", "timeline"}` per target
 (timeline: the events in the window exactly as logged), then one `{"type": "summary", "files",
-"events", "skipped", "targets", "warnings"}`.
+"events", "skipped", "outcomes" ({outcome: lives}), "targets", "warnings"}`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from inodewatch import tally
 from inodewatch.text import escape_control
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -531,7 +534,7 @@ def summary_line(files: int, events: int, skipped: int) -> str:
 
 
 def render_text(reports: Sequence[TargetReport], warnings: Sequence[LogEvent],
-                summary: str, out: TextIO) -> None:
+                summary: str, out: TextIO, tail: Sequence[str] = ()) -> None:
     for r in reports:
         print(_who(r.timeline), file=out)
         for e in r.shown:
@@ -544,6 +547,8 @@ def render_text(reports: Sequence[TargetReport], warnings: Sequence[LogEvent],
         print("daemon warnings:", file=out)
         for e in warnings:
             print(_line(e), file=out)
+    for line in tail:
+        print(line, file=out)
     print(summary, file=out)
 
 
@@ -595,9 +600,12 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     events, skipped = read_events(args.logs)
     reports = select(events, args.pid, args.since, args.until)
     warnings = daemon_warnings(events, args.since, args.until)
+    counts = tally.outcomes(reports)
     if args.json:
         render_json(reports, warnings, {"files": len(args.logs), "events": len(events),
-                                        "skipped": skipped}, out)
+                                        "skipped": skipped, "outcomes": counts}, out)
     else:
-        render_text(reports, warnings, summary_line(len(args.logs), len(events), skipped), out)
+        shown, folded = tally.fold(reports)  # brief lives of one command: one line
+        render_text(shown, warnings, summary_line(len(args.logs), len(events), skipped), out,
+                    [*tally.folded_lines(folded), tally.tally_line(counts)])
     return 0

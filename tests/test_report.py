@@ -360,6 +360,7 @@ def test_json_is_one_target_per_line_then_a_summary(tmp_path):
     assert first["timeline"][1]["path"] == HOSTILE  # the timeline is the log, lossless
     assert (second["pid"], second["outcome"]) == (7, "running")
     assert summary == {"type": "summary", "files": 1, "events": 5, "skipped": 1, "targets": 2,
+                       "outcomes": {"crashed_after_overwrite": 1, "running": 1},
                        "warnings": [json.loads(line(0.5, "watch.degraded", None, "warning",
                                                          detail="polling"))]}
 
