@@ -25,6 +25,9 @@ class Announcements:
     def hold(self, pid: int, due: float, info: dict[str, Any], events: list[Any]) -> None:
         self.held[pid] = (due, info, events)
 
+    def holds(self, pid: int) -> bool:
+        return pid in self.held
+
     def take(self, pid: int) -> tuple[dict[str, Any], list[Any]] | None:
         """What was held for `pid`, no longer held; None if nothing is."""
         entry = self.held.pop(pid, None)

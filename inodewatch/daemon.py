@@ -53,7 +53,7 @@ from inodewatch.exits import (
 from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.pacing import Bucket
-from inodewatch.selectors import Selector, operator_named, read_facts
+from inodewatch.selectors import Selector, operator_named, read_facts, term_text
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
 from inodewatch.watch import (
@@ -285,7 +285,6 @@ class Daemon:
             target = self.targets.get(pid)
         if target is not None:
             self.announce(target)  # its target.attached line first, if still held
-        if target is not None:
             fields = {"pid": target.pid, **target.owner, **fields}
         elif pid is not None:
             fields = {"pid": pid, **fields}
@@ -353,7 +352,7 @@ class Daemon:
         (inodewatch.announce), its label read then."""
         info = self.label(target.pid)
         if target.term is not None:
-            info["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
+            info["selector"] = term_text(target.term)
             info["reattached"] = self.takes_the_place(target)
         target.owner = describe_owner(target.pid)
         if (history := self.saved.targets.pop(target.ident, None)) is not None:
@@ -400,11 +399,11 @@ class Daemon:
         """A target exec'd: another program, so another label (target.attached again, with
         `exec: true`; the same process, the same life for report)."""
         target = self.targets.get(pid)
-        if target is None or self.announcements.held.get(pid) is not None:
+        if target is None or self.announcements.holds(pid):
             return  # gone, or not announced yet: its label will be read when it is
-        fields = {"exec": True}
+        fields: dict[str, Any] = {"exec": True}
         if target.term is not None:
-            fields["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
+            fields["selector"] = term_text(target.term)
         self.say("info", "target.attached", pid=pid, **target.owner, **self.label(pid), **fields)
 
     def takes_the_place(self, target: Target) -> bool:
@@ -909,7 +908,8 @@ class Daemon:
         prepared = [self.prepare(pid) for pid in self.options.pids]
         wake = self.install_signals()
         self.say("info", "daemon.started", version=__version__, targets=self.options.pids,
-                 **({"selectors": self.selector.terms()} if self.selector else {}),
+                 **({"selectors": [term_text(t) for t in self.selector.terms()]}
+                    if self.selector else {}),
                  mnt_ns=self.own_mnt_ns)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
