@@ -139,8 +139,9 @@ def test_installed_versions_by_name_and_architecture():
     assert installed_versions(STATUS.split(b"\n\n")[0], [b"libnginx-mod-http-echo"]) == {}
 
 
+# (never "/.", the root every list starts with, which the index leaves out)
 sorted_paths = st.lists(st.binary(min_size=1, max_size=12).filter(
-    lambda b: b"\n" not in b and b"\0" not in b).map(lambda b: b"/" + b), max_size=40)
+    lambda b: b"\n" not in b and b"\0" not in b and b != b".").map(lambda b: b"/" + b), max_size=40)
 
 
 @given(sorted_paths, st.lists(st.binary(max_size=12).map(lambda b: b"/" + b.replace(b"\n", b"")
