@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from inodewatch import __version__
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+EXIT_NAGIOS_UNKNOWN = 3  # a plugin's UNKNOWN: scan --nagios could not scan
 
 DESCRIPTION = """\
 Tell which version of a shared object a running process really runs.
@@ -161,8 +162,16 @@ def build_parser(argv: Sequence[str] = ()) -> Parser:
                      help="process to scan (repeatable)")
     who.add_argument("--all", action="store_true",
                      help="every process (kernel threads and unreadable ones are skipped and counted)")
-    scan.add_argument("--json", action="store_true",
-                      help="print the findings as the watch mode's JSON event lines")
+    output = scan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="print the findings as the watch mode's JSON event lines")
+    output.add_argument("--nagios", action="store_true",
+                        help="print one Nagios/Icinga plugin status line with perfdata; exit 0 "
+                             "OK, 1 WARNING (code that may differ from the disk's), 2 CRITICAL "
+                             "(known to differ), 3 UNKNOWN (the scan failed)")
+    scan.add_argument("--metrics-file", metavar="PATH",
+                      help="also write what the scan found for node_exporter's textfile "
+                           "collector, atomically (name it *.prom)")
 
     report = commands.add_parser(
         "report", help="post-mortem: per target a timeline and a verdict, from JSON logs",
@@ -192,12 +201,35 @@ def run_scan(args: argparse.Namespace) -> int:
     try:
         summary = scan_all() if args.all else scan_pids(args.pid)
     except procfs.ProcError as exc:
-        return fail(str(exc))
+        return nagios_unknown(str(exc)) if args.nagios else fail(str(exc))
+    if args.metrics_file or args.nagios:
+        groups = render.scan_groups(summary)
+        if args.metrics_file:
+            from inodewatch import scanmetrics  # prometheus_client: ~80 ms, only when asked
+
+            if (error := scanmetrics.write(args.metrics_file, groups, len(summary.reports),
+                                           summary.skipped)) is not None:
+                return nagios_unknown(error) if args.nagios else fail(error)
+        if args.nagios:
+            from inodewatch.nagios import status_line
+            from inodewatch.restart import plan
+
+            code, line = status_line(groups, plan(groups, render.user_name)[0],
+                                     len(summary.reports), summary.skipped)
+            print(line)
+            return code
     if args.json:
         render.print_scan_events(summary)
     else:
         render.print_scan_table(summary)
     return EXIT_DIVERGED if summary.restart_needed else EXIT_OK
+
+
+def nagios_unknown(message: str) -> int:
+    from inodewatch.nagios import unknown_line
+
+    print(unknown_line(message))
+    return EXIT_NAGIOS_UNKNOWN
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -285,7 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard_standard_fds()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and "--nagios" in argv:  # a plugin's UNKNOWN, on stdout
+            return nagios_unknown("usage error (see inodewatch scan --help)")
+        raise
     try:
         if args.command == "scan":
             return run_scan(args)

@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 
 from inodewatch import __version__, cgroupwalk, procfs
+from inodewatch.announce import ANNOUNCE_DELAY, Announcements
 from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.cgroups import read_placement
 from inodewatch.contentpass import ContentPass
@@ -53,7 +54,7 @@ from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.pacing import Bucket
 from inodewatch.pidns import own_connector_deafness
-from inodewatch.selectors import Selector, operator_named, read_facts
+from inodewatch.selectors import Selector, operator_named, read_facts, term_text
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
 from inodewatch.watch import (
@@ -275,6 +276,8 @@ class Daemon:
         self.untrusted_told: set[bytes] = set()  # mounts named in watch.degraded already
         self.readings: set[int] = set()  # targets whose huge maps is being read
         self.cgroup_walk: cgroupwalk.CgroupWalk | None = None  # births, without the connector
+        self.announcements = Announcements()  # target.attached of processes met at birth
+        self.execs: set[int] = set()  # targets that exec'd: announced again with their label
 
     # --- events out -------------------------------------------------------------------
 
@@ -290,6 +293,7 @@ class Daemon:
         if target is None and pid is not None:
             target = self.targets.get(pid)
         if target is not None:
+            self.announce(target)  # its target.attached line first, if still held
             fields = {"pid": target.pid, **target.owner, **fields}
         elif pid is not None:
             fields = {"pid": pid, **fields}
@@ -351,15 +355,14 @@ class Daemon:
                            f"{self.fds.limit}); raise LimitNOFILE= or ulimit -n") from None
         return Target(ident, pidwatch)
 
-    def attach(self, target: Target) -> None:
-        """Start watching a prepared target; report divergence that already exists."""
-        try:
-            info = describe_process(target.pid)
-        except (psutil.Error, procfs.ProcError):
-            info = {}  # it exited already: the pidfd is readable and says so at once
+    def attach(self, target: Target, born: bool = False) -> None:
+        """Start watching a prepared target; report divergence that already exists.  A
+        target met at its birth (`born`: a fork or exec event) is announced a moment later
+        (inodewatch.announce), its label read then."""
+        info = self.label(target.pid)
         if target.term is not None:
-            info["selector"] = b"=".join((target.term[0].encode(), target.term[1]))
-            info["reattached"] = target.term in self.gone_terms
+            info["selector"] = term_text(target.term)
+            info["reattached"] = self.takes_the_place(target)
         target.owner = describe_owner(target.pid)
         if (history := self.saved.targets.pop(target.ident, None)) is not None:
             # Same process as before our restart: its first look reports what changed since.
@@ -372,13 +375,60 @@ class Daemon:
         # Watches first: from the moment target.attached is logged, an in-place write is
         # seen -- an operator (or a test) may act on that line at once.
         events = self.paced_look(target)
+        if born:
+            self.announcements.hold(target.pid, time.monotonic() + ANNOUNCE_DELAY, info, events)
+            return
         self.say("info", "target.attached", pid=target.pid, **target.owner, **info)
         for event in events:
             self.emit(event, target.pid)
 
-    def consider(self, pids: list[int]) -> None:
+    @staticmethod
+    def label(pid: int) -> dict[str, Any]:
+        """comm, exe, cmdline, start_time (describe_process); {} when it is gone."""
+        try:
+            return describe_process(pid)
+        except (psutil.Error, procfs.ProcError):
+            return {}  # it exited already: the pidfd is readable and says so at once
+
+    def announce(self, target: Target) -> None:
+        """Log the target.attached line held for `target` (and what its first look found),
+        with its label as it is now."""
+        held = self.announcements.take(target.pid)
+        if held is None:
+            return
+        info, events = held
+        if (now := self.label(target.pid)).get("cmdline"):  # (a zombie's is empty)
+            info.pop("truncated", None)
+            info.update(now)
+        self.say("info", "target.attached", pid=target.pid, **target.owner, **info)
+        for event in events:
+            self.emit(event, target=target)
+
+    def announce_again(self, pid: int) -> None:
+        """A target exec'd: another program, so another label (target.attached again, with
+        `exec: true`; the same process, the same life for report)."""
+        target = self.targets.get(pid)
+        if target is None or self.announcements.holds(pid):
+            return  # gone, or not announced yet: its label will be read when it is
+        fields: dict[str, Any] = {"exec": True}
+        if target.term is not None:
+            fields["selector"] = term_text(target.term)
+        self.say("info", "target.attached", pid=pid, **target.owner, **self.label(pid), **fields)
+
+    def takes_the_place(self, target: Target) -> bool:
+        """`reattached`: a process of the selector's that exited is replaced by this one,
+        not joined by it -- a new worker its live master forked is no re-attach."""
+        if target.term not in self.gone_terms:
+            return False
+        try:
+            parent = self.targets.get(procfs.read_stat(target.pid).ppid)
+        except procfs.ProcError:
+            parent = None
+        return parent is None or parent.term != target.term
+
+    def consider(self, pids: list[int], born: bool = False) -> None:
         """Attach to those of `pids` that the selector matches (and we can read), while the
-        fd budget lets us."""
+        fd budget lets us; `born`: they were told by fork or exec events."""
         matched: dict[int, tuple[tuple[str, bytes], bool]] = {}
         for pid in pids:
             if pid in self.targets or pid == os.getpid():
@@ -411,7 +461,7 @@ class Daemon:
                 continue  # gone, or not ours to read
             target.term, target.operator = term, operator
             started = time.monotonic()
-            self.attach(target)
+            self.attach(target, born)
             if not operator:
                 self.attaches.take(time.monotonic() - started, time.monotonic(), LOOK_SHARE[False])
 
@@ -790,6 +840,8 @@ class Daemon:
         for ev in self.connector.read():
             if isinstance(ev, ProcessExit) and ev.pid == ev.tgid and ev.pid in self.targets:
                 self.exits.status(ev.pid, ev.wait_status)
+            elif isinstance(ev, ProcessExec) and ev.tgid in self.targets:
+                self.execs.add(ev.tgid)
             elif isinstance(ev, ProcessExec) and self.selector:
                 self.newborn.add(ev.tgid)
             elif isinstance(ev, ProcessFork) and ev.child_pid == ev.child_tgid and self.selector:
@@ -832,6 +884,7 @@ class Daemon:
 
     def on_exit(self, report: ExitReport) -> None:
         target = self.targets.pop(report.pid)
+        self.announce(target)
         self.stop_reading(target)
         self.operator_count -= target.operator
         status = report.status
@@ -890,6 +943,8 @@ class Daemon:
         prepared = [self.prepare(pid) for pid in self.options.pids]
         wake = self.install_signals()
         self.say("info", "daemon.started", version=__version__, targets=self.options.pids,
+                 **({"selectors": [term_text(t) for t in self.selector.terms()]}
+                    if self.selector else {}),
                  mnt_ns=self.own_mnt_ns)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
@@ -938,7 +993,9 @@ class Daemon:
                        *([looks_due] if looks_due is not None else []),
                        *([self.reads.ready_at(now, READ_RATE)] if reads_paused else []),
                        *([self.attaches.ready_at(now, LOOK_SHARE[False])] if self.deferred else []),
-                       *([self.next_recheck] if self.overflows else [])])
+                       *([self.next_recheck] if self.overflows else []),
+                       *([announce_due] if (announce_due := self.announcements.next_due())
+                         is not None else [])])
             wait = max(0.0, due - now)
             ready = self.poller.poll(wait * 1000)
             now = time.monotonic()
@@ -977,11 +1034,16 @@ class Daemon:
                 self.read_connector(now)
             self.settle_exits(now)
             if self.newborn:
-                self.consider(sorted(self.newborn))
+                self.consider(sorted(self.newborn), born=True)
                 self.newborn.clear()
             if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
                 deferred, self.deferred = self.deferred, set()
                 self.consider(sorted(deferred))
+            for pid in self.announcements.due(time.monotonic()):
+                self.announce(self.targets[pid])
+            for pid in sorted(self.execs):
+                self.announce_again(pid)
+            self.execs.clear()
             if self.reopen_log:
                 self.reopen_log = False
                 self.sink.reopen()

@@ -78,14 +78,6 @@ def add_timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
-def explain_content(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor for the console: a finding of identical content says what that
-    means for the operator (the JSON has `content` alone)."""
-    if event.get("content") == "identical":
-        event["note"] = "identical content, no restart needed"
-    return event
-
-
 def render_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
     return json.dumps(event)
 
@@ -225,8 +217,10 @@ def make_logger(sink: LogSink, fmt: str, where: Mapping[str, str] | None = None)
 
     processors: list[Any] = [structlog.processors.add_log_level]
     if fmt == "console":
-        processors += [add_timestamp, paths_to_text, escape_for_terminal, explain_content,
-                       structlog.dev.ConsoleRenderer(colors=False)]
+        from inodewatch.console import ConsoleRenderer, wants_colour
+
+        processors += [add_timestamp, paths_to_text, escape_for_terminal,
+                       ConsoleRenderer(colour=wants_colour(sink.isatty()))]
     else:
         if where:
             processors.append(with_origin(where))

@@ -233,8 +233,10 @@ class Dpkg:
         return body
 
     def _cache_dir(self) -> bytes | None:
-        """The cache directory, made if missing; None unless it is ours alone (a directory,
-        not a link, owned by us, writable by nobody else)."""
+        """The cache directory, made if missing; None unless it is ours alone (owned by us,
+        writable by nobody else).  A link to it is followed (systemd's CacheDirectory= with
+        DynamicUser= is a link into /var/cache/private/); only who may write its parent,
+        root, can put one there."""
         if self.cache is None:
             return None
         try:
@@ -243,21 +245,22 @@ class Dpkg:
             pass
         except OSError:
             return None
+        directory = os.path.realpath(self.cache)
         try:
-            st = os.lstat(self.cache)
+            st = os.lstat(directory)
         except OSError:
             return None
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
             return None
-        return self.cache
+        return directory
 
     def _open_index(self, key: bytes) -> tuple[mmap.mmap, int] | None:
         """The cached index, mapped, and where its body starts; None if there is none or it
         is stale, not ours, or not what we wrote."""
-        if self._cache_dir() is None:
+        if (directory := self._cache_dir()) is None:
             return None
         try:
-            fd = os.open(self.cache + b"/" + INDEX_NAME,
+            fd = os.open(directory + b"/" + INDEX_NAME,
                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None

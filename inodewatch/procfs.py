@@ -685,11 +685,11 @@ CMDLINE_LIMIT = 4096
 
 def parse_cmdline(data: bytes, limit: int = CMDLINE_LIMIT) -> tuple[list[bytes], bool]:
     """The arguments in /proc/PID/cmdline text (NUL-separated), at most `limit` bytes of it;
-    (arguments, whether some were cut off)."""
+    (arguments, whether some were cut off).  Trailing empty arguments are dropped: a process
+    that rewrites its argv (nginx's "nginx: worker process", setproctitle) pads the rest of
+    the old arguments' space with NULs, which would read as a run of empty strings."""
     truncated = len(data) > limit
-    data = data[:limit]
-    if data.endswith(b"\0"):
-        data = data[:-1]
+    data = data[:limit].rstrip(b"\0")
     return (data.split(b"\0") if data else []), truncated
 
 

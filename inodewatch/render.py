@@ -5,18 +5,19 @@ reason files were not looked at, and the summary (both on stderr with --json).""
 from __future__ import annotations
 
 import sys
-
 from collections.abc import Callable
 
 from inodewatch import procfs
 from inodewatch.model import Content
-from inodewatch.restart import Group, Member, StaleFile, command_text, groups, label, plan
 from inodewatch.scan import ScanSummary
 from inodewatch.text import escape_control, terminal_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing for the checkers only: every scan would pay its import (~6 ms)
     from typing import IO
+
+    # (the table's alone: `scan --json` does not pay for it, ~1 ms with shlex)
+    from inodewatch.restart import Group, StaleFile
 
 
 def content_text(content: Content | None) -> str:
@@ -100,6 +101,8 @@ def user_name(uid: int) -> str:
 def restart_lines(all_groups: list[Group], name_of: Callable[[int], str] = user_name) -> list[str]:
     """The "To restart" section (the command, then the processes and files behind it, per
     unit or container), and a line for what needs no restart (identical content)."""
+    from inodewatch.restart import command_text, label, plan
+
     actions, identical = plan(all_groups, name_of)
     lines = ["To restart:"] if actions else []
     for action in actions:
@@ -117,11 +120,20 @@ def restart_lines(all_groups: list[Group], name_of: Callable[[int], str] = user_
     return lines
 
 
+def scan_groups(summary: ScanSummary) -> list[Group]:
+    """The scan's stale files per process group (inodewatch.restart)."""
+    from inodewatch.restart import Member, groups
+
+    return groups((Member(r.pid, r.comm, r.ppid, r.placement), r.findings)
+                  for r in summary.reports if r.findings)
+
+
 def print_scan_table(summary: ScanSummary, out: IO[str] = sys.stdout) -> None:
     """One row per stale file per process group, then what to restart, then the files not
     looked at and the summary."""
-    all_groups = groups((Member(r.pid, r.comm, r.ppid, r.placement), r.findings)
-                        for r in summary.reports if r.findings)
+    from inodewatch.restart import label
+
+    all_groups = scan_groups(summary)
     rows = [(label(g, terminal_text), _file_text(g.file), g.file.state,
              escape_control(content_text(g.file.content)),
              escape_control(str(g.file.package)) if g.file.package else "-")

@@ -711,7 +711,7 @@ def verdict(t: Timeline) -> Verdict:
     if len(judged.paths) == 1:
         whose = f"its {escape_control(judged.paths[0])} is not necessarily the host's file"
     else:
-        whose = (f"the files named here are not necessarily the host's" if judged.paths
+        whose = ("the files named here are not necessarily the host's" if judged.paths
                  else "the paths in its events are not necessarily the host's files")
     return Verdict(judged.outcome, f"{judged.text}; note: this process runs in another mount "
                    f"namespace (mnt:[{t.mnt_ns}]) than the daemon's (mnt:[{t.host_mnt_ns}]): "
@@ -1053,10 +1053,9 @@ def summary_line(files: int, counts: Counts) -> str:
     return text
 
 
-def render_target(t: Timeline, as_json: bool) -> str:
+def render_target(t: Timeline, judged: Verdict, as_json: bool) -> str:
     """One target's report: its text block, or its JSON line (the life kept its events as
     _line or _json made them)."""
-    judged = verdict(t)
     if not as_json:
         return "\n".join([_who(t), *_shown_lines(t.shown, "event"),
                           f"  verdict: {judged.text}", "", ""])
@@ -1072,13 +1071,39 @@ def render_target(t: Timeline, as_json: bool) -> str:
     return f'{start}, "timeline": [{", ".join(head + tail)}]}}\n'
 
 
+# The tally's order and words, per outcome.
+OUTCOMES = (
+    ("crashed_after_overwrite", "crashed after an overwrite"),
+    ("killed", "killed"),
+    ("exited", "exited"),
+    ("exit_unknown", "ended, status unknown"),
+    ("lost", "ended while the daemon was down"),
+    ("running_duplicated", "running two versions at once"),
+    ("running_stale", "still running stale code"),
+    ("reloaded", "reloaded"),
+    ("running", "running"),
+)
+
+
+def tally_line(outcomes: dict[str, int]) -> str:
+    """'48 lives: 1 killed, 46 exited, 1 still running stale code'."""
+    words = dict(OUTCOMES)
+    total = sum(outcomes.values())
+    return (f"{total} li{'ves' if total != 1 else 'fe'}: "
+            + (", ".join(f"{n} {words.get(k, k)}" for k, n in outcomes.items()) or "none"))
+
+
 def render_end(warnings: Shown[str], files: int, counts: Counts, targets: int,
-               as_json: bool) -> str:
-    """What follows the targets: the daemon's warnings and the summary."""
+               outcomes: dict[str, int], as_json: bool) -> str:
+    """What follows the targets: the daemon's warnings, the tally of outcomes (in OUTCOMES'
+    order) and the summary."""
+    order = {key: i for i, (key, _) in enumerate(OUTCOMES)}
+    outcomes = dict(sorted(outcomes.items(), key=lambda kv: order.get(kv[0], len(order))))
     if as_json:
         head, tail = warnings.items()
         summary: dict[str, Any] = {"type": "summary", "files": files, "events": counts.events,
-                                   "skipped": counts.bad, "targets": targets}
+                                   "skipped": counts.bad, "targets": targets,
+                                   "outcomes": outcomes}
         extra = {"warnings_not_shown": warnings.not_shown, "out_of_order": counts.out_of_order}
         start = json.dumps(summary, allow_nan=False)[:-1]
         tail_keys = "".join(f', "{k}": {v}' for k, v in extra.items() if v)
@@ -1086,6 +1111,8 @@ def render_end(warnings: Shown[str], files: int, counts: Counts, targets: int,
     lines = [] if targets else ["no target events"]
     if warnings.count:
         lines += ["daemon warnings:", *_shown_lines(warnings, "warning")]
+    if targets:
+        lines.append(tally_line(outcomes))
     return "\n".join([*lines, summary_line(files, counts)]) + "\n"
 
 
@@ -1100,6 +1127,7 @@ class Printer:
         self.slot: dict[int, list[str | None]] = {}  # by life seq, until it is done
         self.held = 0
         self.printed = 0
+        self.outcomes: dict[str, int] = {}  # lives printed, per outcome
 
     def begin(self, life: Timeline) -> None:
         slot: list[str | None] = [None]
@@ -1108,7 +1136,12 @@ class Printer:
 
     def done(self, life: Timeline) -> None:
         slot = self.slot.pop(life.seq)
-        text = slot[0] = render_target(life, self.as_json) if life.shown.count else ""
+        text = ""
+        if life.shown.count:
+            judged = verdict(life)
+            self.outcomes[judged.outcome] = self.outcomes.get(judged.outcome, 0) + 1
+            text = render_target(life, judged, self.as_json)
+        slot[0] = text
         self.held += len(text) + SLOT_COST
         while self.slots and (text := self.slots[0][0]) is not None:
             self.slots.popleft()
@@ -1163,5 +1196,6 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     window = Window(frozenset(args.pid) if args.pid else None, args.since, args.until)
     tracker = track(read(args.logs, counts), window, AsJson() if args.json else AsText(),
                     printer.begin, printer.done)
-    out.write(render_end(tracker.warnings, len(args.logs), counts, printer.printed, args.json))
+    out.write(render_end(tracker.warnings, len(args.logs), counts, printer.printed,
+                         printer.outcomes, args.json))
     return 0

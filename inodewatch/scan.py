@@ -50,6 +50,10 @@ class ScanSummary(namedtuple("ScanSummary", "reports kernel_threads unreadable e
         return [r for r in self.reports if r.findings]
 
     @property
+    def skipped(self) -> int:
+        return self.kernel_threads + self.unreadable + self.exited
+
+    @property
     def restart_needed(self) -> bool:
         """Some finding is not of identical content (scan's exit status 1)."""
         return any(f.needs_restart for r in self.reports for f in r.findings)

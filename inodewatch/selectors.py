@@ -37,6 +37,12 @@ class Selector:
     def __bool__(self) -> bool:
         return bool(self.exes or self.names or self.cgroups or self.units)
 
+    def terms(self) -> list[tuple[str, bytes]]:
+        """Every term, e.g. ("exe", b"/usr/sbin/nginx"), as match() returns them."""
+        return [(kind, value) for kind, values in (
+            ("exe", self.exes), ("name", self.names), ("unit", self.units),
+            ("cgroup", self.cgroups)) for value in sorted(values)]
+
     def match(self, facts: ProcessFacts) -> tuple[str, bytes] | None:
         """The selector term the process matches, e.g. ("exe", b"/usr/sbin/nginx"), or None."""
         if facts.exe is not None and facts.exe in self.exes:
@@ -51,6 +57,11 @@ class Selector:
                 if unit in path.split(b"/"):
                     return ("unit", unit)
         return None
+
+
+def term_text(term: tuple[str, bytes]) -> bytes:
+    """A term as the daemon's events name it: b"exe=/usr/sbin/nginx"."""
+    return b"=".join((term[0].encode(), term[1]))
 
 
 def operator_named(term: tuple[str, bytes] | None, cgroups: tuple[bytes, ...] = ()) -> bool:

@@ -139,8 +139,9 @@ def test_installed_versions_by_name_and_architecture():
     assert installed_versions(STATUS.split(b"\n\n")[0], [b"libnginx-mod-http-echo"]) == {}
 
 
+# (never "/.", the root every list starts with, which the index leaves out)
 sorted_paths = st.lists(st.binary(min_size=1, max_size=12).filter(
-    lambda b: b"\n" not in b and b"\0" not in b).map(lambda b: b"/" + b), max_size=40)
+    lambda b: b"\n" not in b and b"\0" not in b and b != b".").map(lambda b: b"/" + b), max_size=40)
 
 
 @given(sorted_paths, st.lists(st.binary(max_size=12).map(lambda b: b"/" + b.replace(b"\n", b"")
@@ -206,7 +207,7 @@ def test_the_index_is_kept_and_rebuilt_when_dpkg_changes_a_list(dpkg, tmp_path):
 
 
 @pytest.mark.parametrize("plant", ["symlink", "group_writable", "foreign_header", "truncated",
-                                   "directory_link"])
+                                   "open_directory", "foreign_directory"])
 def test_an_index_that_is_not_ours_is_never_believed(dpkg, tmp_path, plant):
     """Whatever sits where the index should be, the answer comes from the lists."""
     db, cache = dpkg
@@ -226,14 +227,28 @@ def test_an_index_that_is_not_ours_is_never_believed(dpkg, tmp_path, plant):
         index.write_bytes(b"something else\n" + lie.partition(b"\n")[2])
     elif plant == "truncated":
         index.write_bytes(lie[:-3])
-    else:
+    elif plant == "open_directory":  # anyone may write there
+        index.write_bytes(lie)
+        cache.chmod(0o777)
+    else:  # a link to another user's directory
         decoy = tmp_path / "decoy-dir"
         decoy.mkdir()
         (decoy / os.fsdecode(INDEX_NAME)).write_bytes(lie)
+        os.chown(decoy, 65534, 65534)
         shutil.rmtree(cache)
         cache.symlink_to(decoy)
     got = db.owners([b"/usr/lib/nginx/modules/ngx_http_echo_module.so"])
     assert got[b"/usr/lib/nginx/modules/ngx_http_echo_module.so"].name == "libnginx-mod-http-echo"
+
+
+def test_a_link_to_our_own_directory_is_followed(dpkg, tmp_path):
+    """systemd's CacheDirectory= under DynamicUser= is /var/cache/NAME -> private/NAME."""
+    db, cache = dpkg
+    private = tmp_path / "private"
+    private.mkdir()
+    cache.symlink_to(private)
+    assert db.owners([b"/srv/x"]) == {}
+    assert (private / os.fsdecode(INDEX_NAME)).is_file()
 
 
 def test_without_a_database_or_a_cache_directory(tmp_path):

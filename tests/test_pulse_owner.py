@@ -34,3 +34,7 @@ def test_cmdline_is_capped_and_says_so():
     assert truncated and len(args) == 1 and len(args[0]) == CMDLINE_LIMIT
     # hostile bytes stay bytes: the log turns them into valid text
     assert parse_cmdline(b"\xff\x1b[31m\0") == ([b"\xff\x1b[31m"], False)
+    # an nginx worker's /proc/PID/cmdline, its title padded with the old arguments' space
+    worker = b"nginx: worker process" + b"\0" * 42
+    assert parse_cmdline(worker) == ([b"nginx: worker process"], False)
+    assert parse_cmdline(b"\0\0") == ([], False)

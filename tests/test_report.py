@@ -276,7 +276,7 @@ def test_a_pause_is_listed_among_the_daemon_warnings(tmp_path):
     out = report(str(log))
     assert out.endswith("daemon warnings:\n"
                         f"  {stamp(30)}  watch.gap            gap_s=27.3 detail=the daemon did not "
-                        "run for 27.3 s\nread 1 file, 3 events, skipped 0 bad lines\n")
+                        "run for 27.3 s\n1 life: 1 exited\nread 1 file, 3 events, skipped 0 bad lines\n")
     summary = json.loads(report(str(log), "--json").splitlines()[-1])
     assert [w["event"] for w in summary["warnings"]] == ["watch.gap"]
 
@@ -519,6 +519,7 @@ def test_json_is_one_target_per_line_then_a_summary(tmp_path):
     assert first["timeline"][1]["path"] == HOSTILE  # the timeline is the log, lossless
     assert (second["pid"], second["outcome"]) == (7, "running")
     assert summary == {"type": "summary", "files": 1, "events": 5, "skipped": 1, "targets": 2,
+                       "outcomes": {"crashed_after_overwrite": 1, "running": 1},
                        "warnings": [json.loads(line(0.5, "watch.degraded", None, "warning",
                                                          detail="polling"))]}
 

@@ -173,9 +173,10 @@ def test_a_long_life_shows_its_first_and_last_events_and_is_judged_on_all(tmp_pa
     out = run_cli("report", str(log)).stdout.splitlines()
     assert out[0] == "pid 7 (reload)"
     assert out[1 + report.FIRST_SHOWN] == "  ... 961 events not shown ..."
-    assert len(out) == 1 + report.FIRST_SHOWN + 1 + report.LAST_SHOWN + 3
-    assert out[-4].endswith("inode 599 -> 600")
-    assert out[-3] == ("  verdict: pid 7 (reload) reloaded /opt/demo/so.so (inode 599 -> 600) "
+    assert len(out) == 1 + report.FIRST_SHOWN + 1 + report.LAST_SHOWN + 4
+    assert out[-5].endswith("inode 599 -> 600")
+    assert out[-2] == "1 life: 1 reloaded"
+    assert out[-4] == ("  verdict: pid 7 (reload) reloaded /opt/demo/so.so (inode 599 -> 600) "
                        "0.250 s after it was replaced; still running at the end of the log")
     record, summary = map(json.loads, run_cli("report", "--json", str(log)).stdout.splitlines())
     assert (record["events_not_shown"], record["not_shown_after"]) == (961, report.FIRST_SHOWN)

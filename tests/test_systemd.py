@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 SERVICE = UNITS / "inodewatch.service"
 TEMPLATE = UNITS / "inodewatch@.service"
+SCAN = UNITS / "inodewatch-scan.service"
+TIMER = UNITS / "inodewatch-scan.timer"
 EXEC_PATH = "/usr/local/bin/inodewatch"
 MAX_EXPOSURE = 2.0
 NEEDED_CAPS = {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_CHECKPOINT_RESTORE", "CAP_NET_ADMIN"}
@@ -138,6 +140,34 @@ def test_the_template_follows_the_instance_unit_without_binding_to_it():
     assert one(u, "Install", "WantedBy") == "%i.service"
 
 
+SCAN_CAPS = NEEDED_CAPS - {"CAP_NET_ADMIN"}
+
+
+def test_the_scan_unit_and_its_timer():
+    u = parse_unit(SCAN)
+    assert one(u, "Service", "Type") == "oneshot"
+    assert one(u, "Service", "ExecStart") == (
+        f"{EXEC_PATH} scan --all --metrics-file /var/lib/inodewatch/scan.prom")
+    assert one(u, "Service", "SuccessExitStatus") == "1"  # "a restart is needed" is no failure
+    assert one(u, "Service", "StateDirectory") == "inodewatch"  # the daemon's, its metrics beside
+    assert one(u, "Service", "CacheDirectory") == "inodewatch"  # the dpkg index
+    assert one(u, "Service", "DynamicUser") == "yes" and one(u, "Service", "User") == "inodewatch"
+    bounding = set(one(u, "Service", "CapabilityBoundingSet").split())
+    assert bounding == SCAN_CAPS == set(one(u, "Service", "AmbientCapabilities").split())
+    # all a scan loses without CAP_NET_ADMIN is the proc connector, which it does not use
+    assert [m for m in caps.missing_features(bounding)] == [caps.FEATURES[-1].degraded]
+    assert one(u, "Service", "ProtectProc") in (None, "default")
+    assert one(u, "Service", "ProcSubset") in (None, "all")
+    assert one(u, "Service", "PrivateUsers") is None
+    assert one(u, "Service", "ProtectSystem") == "strict"
+    assert one(u, "Service", "PrivateNetwork") == "yes"
+    assert values(u, "Service", "SystemCallFilter")[0] == "@system-service"
+    t = parse_unit(TIMER)
+    assert one(t, "Timer", "OnCalendar") == "*:0/15"
+    assert one(t, "Timer", "Unit") is None  # inodewatch-scan.timer starts inodewatch-scan.service
+    assert one(t, "Install", "WantedBy") == "timers.target"
+
+
 # --- systemd-analyze ------------------------------------------------------------------------
 
 
@@ -154,7 +184,8 @@ def make_root(tmp_path: Path, units: dict[str, str], with_binary: bool = True) -
     root = tmp_path / "root"
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
-    for name in ("sysinit.target", "basic.target", "shutdown.target"):
+    for name in ("sysinit.target", "basic.target", "shutdown.target", "timers.target",
+                 "time-set.target", "time-sync.target"):
         (unit_dir / name).write_text("[Unit]\nDescription=stub for systemd-analyze verify\n")
     for name, text in units.items():
         (unit_dir / name).write_text(text)
@@ -209,6 +240,13 @@ def test_verify_is_not_vacuous(tmp_path):
     assert EXEC_PATH in result.stdout + result.stderr and result.returncode != 0
 
 
+@needs_analyze
+@pytest.mark.parametrize("name", ["inodewatch-scan.service", "inodewatch-scan.timer"])
+def test_verify_the_scan_units_print_nothing(tmp_path, name):
+    root = make_root(tmp_path, {SCAN.name: SCAN.read_text(), TIMER.name: TIMER.read_text()})
+    assert_silent(analyze("verify", f"--root={root}", f"/etc/systemd/system/{name}"))
+
+
 def exposure(unit_path: Path) -> float:
     result = analyze("security", "--offline=true", "--no-pager", str(unit_path))
     assert result.returncode == 0, result.stderr
@@ -218,9 +256,10 @@ def exposure(unit_path: Path) -> float:
 
 
 @needs_analyze
-@pytest.mark.parametrize("name", ["inodewatch.service", "inodewatch@nginx.service"])
+@pytest.mark.parametrize("name", ["inodewatch.service", "inodewatch@nginx.service",
+                                  "inodewatch-scan.service"])
 def test_security_exposure_is_at_most_2(tmp_path, name):
-    source = SERVICE if name == "inodewatch.service" else TEMPLATE
+    source = {"inodewatch.service": SERVICE, "inodewatch@nginx.service": TEMPLATE}.get(name, SCAN)
     unit = tmp_path / name
     shutil.copy(source, unit)
     level = exposure(unit)
@@ -285,6 +324,35 @@ def test_the_units_privileges_see_an_overwrite_and_the_crash(start_demo, tmp_pat
             daemon.kill()
         _out, err = daemon.communicate()
     assert err == ""
+
+
+@pytest.mark.integration
+def test_the_scan_units_privileges_find_a_root_demo_and_write_the_metrics(start_demo, tmp_path):
+    """As inodewatch-scan.service runs it (a dynamic uid, its three capabilities, no new
+    privileges): a root demo in a 0700 directory, its plugin replaced, is found, and the
+    metrics file parses with prometheus-client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prefix = [a.replace(",+net_admin", "") for a in require_setpriv()]
+    demo = start_demo("leak")
+    os.unlink(demo.lib)
+    demo.copy_lib("so2.so")
+    state, cache = tmp_path / "state", tmp_path / "cache"
+    for d in (state, cache):
+        d.mkdir()
+        os.chown(d, 61999, 61999)
+    env = dict(os.environ, CACHE_DIRECTORY=str(cache))
+    result = subprocess.run([*prefix, sys.executable, "-m", "inodewatch", "scan", "--all",
+                             "--metrics-file", str(state / "scan.prom")],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert f"pid {demo.pid} (reload)" in result.stdout
+    families = {f.name: f for f in text_string_to_metric_families((state / "scan.prom").read_text())}
+    files = {s.labels["path"]: s.value for s in families["inodewatch_scan_stale_file_processes"].samples}
+    assert files[os.fsdecode(demo.lib)] == 1
+    deleted = {(s.labels["library_path"], s.labels["library_name"]): s.value
+               for s in families["node_processes_linking_deleted_libraries"].samples}
+    assert deleted[os.path.split(os.fsdecode(demo.lib))] == 1
 
 
 MDWE_PROBE = r"""
