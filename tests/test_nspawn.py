@@ -114,7 +114,7 @@ def tick(machine: nspawn.Machine, demo: Service, watcher: Service, count: int) -
     """Make the demo reload now (SIGUSR1: dlclose + dlopen), until the watcher has seen its
     `count`-th mapping.reloaded (the signal is sent again if it landed outside the demo's wait)."""
     def reloaded() -> dict[str, Any] | None:
-        machine.systemctl("kill", "--signal=SIGUSR1", demo.name)
+        machine.systemctl("kill", "--kill-whom=main", "--signal=SIGUSR1", demo.name)
         done = watcher.find("mapping.reloaded")
         return done[count - 1] if len(done) >= count else None
     return wait_for(reloaded, what=f"the demo's reload #{count}")
@@ -290,7 +290,7 @@ def test_in_a_container_the_daemon_says_why_exits_have_no_status(machine, demo, 
     assert watcher.find("daemon.started")[0]["_entry"]["__REALTIME_TIMESTAMP"] <= \
         degraded["_entry"]["__REALTIME_TIMESTAMP"] <= watcher.find("target.attached")[0]["_entry"]["__REALTIME_TIMESTAMP"]
     pid = int(demo.show("MainPID")["MainPID"])
-    machine.systemctl("kill", "--signal=SIGSEGV", demo.name)
+    machine.systemctl("kill", "--kill-whom=main", "--signal=SIGSEGV", demo.name)
     exited = watcher.wait("target.exited", pid=pid)
     assert (exited["status_source"], exited["signal"]) == ("pidfd", None)
 
