@@ -39,6 +39,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from hugemaps import write_section  # benchmarks/ is on sys.path: run as a script
+
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## report on 3 million events"
 TIME = "/usr/bin/time"  # GNU time (Debian: apt-get install time)
@@ -224,7 +226,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(text)
-    write_section(Path(args.results), text)
+    write_section(Path(args.results), text, SECTION)
     return 0
 
 
@@ -261,18 +263,6 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
               f"({worst_rss:.1f} MB); >= 100,000 events a second: "
               f"{'PASS' if events / slowest >= 100_000 else 'MISS'} ({events / slowest:,.0f})."]
     return "\n".join(lines) + "\n"
-
-
-def write_section(results: Path, text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next "## " or the end)."""
-    old = results.read_text() if results.exists() else ""
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        new = head + text + tail.lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    results.write_text(new)
 
 
 if __name__ == "__main__":
