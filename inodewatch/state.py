@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inodewatch.diff import Event, TargetHistory, finding_key, overwritten_event
+from inodewatch.events import FINDING_KINDS, SUBJECTS
 from inodewatch.model import FileId, Finding, MappedFile
 from inodewatch.procfs import ProcessId
 
@@ -47,8 +48,6 @@ SAVE_EVERY = 1.0
 SAVE_SHARE = 0.01
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
-SUBJECTS = ("mapping", "fd")
-KINDS = ("deleted", "replaced", "missing", "renamed", "duplicated")
 MAX_INT = 2 ** 64
 
 Stamp = tuple[int | None, int | None]  # size, mtime_ns
@@ -179,7 +178,7 @@ def _fileid(obj: Mapping[str, Any]) -> FileId:
 
 def _decode_finding(obj: Mapping[str, Any]) -> Finding:
     subject, kind = obj.get("subject"), obj.get("kind")
-    if subject not in SUBJECTS or kind not in KINDS:
+    if subject not in SUBJECTS or kind not in FINDING_KINDS:
         raise StateError("a live divergence of unknown kind")
     disk = obj.get("disk")
     if disk is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from contract import check
 
 REPO = Path(__file__).resolve().parent.parent
 CSRC = REPO / "csrc"
@@ -214,7 +215,7 @@ def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:
     """`inodewatch scan --pid PID --json`: its exit code and its event objects."""
     result = run_cli("scan", "--pid", str(pid), "--json")
     assert result.returncode in (0, 1), result.stderr
-    return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]
+    return result.returncode, [check(json.loads(line), "scan") for line in result.stdout.splitlines()]
 
 
 class EventLog:
@@ -232,7 +233,8 @@ class EventLog:
                 data = f.read()
             complete = data[:data.rfind(b"\n") + 1]
             self._offset += len(complete)
-            self.events += [json.loads(line) for line in complete.splitlines() if line.strip()]
+            self.events += [check(json.loads(line), "daemon")
+                            for line in complete.splitlines() if line.strip()]
         return self.events
 
     def find(self, name: str, **fields: Any) -> dict[str, Any] | None:
