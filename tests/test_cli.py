@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+import inodewatch
 from conftest import REPO, run_cli, wait_for
 
 
@@ -82,13 +85,20 @@ def test_help_fits_the_terminal_width(columns):
 HEAVY = {"structlog", "pyinotify", "psutil", "dataclasses", "typing", "datetime", "shutil"}
 
 
-def scan_imports(args: list[str], env: dict[str, str] | None = None) -> list[str]:
-    """The HEAVY modules `inodewatch scan ARGS` imported, run as the command runs (no site)."""
+def scan_imports(args: list[str], env: dict[str, str] | None = None) -> str:
+    """The HEAVY modules `inodewatch scan ARGS` imported, run as the command runs (no site),
+    after checking that the rule's list of the modules on scan's path names every one of
+    inodewatch's it imported."""
     code = (f"import sys\nfrom inodewatch.cli import main\nmain({args!r})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('inodewatch.')), file=sys.stderr)\n"
             f"print(sorted(set({sorted(HEAVY)!r}) & set(sys.modules)), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO,
                             env=dict(env or os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    return result.stderr.strip().splitlines()[-1]
+    *_, ours, heavy = result.stderr.strip().splitlines()
+    listed = set(re.findall(r"\w+", inodewatch.__doc__.partition("So the modules on scan's path:")[2]
+                                           .partition("import nothing but")[0]))
+    assert {m.partition(".")[2] for m in ast.literal_eval(ours)} <= listed, ours
+    return heavy
 
 
 def test_scan_imports_only_what_it_needs():
