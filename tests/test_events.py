@@ -8,7 +8,10 @@ line, by every integration test that reads an event log: tests/contract.py.)
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,13 @@ def test_a_line_that_keeps_it_is_not():
     assert problems(scanned, "scan") == ["mapping.replaced has no comm"]
     assert problems({**line, "event": "mapping.renamed", "new_path": "/x"}, "scan") == \
         ["mapping.renamed is not logged by scan, says inodewatch/events.py"]
+
+
+def test_importing_the_contract_is_light():
+    """Any module on scan's path may import it (the start-up rule, inodewatch/__init__.py)."""
+    code = ("import sys\nimport inodewatch.events\n"
+            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'typing', 'datetime', 'shutil'}\n"
+            "print(sorted(heavy & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.stdout.strip() == "[]", result.stderr
