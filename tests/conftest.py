@@ -6,6 +6,7 @@ deadline, because the CI machine is shared and has two cores.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -209,6 +210,20 @@ def run_cli(*args: str, timeout: float = 120,
     """Run the real command line, as an operator would."""
     return subprocess.run([sys.executable, "-m", "inodewatch", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# The start-up rule (inodewatch/__init__.py): what nothing on scan's path may import.
+HEAVY = frozenset({"structlog", "pyinotify", "psutil", "dataclasses", "typing", "datetime", "shutil"})
+
+
+def imports_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module imported once `code` has run, run as the command runs (no `site`)."""
+    probe = f"{code}\nimport sys\nprint(sorted(sys.modules), file=sys.stderr)"
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                            cwd=REPO, env=dict(env or os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    last = result.stderr.strip().splitlines()[-1:]
+    assert last and last[0].startswith("['"), result.stderr
+    return set(ast.literal_eval(last[0]))
 
 
 def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shutil
@@ -12,7 +11,7 @@ import sys
 import pytest
 
 import inodewatch
-from conftest import REPO, run_cli, wait_for
+from conftest import HEAVY, imports_after, run_cli, wait_for
 
 
 def test_version():
@@ -81,30 +80,21 @@ def test_help_fits_the_terminal_width(columns):
         assert max(map(len, result.stdout.splitlines())) <= int(columns), command
 
 
-# The start-up rule (inodewatch/__init__.py): what a scan must never import.
-HEAVY = {"structlog", "pyinotify", "psutil", "dataclasses", "typing", "datetime", "shutil"}
-
-
-def scan_imports(args: list[str], env: dict[str, str] | None = None) -> str:
-    """The HEAVY modules `inodewatch scan ARGS` imported, run as the command runs (no site),
-    after checking that the rule's list of the modules on scan's path names every one of
-    inodewatch's it imported."""
-    code = (f"import sys\nfrom inodewatch.cli import main\nmain({args!r})\n"
-            "print(sorted(m for m in sys.modules if m.startswith('inodewatch.')), file=sys.stderr)\n"
-            f"print(sorted(set({sorted(HEAVY)!r}) & set(sys.modules)), file=sys.stderr)")
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO,
-                            env=dict(env or os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    *_, ours, heavy = result.stderr.strip().splitlines()
+def scan_imports(args: list[str], env: dict[str, str] | None = None) -> set[str]:
+    """The HEAVY modules `inodewatch scan ARGS` imported, after checking that the start-up
+    rule's list of the modules on scan's path names every one of ours it imported."""
+    imported = imports_after(f"from inodewatch.cli import main\nmain({args!r})", env)
     listed = set(re.findall(r"\w+", inodewatch.__doc__.partition("So the modules on scan's path:")[2]
                                            .partition("import nothing but")[0]))
-    assert {m.partition(".")[2] for m in ast.literal_eval(ours)} <= listed, ours
-    return heavy
+    ours = {m.partition(".")[2] for m in imported if m.startswith("inodewatch.")}
+    assert ours <= listed, f"not in the list of inodewatch/__init__.py: {ours - listed}"
+    return imported & HEAVY
 
 
 def test_scan_imports_only_what_it_needs():
     """Every scan pays its imports: keep structlog, pyinotify, psutil, dataclasses, typing,
     datetime and shutil (argparse sizes its help with it) off the scan path."""
-    assert scan_imports(["scan", "--all", "--json"]) == "[]"
+    assert scan_imports(["scan", "--all", "--json"]) == set()
 
 
 @pytest.mark.parametrize("output", [[], ["--json"], ["--nagios"]])
@@ -121,7 +111,7 @@ def test_a_scan_with_findings_imports_only_what_it_needs(tmp_path, output):
         cache = tmp_path / "cache"
         cache.mkdir(mode=0o755)
         env = dict(os.environ, CACHE_DIRECTORY=str(cache))
-        assert scan_imports(["scan", "--pid", str(held.pid), *output], env) == "[]"
+        assert scan_imports(["scan", "--pid", str(held.pid), *output], env) == set()
     finally:
         held.kill()
         held.wait()

@@ -8,13 +8,11 @@ line, by every integration test that reads an event log: tests/contract.py.)
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import HEAVY, imports_after
 from contract import problems
 
 from inodewatch import eventdoc
@@ -114,9 +112,4 @@ def test_a_line_that_keeps_it_is_not():
 
 def test_importing_the_contract_is_light():
     """Any module on scan's path may import it (the start-up rule, inodewatch/__init__.py)."""
-    code = ("import sys\nimport inodewatch.events\n"
-            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'typing', 'datetime', 'shutil'}\n"
-            "print(sorted(heavy & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                            cwd=REPO, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert result.stdout.strip() == "[]", result.stderr
+    assert imports_after("import inodewatch.events") & HEAVY == set()
