@@ -86,7 +86,8 @@ def document() -> str:
     ]
     for s in EVENTS:
         out += ["", f"## `{s.name}`", "",
-                f"{s.when}. Level: {level_text(s)}. Logged by: {' and '.join(s.sources)}.", ""]
+                f"{s.when[0].upper()}{s.when[1:]}. Level: {level_text(s)}. "
+                f"Logged by: {' and '.join(s.sources)}.", ""]
         out += _field_table(s.fields)
     return "\n".join(out) + "\n"
 

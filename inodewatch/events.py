@@ -78,7 +78,7 @@ TARGET = (
 )
 # On every line of `scan --json`: the process it is about.
 SCANNED = (
-    PID,
+    _f("pid", "the process's id"),
     _f("comm", "the process's comm"),
     *PLACEMENT,
     _opt("package", "the Debian package owning the path (host's mount namespace only)"),
