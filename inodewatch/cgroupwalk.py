@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 
-from inodewatch.selectors import CGROUP_MOUNTS, Selector
+from inodewatch.matchers import CGROUP_MOUNTS, Selector
 
 MAX_DIRS = 1024  # directories read per walk, all terms together
 

@@ -245,7 +245,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from inodewatch.daemon import AttachError, Daemon, Options
     from inodewatch.eventlog import LogSink, choose_format, make_logger, origin
     from inodewatch.text import escape_control
-    from inodewatch.selectors import SelectorError, absent_terms, make_selector
+    from inodewatch.matchers import SelectorError, absent_terms, make_selector
 
     if not (args.pid or args.exe or args.name or args.unit or args.cgroup):
         return usage_error("nothing to watch: give --pid, --exe, --name, --unit or --cgroup "

@@ -17,6 +17,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from inodewatch.events import SUBJECTS
+
 # ANSI SGR per level: bold red, red, yellow, green, dim.
 COLOURS = {"critical": "1;31", "error": "31", "warning": "33", "info": "32", "debug": "2"}
 MAX_REMEMBERED = 65536
@@ -150,7 +152,7 @@ def sentence(e: Mapping[str, Any], comm: str | None = None) -> str:
     name = str(e.get("event", "?"))
     subject, _, kind = name.partition(".")
     said: str | None = None
-    if subject in ("mapping", "fd"):
+    if subject in SUBJECTS:
         said = _divergence(kind, e)
     elif name == "target.attached":
         said = _attached(e)

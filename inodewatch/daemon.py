@@ -54,7 +54,7 @@ from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.pacing import Bucket
 from inodewatch.pidns import own_connector_deafness
-from inodewatch.selectors import Selector, operator_named, read_facts, term_text
+from inodewatch.matchers import Selector, operator_named, read_facts, term_text
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
 from inodewatch.watch import (

@@ -16,25 +16,11 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, write_to_textfile
 
+from inodewatch.events import LIVE, NAMES
+
 # The text format would carry every counter's creation time as one more gauge series
 # (inodewatch_events_created{event=...}), which the textfile collector exports as data.
 disable_created_metrics()
-
-# (subject, kind) of every divergence the daemon can hold live; an fd is never "overwritten".
-LIVE_SERIES: tuple[tuple[str, str], ...] = (
-    *(("mapping", kind) for kind in ("deleted", "replaced", "renamed", "missing", "overwritten",
-                                     "duplicated")),
-    *(("fd", kind) for kind in ("deleted", "replaced", "renamed", "missing")),
-)
-
-# Every event of the README's table starts at 0: a series that is born at 1 is invisible to
-# increase() and rate(), so an alert on the first mapping.overwritten would never fire.
-EVENTS: tuple[str, ...] = (
-    "daemon.started", "daemon.stopped", "target.attached", "target.exited", "target.lost",
-    *(f"{subject}.{kind}" for subject, kind in LIVE_SERIES),
-    "mapping.overwrite_closed", "mapping.content", "fd.content", "mapping.reloaded",
-    "watch.overflow", "watch.degraded", "watch.recovered", "watch.gap",
-)
 
 
 class Metrics:
@@ -55,9 +41,13 @@ class Metrics:
         self.updated = Gauge("inodewatch_last_update_timestamp_seconds",
                              "When the daemon last wrote this file (a stale value means it stopped).",
                              registry=self.registry)
-        self._live_keys = dict.fromkeys(LIVE_SERIES)  # ordered: a stable file, diff-able
+        # (subject, kind) of every divergence the daemon can hold live, ordered: a stable
+        # file, diff-able
+        self._live_keys = dict.fromkeys(LIVE)
         self.set_live({})
-        for name in EVENTS:
+        # Every event of the contract starts at 0: a series that is born at 1 is invisible to
+        # increase() and rate(), so an alert on the first mapping.overwritten would never fire.
+        for name in NAMES:
             self.events.labels(event=name)
 
     def count_event(self, name: str) -> None:

@@ -131,7 +131,7 @@ class Finding(namedtuple("Finding", "subject kind path mapped disk new_path perm
         return self.content is None or self.content.verdict != IDENTICAL
 
     def fields(self) -> dict[str, object]:
-        """The event fields of DESIGN.md for this finding (paths still as bytes)."""
+        """Its event's fields (inodewatch/events.py), paths still as bytes."""
         if self.kind == "duplicated":
             return {"path": self.path, "old_ino": self.mapped.ino,
                     "new_ino": self.disk.ino if self.disk is not None else None,

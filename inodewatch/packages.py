@@ -29,6 +29,8 @@ import time
 from collections import namedtuple
 from collections.abc import Iterable
 
+from inodewatch.atomicfile import write_atomic
+
 ADMIN_DIR = b"/var/lib/dpkg"
 CACHE_DIR = b"/var/cache/inodewatch"
 INDEX_NAME = b"dpkg-index"
@@ -223,8 +225,6 @@ class Dpkg:
         body = b"".join(line + b"\n" for line in index_lines(self._read_lists()))
         directory = self._cache_dir()
         if directory is not None and time.time_ns() - changed_ns >= RACY_NS:
-            from inodewatch.state import write_atomic  # only a rebuild pays its import
-
             try:
                 write_atomic(os.fsdecode(directory + b"/" + INDEX_NAME),
                              INDEX_MAGIC + key + b"\n" + body)

@@ -97,11 +97,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, TextIO, TypeVar
 
+from inodewatch.events import DIVERGENCE_KINDS as KINDS_IN_CONTRACT
+from inodewatch.events import SUBJECTS
 from inodewatch.logread import Counts, LogEvent, ReportError, parse_line, parse_time, read
 from inodewatch.text import escape_control
 
-DIVERGENCE_KINDS = frozenset(("deleted", "replaced", "renamed", "missing", "overwritten",
-                              "duplicated"))
+DIVERGENCE_KINDS = frozenset(KINDS_IN_CONTRACT)  # a set: asked of every event read
 WARNING_LEVELS = ("warning", "error", "critical")
 # The signals by which an in-place overwrite shows: the process faults on pages that changed
 # under it.  A SIGKILL, a SIGTERM or an exit is someone's decision, never that symptom.
@@ -423,7 +424,7 @@ def divergence(name: str, fields: Mapping[str, Any]) -> Divergence | None:
     """The divergence an event (or an entry of `stale`) reports, if it reports one."""
     subject, _, kind = name.partition(".")
     path = _str(fields, "path")
-    if subject not in ("mapping", "fd") or kind not in DIVERGENCE_KINDS or path is None:
+    if subject not in SUBJECTS or kind not in DIVERGENCE_KINDS or path is None:
         return None
     ino = _int(fields, "old_ino" if kind == "duplicated" else "mapped_ino")
     return _new(Divergence, (subject, kind, path, _int(fields, "fd"), ino,

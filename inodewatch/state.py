@@ -30,7 +30,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from inodewatch.atomicfile import write_atomic
 from inodewatch.diff import Event, TargetHistory, finding_key, overwritten_event
+from inodewatch.events import FINDING_KINDS, SUBJECTS
 from inodewatch.model import FileId, Finding, MappedFile
 from inodewatch.procfs import ProcessId
 
@@ -47,8 +49,6 @@ SAVE_EVERY = 1.0
 SAVE_SHARE = 0.01
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
-SUBJECTS = ("mapping", "fd")
-KINDS = ("deleted", "replaced", "missing", "renamed", "duplicated")
 MAX_INT = 2 ** 64
 
 Stamp = tuple[int | None, int | None]  # size, mtime_ns
@@ -179,7 +179,7 @@ def _fileid(obj: Mapping[str, Any]) -> FileId:
 
 def _decode_finding(obj: Mapping[str, Any]) -> Finding:
     subject, kind = obj.get("subject"), obj.get("kind")
-    if subject not in SUBJECTS or kind not in KINDS:
+    if subject not in SUBJECTS or kind not in FINDING_KINDS:
         raise StateError("a live divergence of unknown kind")
     disk = obj.get("disk")
     if disk is not None:
@@ -293,37 +293,6 @@ def read_capped(path: str, cap: int = MAX_BYTES) -> bytes | None:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data`: a reader (or a restart after a crash) sees the old file or
-    the new one, never half of one.  OSError on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = path + ".tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except FileExistsError:
-        # A leftover of a crash, or something planted: unlink removes the name itself (a
-        # symlink, never what it points to), and O_EXCL refuses whatever appears meanwhile.
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass

@@ -6,6 +6,7 @@ deadline, because the CI machine is shared and has two cores.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from contract import check
 
 REPO = Path(__file__).resolve().parent.parent
 CSRC = REPO / "csrc"
@@ -210,11 +212,25 @@ def run_cli(*args: str, timeout: float = 120,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+# The start-up rule (inodewatch/__init__.py): what nothing on scan's path may import.
+HEAVY = frozenset({"structlog", "pyinotify", "psutil", "dataclasses", "typing", "datetime", "shutil"})
+
+
+def imports_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module imported once `code` has run, run as the command runs (no `site`)."""
+    probe = f"{code}\nimport sys\nprint(sorted(sys.modules), file=sys.stderr)"
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                            cwd=REPO, env=dict(env or os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    last = result.stderr.strip().splitlines()[-1:]
+    assert last and last[0].startswith("['"), result.stderr
+    return set(ast.literal_eval(last[0]))
+
+
 def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:
     """`inodewatch scan --pid PID --json`: its exit code and its event objects."""
     result = run_cli("scan", "--pid", str(pid), "--json")
     assert result.returncode in (0, 1), result.stderr
-    return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]
+    return result.returncode, [check(json.loads(line), "scan") for line in result.stdout.splitlines()]
 
 
 class EventLog:
@@ -232,7 +248,8 @@ class EventLog:
                 data = f.read()
             complete = data[:data.rfind(b"\n") + 1]
             self._offset += len(complete)
-            self.events += [json.loads(line) for line in complete.splitlines() if line.strip()]
+            self.events += [check(json.loads(line), "daemon")
+                            for line in complete.splitlines() if line.strip()]
         return self.events
 
     def find(self, name: str, **fields: Any) -> dict[str, Any] | None:

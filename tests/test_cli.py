@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+import inodewatch
+from conftest import HEAVY, imports_after, run_cli, wait_for
 
 
 def test_version():
@@ -77,15 +80,43 @@ def test_help_fits_the_terminal_width(columns):
         assert max(map(len, result.stdout.splitlines())) <= int(columns), command
 
 
+def scan_imports(args: list[str], env: dict[str, str] | None = None) -> set[str]:
+    """The HEAVY modules `inodewatch scan ARGS` imported, after checking that the start-up
+    rule's list of the modules on scan's path names every one of ours it imported."""
+    imported = imports_after(f"from inodewatch.cli import main\nmain({args!r})", env)
+    listed = set(re.findall(r"\w+", inodewatch.__doc__.partition("So the modules on scan's path:")[2]
+                                           .partition("import nothing but")[0]))
+    ours = {m.partition(".")[2] for m in imported if m.startswith("inodewatch.")}
+    assert ours <= listed, f"not in the list of inodewatch/__init__.py: {ours - listed}"
+    return imported & HEAVY
+
+
 def test_scan_imports_only_what_it_needs():
     """Every scan pays its imports: keep structlog, pyinotify, psutil, dataclasses, typing,
     datetime and shutil (argparse sizes its help with it) off the scan path."""
-    code = ("import sys\nfrom inodewatch.cli import main\nmain(['scan', '--all', '--json'])\n"
-            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'typing', 'datetime', 'shutil'}\n"
-            "print(sorted(heavy & set(sys.modules)), file=sys.stderr)")
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
+    assert scan_imports(["scan", "--all", "--json"]) == set()
+
+
+@pytest.mark.parametrize("output", [[], ["--json"], ["--nagios"]])
+def test_a_scan_with_findings_imports_only_what_it_needs(tmp_path, output):
+    """The whole path, findings included: content identity, the unit, and the dpkg index
+    built afresh (a new cache directory) and written."""
+    program = tmp_path / "sleeper"
+    shutil.copy("/bin/sleep", program)
+    held = subprocess.Popen([str(program), "600"])
+    try:
+        wait_for(lambda: os.path.basename(os.readlink(f"/proc/{held.pid}/exe")) == "sleeper",
+                 what="the copy to run")
+        program.unlink()  # a mapping.deleted finding
+        cache = tmp_path / "cache"
+        cache.mkdir(mode=0o755)
+        env = dict(os.environ, CACHE_DIRECTORY=str(cache))
+        assert scan_imports(["scan", "--pid", str(held.pid), *output], env) == set()
+    finally:
+        held.kill()
+        held.wait()
+    if os.path.isdir("/var/lib/dpkg/info"):
+        assert os.listdir(cache) == ["dpkg-index"]
 
 
 def scan_self_with_closed(fd: int, **streams: int) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from inodewatch.console import MAX_REMEMBERED, ConsoleRenderer, wants_colour
 from inodewatch.eventlog import LogSink, make_logger
-from inodewatch.metrics import EVENTS
+from inodewatch.events import NAMES
 
 # One event of each kind, with the fields the daemon gives it (README's table)
 TARGET = {"pid": 12098, "uid": 0, "mnt_ns": 4026531841, "unit": b"nginx.service"}
@@ -66,7 +66,7 @@ def console(lines: dict[str, dict], terminal: bool = False) -> list[str]:
 
 
 def test_every_event_of_the_readme_has_a_sentence_and_no_repr():
-    assert set(SAMPLES) == set(EVENTS)
+    assert set(SAMPLES) == set(NAMES)
     lines = console(SAMPLES)
     assert len(lines) == len(SAMPLES)
     for name, line in zip(SAMPLES, lines):

@@ -11,7 +11,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import CSRC, REPO
+from conftest import CSRC, HEAVY, imports_after
 from inodewatch import content
 from inodewatch.content import (BuildIdNote, ContentId, ElfError, compare, identity_of_fd,
                                 identity_of_path, identity_of_proc_link, locate_build_id)
@@ -382,9 +381,4 @@ def test_identity_of_fd_leaves_the_offset_alone(built):
 def test_importing_content_is_light():
     """scan will import this module: it must add nothing to the start-up budget
     (tests/test_cli.py); hashlib is imported only when a file is hashed."""
-    code = ("import sys\nimport inodewatch.content\n"
-            "heavy = {'structlog', 'pyinotify', 'psutil', 'dataclasses', 'typing', 'datetime',"
-            " 'shutil', 'hashlib'}\nprint(sorted(heavy & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
-                            cwd=REPO, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert result.stdout.strip() == "[]", result.stderr
+    assert imports_after("import inodewatch.content") & (HEAVY | {"hashlib"}) == set()

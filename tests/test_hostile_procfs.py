@@ -91,7 +91,7 @@ def long_path_holder(attacker, where: Path, depth: int = 25, comm: str = "longpa
 
 
 def diverge(demo) -> None:
-    """The rm + cp of DESIGN.md: the demo keeps running a deleted file, its path replaced."""
+    """The rm + cp of the README's first table: the demo keeps running a deleted file, its path replaced."""
     os.unlink(demo.lib)
     demo.copy_lib("so2.so")
 

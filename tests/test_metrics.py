@@ -9,7 +9,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from inodewatch.metrics import EVENTS, LIVE_SERIES, Metrics
+from inodewatch.events import LIVE, NAMES
+from inodewatch.metrics import Metrics
 
 
 def samples(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -53,9 +54,9 @@ def test_every_series_exists_from_the_start(tmp_path):
     path = tmp_path / "inodewatch.prom"
     assert Metrics(str(path)).write() is None
     got = samples(path)
-    assert all(got[events(name)] == 0 for name in EVENTS)
-    assert all(got[live(subject, kind)] == 0 for subject, kind in LIVE_SERIES)
-    assert ("fd", "overwritten") not in LIVE_SERIES
+    assert all(got[events(name)] == 0 for name in NAMES)
+    assert all(got[live(subject, kind)] == 0 for subject, kind in LIVE)
+    assert ("fd", "overwritten") not in LIVE
     assert not any(name.endswith("_created") for name, _ in got)  # no creation-time gauges
 
 

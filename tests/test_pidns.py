@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from inodewatch import cgroupwalk, pidns
-from inodewatch.selectors import make_selector
+from inodewatch.matchers import make_selector
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +113,7 @@ def test_the_walk_on_this_hosts_cgroups_finds_our_own_process():
     root = cgroupwalk.cgroup_root()
     if root is None:
         pytest.skip("no cgroup hierarchy mounted here")
-    from inodewatch.selectors import parse_cgroups
+    from inodewatch.matchers import parse_cgroups
 
     with open("/proc/self/cgroup", "rb") as f:
         paths = parse_cgroups(f.read())

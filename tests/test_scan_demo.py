@@ -1,4 +1,4 @@
-"""`inodewatch scan` against the real demo: each operation of DESIGN.md's table."""
+"""`inodewatch scan` against the real demo: each operation of the README's first table."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TIMEOUT, cgroup2_root
 from inodewatch.cgroups import parse_cgroups
-from inodewatch.selectors import ProcessFacts, SelectorError, absent_terms, make_selector
+from inodewatch.matchers import ProcessFacts, SelectorError, absent_terms, make_selector
 
 V1_HYBRID = b"""9:name=systemd:/system.slice/nginx.service
 8:pids:/system.slice/nginx.service
@@ -124,7 +124,7 @@ def _wait_empty(group: Path) -> None:
 
 
 def test_only_what_root_arranged_is_the_operators_own():
-    from inodewatch.selectors import operator_named
+    from inodewatch.matchers import operator_named
 
     system = (b"/system.slice/nginx.service",)
     users = (b"/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service",)
