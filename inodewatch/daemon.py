@@ -183,7 +183,7 @@ class Target:
     pace: Bucket = field(default_factory=lambda: Bucket(LOOK_BURST, time.monotonic()))
     # A huge maps read over many turns of the loop (see INLINE_MAPS_CHUNKS)
     reading: procfs.MapsReading | None = None
-    # Named by the operator (--pid, --unit, --cgroup; selectors.operator_named), not matched
+    # Named by the operator (--pid, --unit, --cgroup; matchers.operator_named), not matched
     # by a selector anyone can match: first for watches, and paced apart.
     operator: bool = True
 

@@ -2,7 +2,7 @@
 
 `TargetHistory` remembers what the daemon has seen of a target (the first name of each file,
 its size and mtime then, the divergences now live) and turns each new snapshot into the
-DESIGN.md events.  No I/O: the daemon feeds it snapshots and findings.
+events of the contract (inodewatch.events).  No I/O: the daemon feeds it snapshots and findings.
 """
 
 from __future__ import annotations
