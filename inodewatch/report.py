@@ -82,7 +82,12 @@ from the log is passed through escape_control: names are untrusted.  --json: JSO
 "outcome", "verdict", "timeline"}` per target (timeline: the events in the window exactly as
 logged, in ASCII; when some are not shown, `events_not_shown` counts them and
 `not_shown_after` says after which entry), then one `{"type": "summary", "files", "events",
-"skipped", "targets", "warnings"}` (`warnings_not_shown` and `out_of_order` when not zero).
+"skipped", "targets", "outcomes", "warnings"}` (`warnings_not_shown`, `out_of_order` and
+`brief_lives` when not zero or empty).
+
+Brief lives (is_brief: ended by an exit within BRIEF of their first event, nothing diverged)
+are not printed but counted per command in BriefLives (at most FOLDED_COMMANDS), unless the
+operator names pids; the tally of outcomes counts them all the same.
 """
 
 from __future__ import annotations
@@ -450,7 +455,7 @@ class Timeline:
     __slots__ = ("host", "pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns",
                  "start_time", "identity", "ended", "end",
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
-                 "cut_at", "dropped", "active")
+                 "cut_at", "dropped", "active", "first_time", "diverged")
 
     def __init__(self, host: str | None, pid: int, seq: int, keep: Keeping[Any], budget: Budget,
                  daemon: DaemonState) -> None:
@@ -476,6 +481,8 @@ class Timeline:
         self.reloads: Memo[str | None, Reload] = Memo(budget, _reload_size)  # per path, its last
         self.shown = Shown(FIRST_SHOWN, LAST_SHOWN, keep, budget)
         self.last_time: datetime | None = None  # of its last judged event
+        self.first_time: datetime | None = None  # of its first judged event
+        self.diverged = False  # any divergence of it ever logged: never a brief life
         self.cut_at: datetime | None = None  # the life went on past --until: judged at this time
         self.dropped = False  # judged before its end: the report's memory budget
         self.active: datetime | None = None  # the time of its latest event: least recently
@@ -512,6 +519,8 @@ class Timeline:
         """Take in one event of the life, up to --until."""
         f, name, when = e.fields, e.name, e.time
         self.last_time = when
+        if self.first_time is None:
+            self.first_time = when
         if type(uid := f.get("uid")) is int:
             self.uid = uid
         if type(mnt_ns := f.get("mnt_ns")) is int:
@@ -532,6 +541,7 @@ class Timeline:
                     d = _new(Divergence, (subject, kind, path, fd if type(fd) is int else None,
                                           ino, new_path if type(new_path) is str else None, None))
                 self.live.add(d, when)
+                self.diverged = True
                 if subject == "mapping":
                     if (path, ino) not in self.first_diverged:
                         self.first_diverged.put((path, ino), (d, self.daemon.mark(when)))
@@ -1094,10 +1104,96 @@ def tally_line(outcomes: dict[str, int]) -> str:
             + (", ".join(f"{n} {words.get(k, k)}" for k, n in outcomes.items()) or "none"))
 
 
+# Brief lives: a selector that matches `nginx -s reload` (it forks, signals the master and
+# exits) or a cron job sees a life per run that tells nothing; printed, they would bury the
+# lives that matter.  Folded: one line per command.
+BRIEF = timedelta(seconds=1)
+FOLDABLE = ("exited", "exit_unknown")  # a kill or a crash is always shown
+FOLDED_COMMANDS = 64  # commands counted apart; the brief lives of any others, together
+COMMAND_CHARS = 64  # of a command's name, as a key: a crafted log may carry any length
+
+
+def is_brief(t: Timeline, judged: Verdict) -> bool:
+    """Over within BRIEF of its first event, by an exit, and nothing of it ever diverged."""
+    return (judged.outcome in FOLDABLE and not t.diverged and t.first_time is not None
+            and t.last_time is not None and t.last_time - t.first_time < BRIEF)
+
+
+class Fold:
+    """The brief lives of one command: how many, their outcomes, the first and last seen."""
+
+    __slots__ = ("lives", "outcomes", "first", "last")
+
+    def __init__(self) -> None:
+        self.lives = 0
+        self.outcomes: dict[str, int] = {}
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+
+    def add(self, outcome: str, when: datetime | None) -> None:
+        self.lives += 1
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if when is not None:
+            self.first = when if self.first is None else min(self.first, when)
+            self.last = when if self.last is None else max(self.last, when)
+
+    def text(self) -> str:
+        words = dict(OUTCOMES)
+        span = (f", {format_time(self.first)} to {format_time(self.last)}"
+                if self.first is not None and self.last is not None else "")
+        lives = "1 brief life" if self.lives == 1 else f"{self.lives:,} brief lives"
+        return (f"{lives} ("
+                + ", ".join(f"{n} {words[k]}" for k, n in self.outcomes.items()) + f"){span}")
+
+    def record(self) -> dict[str, Any]:
+        return {"lives": self.lives, "outcomes": self.outcomes,
+                "first": format_time(self.first) if self.first is not None else None,
+                "last": format_time(self.last) if self.last is not None else None}
+
+
+class BriefLives:
+    """The folded lives, per command (comm), in bounded memory: FOLDED_COMMANDS commands of at
+    most COMMAND_CHARS characters, the rest in `other`."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str | None, Fold] = {}
+        self.other = Fold()
+
+    @property
+    def lives(self) -> int:
+        return sum(f.lives for f in self.commands.values()) + self.other.lives
+
+    def add(self, t: Timeline, outcome: str) -> None:
+        comm = t.comm[:COMMAND_CHARS] if t.comm is not None else None
+        fold = self.commands.get(comm)
+        if fold is None:
+            fold = self.other
+            if len(self.commands) < FOLDED_COMMANDS:
+                fold = self.commands[comm] = Fold()
+        fold.add(outcome, t.first_time)
+
+    def lines(self) -> list[str]:
+        if not self.lives:
+            return []
+        lines = [f"brief lives, one line per command (each ended within {BRIEF.seconds} s of "
+                 "its first event, nothing diverged):"]
+        lines += [f"  {escape_control(comm) if comm is not None else '(command unknown)'}: "
+                  f"{fold.text()}" for comm, fold in self.commands.items()]
+        if self.other.lives:
+            lines.append(f"  other commands (more than {FOLDED_COMMANDS}): {self.other.text()}")
+        return lines
+
+    def record(self) -> list[dict[str, Any]]:
+        folds = [{"comm": comm, **fold.record()} for comm, fold in self.commands.items()]
+        if self.other.lives:
+            folds.append({"comm": None, "other_commands": True, **self.other.record()})
+        return folds
+
+
 def render_end(warnings: Shown[str], files: int, counts: Counts, targets: int,
-               outcomes: dict[str, int], as_json: bool) -> str:
-    """What follows the targets: the daemon's warnings, the tally of outcomes (in OUTCOMES'
-    order) and the summary."""
+               outcomes: dict[str, int], brief: BriefLives, as_json: bool) -> str:
+    """What follows the targets: the brief lives folded, the daemon's warnings, the tally of
+    outcomes (in OUTCOMES' order, brief lives included) and the summary."""
     order = {key: i for i, (key, _) in enumerate(OUTCOMES)}
     outcomes = dict(sorted(outcomes.items(), key=lambda kv: order.get(kv[0], len(order))))
     if as_json:
@@ -1108,11 +1204,14 @@ def render_end(warnings: Shown[str], files: int, counts: Counts, targets: int,
         extra = {"warnings_not_shown": warnings.not_shown, "out_of_order": counts.out_of_order}
         start = json.dumps(summary, allow_nan=False)[:-1]
         tail_keys = "".join(f', "{k}": {v}' for k, v in extra.items() if v)
+        if brief.lives:
+            tail_keys += f', "brief_lives": {json.dumps(brief.record(), allow_nan=False)}'
         return f'{start}, "warnings": [{", ".join(head + tail)}]{tail_keys}}}\n'
-    lines = [] if targets else ["no target events"]
+    lines = [] if targets or brief.lives else ["no target events"]
+    lines += brief.lines()
     if warnings.count:
         lines += ["daemon warnings:", *_shown_lines(warnings, "warning")]
-    if targets:
+    if targets or brief.lives:
         lines.append(tally_line(outcomes))
     return "\n".join([*lines, summary_line(files, counts)]) + "\n"
 
@@ -1121,9 +1220,11 @@ class Printer:
     """Targets printed in the order their lives began, as soon as every earlier one is out;
     past HOLD_BUDGET bytes waiting, the finished ones go out as they are."""
 
-    def __init__(self, out: TextIO, as_json: bool) -> None:
+    def __init__(self, out: TextIO, as_json: bool, fold: bool = True) -> None:
         self.out = out
         self.as_json = as_json
+        self.fold = fold  # brief lives into BriefLives (not when the operator names pids)
+        self.brief = BriefLives()
         self.slots: deque[list[str | None]] = deque()  # one per life begun, not yet printed
         self.slot: dict[int, list[str | None]] = {}  # by life seq, until it is done
         self.held = 0
@@ -1141,7 +1242,10 @@ class Printer:
         if life.shown.count:
             judged = verdict(life)
             self.outcomes[judged.outcome] = self.outcomes.get(judged.outcome, 0) + 1
-            text = render_target(life, judged, self.as_json)
+            if self.fold and is_brief(life, judged):
+                self.brief.add(life, judged.outcome)
+            else:
+                text = render_target(life, judged, self.as_json)
         slot[0] = text
         self.held += len(text) + SLOT_COST
         while self.slots and (text := self.slots[0][0]) is not None:
@@ -1193,10 +1297,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.since is not None and args.until is not None and args.since > args.until:
         raise ReportError("--since is after --until")
     counts = Counts()
-    printer = Printer(out, args.json)
+    printer = Printer(out, args.json, fold=not args.pid)
     window = Window(frozenset(args.pid) if args.pid else None, args.since, args.until)
     tracker = track(read(args.logs, counts), window, AsJson() if args.json else AsText(),
                     printer.begin, printer.done)
     out.write(render_end(tracker.warnings, len(args.logs), counts, printer.printed,
-                         printer.outcomes, args.json))
+                         printer.outcomes, printer.brief, args.json))
     return 0
