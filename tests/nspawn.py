@@ -306,7 +306,7 @@ def booted(name: str, cache: Path = CACHE, repo: Path = REPO) -> Iterator[Machin
         subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(machine.root)], check=True)
         shutil.copy(wheel, machine.path("/opt/wheels"))
         machine.write("/etc/hostname", f"{name}\n")  # its own name (mmdebstrap copied ours)
-        for unit in (repo / "systemd").glob("*.service"):
+        for unit in [*(repo / "systemd").glob("*.service"), *(repo / "systemd").glob("*.timer")]:
             shutil.copy(unit, machine.path("/etc/systemd/system"))
         demo = machine.path(DEMO_DIR)
         demo.mkdir(parents=True)

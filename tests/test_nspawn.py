@@ -308,3 +308,28 @@ def test_a_restarted_unit_is_attached_again_within_5_s(machine, demo, watcher):
     started_us = int(state["ExecMainStartTimestampMonotonic"])
     delay = (int(attached["_entry"]["__MONOTONIC_TIMESTAMP"]) - started_us) / 1e6
     assert delay <= 5.0, f"attached {delay:.1f} s after the restart"
+
+
+def test_the_scan_timer_and_its_scan_find_the_stale_demo(machine, demo):
+    """inodewatch-scan.timer is scheduled once enabled; the scan it starts (started here at
+    once) finds the demo running a replaced plugin: exit 1 counted a success
+    (SuccessExitStatus=1), the table and what to restart in its journal, the metrics file in
+    the state directory."""
+    try:
+        machine.systemctl("enable", "--now", "inodewatch-scan.timer")
+        timer = machine.show("inodewatch-scan.timer", "ActiveState", "NextElapseUSecRealtime")
+        assert timer["ActiveState"] == "active" and timer["NextElapseUSecRealtime"] not in ("", "0")
+        machine.sh(f"rm {LIB} && cp {nspawn.DEMO_DIR}/so2.so {LIB}")
+        machine.systemctl("start", "inodewatch-scan.service")  # oneshot: returns once done
+        scan = Service(machine, "inodewatch-scan.service")
+        result = scan.show("Result", "ExecMainStatus", "InvocationID")
+        assert (result["Result"], result["ExecMainStatus"]) == ("success", "1")
+        scan.invocation = result["InvocationID"]
+        text = "\n".join(e["MESSAGE"] for e in scan.entries()
+                         if isinstance(e.get("MESSAGE"), str))
+        assert LIB in text and "systemctl restart demo.service" in text
+        metrics = machine.sh("cat /var/lib/inodewatch/scan.prom").stdout
+        assert 'inodewatch_scan_stale_processes{container="",unit="demo.service",user_unit=""} 1.0' in metrics, metrics
+        assert "inodewatch_scan_timestamp_seconds" in metrics
+    finally:
+        machine.systemctl("disable", "--now", "inodewatch-scan.timer", check=False)
