@@ -43,6 +43,7 @@ from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.exits import (
     ConnectorUnavailable,
     ExitReport,
+    ExitStatus,
     PendingExits,
     PidWatch,
     ProcConnector,
@@ -57,6 +58,7 @@ from inodewatch.pidns import own_connector_deafness
 from inodewatch.matchers import Selector, operator_named, read_facts, term_text
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
+from inodewatch.unitstatus import UnitQuery
 from inodewatch.watch import (
     KIND_EVENTS,
     NAME_EVENTS,
@@ -263,6 +265,10 @@ class Daemon:
         self.rediscover = False  # births may have gone unseen: walk /proc at the next wake
         self.poller = select.poll()
         self.fd_owner: dict[int, int] = {}  # pidfd -> pid
+        # --unit targets' exits that the kernel did not explain, asked of systemd (unitstatus):
+        # by pid, the query and the target.exited it completes; by fd, whose answer it is
+        self.unit_queries: dict[int, tuple[UnitQuery, Target, dict[str, Any]]] = {}
+        self.query_fds: dict[int, int] = {}
         self.stop_reason: str | None = None
         self.reread_queue: deque[int] = deque()  # targets still to re-read in this round
         self.selector = options.selector
@@ -891,11 +897,54 @@ class Daemon:
         fields = {"exit_code": status.exit_code, "signal": status.signal,
                   "core_dumped": status.core_dumped, "status_source": status.source,
                   "stale": target.history.stale()}
-        level = "warning" if status.signal else "info"
-        self.emit(Event(level, "target.exited", fields), target=target)
+        if status.source == "pidfd" and target.term is not None and target.term[0] == "unit":
+            self.unit_queries[target.pid] = (UnitQuery(target.pid, target.term[1],
+                                                       time.monotonic()),
+                                             target, fields)
+        else:
+            self.emit(Event("warning" if status.signal else "info", "target.exited", fields),
+                      target=target)
         if target.term is not None:
             self.gone_terms.add(target.term)
         self.sync_watches(target, {})
+
+    def ask_units(self, now: float) -> None:
+        """Start the systemd queries that are due; log the exits whose query gave up with the
+        status the kernel gave (none)."""
+        for pid, (query, target, fields) in list(self.unit_queries.items()):
+            if query.given_up(now):
+                self.unit_answered(pid, None)
+            elif query.retry_at is not None and query.retry_at <= now:
+                if (fd := query.start()) is None:
+                    self.unit_answered(pid, None)
+                else:
+                    self.query_fds[fd] = pid
+                    self.poller.register(fd, select.POLLIN)
+
+    def on_unit_output(self, fd: int, now: float) -> None:
+        pid = self.query_fds[fd]
+        query = self.unit_queries[pid][0]
+        status = query.read(now)
+        if query.child is None:  # its answer is in
+            self.poller.unregister(fd)
+            del self.query_fds[fd]
+        if status is not None or query.given_up(now):
+            self.unit_answered(pid, status)
+
+    def unit_answered(self, pid: int, status: ExitStatus | None) -> None:
+        """Log the exit, with systemd's status when it gave one."""
+        query, target, fields = self.unit_queries.pop(pid)
+        if query.child is not None:
+            assert query.child.stdout is not None
+            fd = query.child.stdout.fileno()
+            self.poller.unregister(fd)
+            del self.query_fds[fd]
+            query.finish()
+        if status is not None:
+            fields = {**fields, "exit_code": status.exit_code, "signal": status.signal,
+                      "core_dumped": status.core_dumped, "status_source": status.source}
+        level = "warning" if fields["signal"] else "info"
+        self.emit(Event(level, "target.exited", fields), target=target)
 
     # --- the state file ---------------------------------------------------------------
 
@@ -994,6 +1043,8 @@ class Daemon:
                        *([self.reads.ready_at(now, READ_RATE)] if reads_paused else []),
                        *([self.attaches.ready_at(now, LOOK_SHARE[False])] if self.deferred else []),
                        *([self.next_recheck] if self.overflows else []),
+                       *(min(q.deadline, q.retry_at or q.deadline)
+                         for q, _, _ in self.unit_queries.values()),
                        *([announce_due] if (announce_due := self.announcements.next_due())
                          is not None else [])])
             wait = max(0.0, due - now)
@@ -1016,6 +1067,8 @@ class Daemon:
                     connector_ready = True
                 elif fd in self.fd_owner:
                     self.on_pidfd(self.fd_owner[fd], now)
+                elif fd in self.query_fds:
+                    self.on_unit_output(fd, now)
             # Paused reads resume when the pace allows, without another poll() to learn that
             # the queue is not empty (read() returns [] if it is).
             if inotify_ready or (reads_paused and self.reads.allows(now, READ_RATE)):
@@ -1033,6 +1086,8 @@ class Daemon:
             if self.connector is not None and (connector_ready or self.exits.pending()):
                 self.read_connector(now)
             self.settle_exits(now)
+            if self.unit_queries:
+                self.ask_units(now)
             if self.newborn:
                 self.consider(sorted(self.newborn), born=True)
                 self.newborn.clear()
@@ -1073,6 +1128,8 @@ class Daemon:
             self.check_watch_room()
             self.save_state(now)
         reason = self.stop_reason or "all targets exited"
+        for pid in list(self.unit_queries):  # stopping: unanswered, as the kernel told them
+            self.unit_answered(pid, None)
         self.notifier.stopping(reason)
         self.save_state(time.monotonic(), force=True)
         self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))

@@ -186,7 +186,9 @@ EVENTS = (
                   _f("core_dumped", "whether it dumped core"),
                   _f("status_source", "`proc_connector`: the status is known; `lost`: the connector works but "
                      "the status did not come within 0.5 s of the exit (e.g. dropped in a queue "
-                     "overrun); `pidfd`: no connector, no status"),
+                     "overrun); `pidfd`: no connector, no status; `systemd`: no connector, and "
+                     "the status is the `--unit` target's `ExecMainCode`/`ExecMainStatus` "
+                     "(inodewatch.unitstatus)"),
                   STALE,
               ), True),
     EventSpec("target.lost", ("warning",), "",

@@ -34,7 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("INODEWATCH_TEST_CACHE", "/var/cache/inodewatch-tests"))
 SUITE = "bookworm"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps", "logrotate")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "libnss-systemd", "python3", "python3-venv", "procps",
+            "logrotate")
 CAPABILITIES = "CAP_NET_ADMIN,CAP_CHECKPOINT_RESTORE"
 VENV = "/opt/inodewatch"
 DEMO_DIR = "/opt/demo"
