@@ -139,6 +139,9 @@ def _daemon(name: str, e: Mapping[str, Any]) -> str | None:
         left = e.get("targets") or []
         return f"stopped: {_text(e.get('reason', '?'))}" + (
             f"; {_plural(len(left), 'target')} still running" if left else "")
+    if name == "daemon.error":  # the traceback stays in the JSON log and the journal
+        return (f"a bug in {_text(e.get('handler', '?'))}: {_text(e.get('error', '?'))}; still "
+                "watching (please report it, with the traceback its JSON line carries)")
     if name == "watch.gap":
         return _text(e.get("detail", f"the daemon did not run for {_text(e.get('gap_s'))} s"))
     if name in ("watch.overflow", "watch.degraded", "watch.recovered"):

@@ -1,10 +1,12 @@
-"""The watch daemon: one poll loop, no threads.
+"""The watch daemon: one poll loop (inodewatch.reactor), no threads.
 
-It polls four kinds of fd: the inotify fd (files the targets map and hold, and their
+Its fds, each with its handler: the inotify fd (files the targets map and hold, and their
 directories), one pidfd per target (the exit, never missed), the proc connector socket (how
-the target died), and a signal wake-up pipe (SIGTERM, SIGINT, SIGHUP); plus a timer for the
-periodic re-read that catches whatever inotify cannot see (a file mapped since, a watch
-that could not be added).
+the target died), a signal wake-up pipe (SIGTERM, SIGINT, SIGHUP), and the output of a
+`systemctl show` asked about a --unit target's exit; its timers: the tick (the periodic
+re-read that catches whatever inotify cannot see: a file mapped since, a watch that could not
+be added), the walk of /proc, the watchdog ping, and each target's follow-up looks after a
+reload.  A handler that raises is logged (daemon.error) and the daemon carries on.
 
 Every inotify event only says "look again": the truth always comes from re-reading the
 target's /proc and the disk, compared by the pure core (model, diff).
@@ -22,13 +24,13 @@ long run.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import psutil
@@ -55,6 +57,7 @@ from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
 from inodewatch.notify import Notifier
 from inodewatch.pacing import Bucket
 from inodewatch.pidns import own_connector_deafness
+from inodewatch.reactor import LoopFailed, Reactor, Timer, format_traceback, one_line
 from inodewatch.matchers import Selector, operator_named, read_facts, term_text
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
 from inodewatch.text import safe_text
@@ -111,11 +114,6 @@ INLINE_MAPS_CHUNKS = 8
 MAPS_CHUNKS_PER_TURN = 2
 MAX_READINGS = 8
 
-# The loop unresponsive this long beyond the waits it asked for is a gap in watching (the
-# daemon stopped, a frozen VM, an overloaded host): events logged after it carry the resume's
-# time, and inotify may have missed what happened (see Daemon.recheck).
-GAP_THRESHOLD = 2.0
-
 # Looks a user can cause are paced (inodewatch.pacing): each target may spend LOOK_BURST s on
 # looks at once, refilled at LOOK_SHARE / (targets of its kind) of a core: a demo's look (~1
 # ms) is done at once 50 times in a row, a flooded target is looked at every ~10-20 ms, a
@@ -141,23 +139,6 @@ MUTE_AFTER = 8
 OVERFLOW_PAUSE = 1.0
 
 
-class Pulse:
-    """Notices when the loop did not run: each `beat` gets the clock and how long the loop
-    meant to wait since the last one, and returns the unexplained time when it exceeds the
-    threshold (else None)."""
-
-    def __init__(self, now: float, threshold: float = GAP_THRESHOLD) -> None:
-        self.last = now
-        self.threshold = threshold
-
-    def beat(self, now: float, waited: float, busy: float = 0.0) -> float | None:
-        """`busy`: the CPU time the daemon used since the last beat: time spent working (a
-        look at a target mapping 65,000 files takes a second) is no gap."""
-        lost = now - self.last - waited - busy
-        self.last = now
-        return lost if lost > self.threshold else None
-
-
 @dataclass
 class Options:
     pids: list[int]
@@ -175,7 +156,7 @@ class Target:
     history: TargetHistory = field(default_factory=TargetHistory)
     mapped: dict[FileId, MappedFile] = field(default_factory=dict)
     open_files: list[OpenFile] = field(default_factory=list)
-    follow_ups: list[float] = field(default_factory=list)
+    follow_ups: list[Timer] = field(default_factory=list)  # looks soon after a reload
     term: tuple[str, bytes] | None = None  # the selector term it matched, if any
     recently_mapped: dict[bytes, float] = field(default_factory=dict)  # path -> last seen mapped
     # uid and mount namespace, on every event about it: a user's own namespace can put her
@@ -263,12 +244,10 @@ class Daemon:
         self.exits = PendingExits(EXIT_STATUS_GRACE, connected=False)
         self.fds = FdBudget(limit=0, base=0)  # sized when run() starts
         self.rediscover = False  # births may have gone unseen: walk /proc at the next wake
-        self.poller = select.poll()
-        self.fd_owner: dict[int, int] = {}  # pidfd -> pid
+        self.reactor = Reactor(on_error=self.on_error, on_gap=self.on_gap)
         # --unit targets' exits that the kernel did not explain, asked of systemd (unitstatus):
-        # by pid, the query and the target.exited it completes; by fd, whose answer it is
+        # by pid, the query and the target.exited it completes
         self.unit_queries: dict[int, tuple[UnitQuery, Target, dict[str, Any]]] = {}
-        self.query_fds: dict[int, int] = {}
         self.stop_reason: str | None = None
         self.reread_queue: deque[int] = deque()  # targets still to re-read in this round
         self.selector = options.selector
@@ -376,8 +355,7 @@ class Daemon:
             info["restored"] = True
         self.targets[target.pid] = target
         self.operator_count += target.operator
-        self.fd_owner[target.pidwatch.fileno()] = target.pid
-        self.poller.register(target.pidwatch.fileno(), select.POLLIN)
+        self.reactor.register(target.pidwatch.fileno(), partial(self.on_pidfd, target.pid))
         # Watches first: from the moment target.attached is logged, an in-place write is
         # seen -- an operator (or a test) may act on that line at once.
         events = self.paced_look(target)
@@ -500,7 +478,8 @@ class Daemon:
         except ConnectorUnavailable as exc:
             return (f"proc connector unavailable ({exc.reason}): exits are seen through "
                     "pidfds, without their status")
-        self.poller.register(self.connector.fileno(), select.POLLIN)
+        # After the pidfds (and inotify): an exit's status trails its pidfd's wake-up.
+        self.reactor.register(self.connector.fileno(), self.read_connector, order=2)
         self.exits.connected = True
         return None
 
@@ -757,10 +736,17 @@ class Daemon:
             self.follow_up(self.targets[pid])
         self.run_looks()
 
-    @staticmethod
-    def follow_up(target: Target) -> None:
+    def follow_up(self, target: Target) -> None:
+        """Look at the target again at each of RELOAD_FOLLOW_UP's delays from now."""
+        for timer in target.follow_ups:
+            timer.cancel()
         now = time.monotonic()
-        target.follow_ups = [now + d for d in RELOAD_FOLLOW_UP]
+        target.follow_ups = [self.reactor.call_at(now + d, partial(self.followed_up, target.pid))
+                             for d in RELOAD_FOLLOW_UP]
+
+    def followed_up(self, pid: int, _now: float) -> None:
+        if (target := self.targets.get(pid)) is not None:
+            self.want_look(target)
 
     def overwritten(self, target: Target, path: bytes) -> None:
         """A watched file's data was written (IN_MODIFY).  If it is the very inode the
@@ -861,8 +847,7 @@ class Daemon:
         """The target's pidfd says it exited: its status is on its way (or lost); the fd is
         not needed any more."""
         target = self.targets[pid]
-        self.poller.unregister(target.pidwatch.fileno())
-        del self.fd_owner[target.pidwatch.fileno()]
+        self.reactor.unregister(target.pidwatch.fileno())
         target.pidwatch.close()
         self.exits.exited(pid, now)
 
@@ -892,6 +877,8 @@ class Daemon:
         target = self.targets.pop(report.pid)
         self.announce(target)
         self.stop_reading(target)
+        for timer in target.follow_ups:
+            timer.cancel()
         self.operator_count -= target.operator
         status = report.status
         fields = {"exit_code": status.exit_code, "signal": status.signal,
@@ -918,16 +905,13 @@ class Daemon:
                 if (fd := query.start()) is None:
                     self.unit_answered(pid, None)
                 else:
-                    self.query_fds[fd] = pid
-                    self.poller.register(fd, select.POLLIN)
+                    self.reactor.register(fd, partial(self.on_unit_output, pid, fd))
 
-    def on_unit_output(self, fd: int, now: float) -> None:
-        pid = self.query_fds[fd]
+    def on_unit_output(self, pid: int, fd: int, now: float) -> None:
         query = self.unit_queries[pid][0]
         status = query.read(now)
         if query.child is None:  # its answer is in
-            self.poller.unregister(fd)
-            del self.query_fds[fd]
+            self.reactor.unregister(fd)
         if status is not None or query.given_up(now):
             self.unit_answered(pid, status)
 
@@ -936,9 +920,7 @@ class Daemon:
         query, target, fields = self.unit_queries.pop(pid)
         if query.child is not None:
             assert query.child.stdout is not None
-            fd = query.child.stdout.fileno()
-            self.poller.unregister(fd)
-            del self.query_fds[fd]
+            self.reactor.unregister(query.child.stdout.fileno())
             query.finish()
         if status is not None:
             fields = {**fields, "exit_code": status.exit_code, "signal": status.signal,
@@ -986,6 +968,24 @@ class Daemon:
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
+        """Attach, serve the loop until every target has exited (with a selector: until
+        stopped), stop; the exit status (1: an error kept repeating)."""
+        self.start()
+        failed = None
+        try:
+            self.reactor.run(going=lambda: bool(self.targets or self.selector)
+                             and self.stop_reason is None)
+        except LoopFailed as exc:
+            failed = str(exc)
+        self.stop(f"error: {failed}" if failed else self.stop_reason or "all targets exited",
+                  "error" if failed else "info")
+        if failed:
+            print(f"inodewatch: stopping: {failed}", file=sys.stderr, flush=True)
+        return 1 if failed else 0
+
+    def start(self) -> None:
+        """Everything before the loop: the exit source, the named targets, the signals, the
+        first looks and discovery; then the loop's handlers, timers and steps."""
         self.fds.limit = raise_fd_limit()
         # Subscribe before taking the targets: an exit right after is then still told.
         unavailable = self.open_exit_source()
@@ -1000,8 +1000,8 @@ class Daemon:
         self.load_state()
         for detail in missing_features(effective_capabilities()):
             self.say("warning", "watch.degraded", detail=detail)
-        self.poller.register(self.watcher.fileno(), select.POLLIN)
-        self.poller.register(wake.fileno(), select.POLLIN)
+        self.reactor.register(self.watcher.fileno(), self.read_inotify, order=1)
+        self.reactor.register(wake.fileno(), lambda _now: _drain(wake))
         self.follow_exits([t.pid for t in prepared])
         # Every fd held now stays for the daemon's life; from here on one more per target.
         self.fds.base = _open_fds() - len(prepared)
@@ -1010,131 +1010,137 @@ class Daemon:
         discovery = self.discovery_period()
         if self.selector:
             self.discover()
+            self.reactor.call_every(discovery, lambda _now: self.discover())
         self.report_lost()
         self.check_watch_room()
         self.notifier.ready(self.status_line())
-        next_tick = time.monotonic() + self.options.interval
-        next_discovery = time.monotonic() + discovery
-        ping_every = self.notifier.watchdog_interval()
-        next_ping = time.monotonic() + (ping_every or 0)
-        pulse = Pulse(time.monotonic())
-        cpu = time.process_time()
-        reads_paused = False  # the inotify fd left out of poll() until the read pace allows
-        # With a selector it runs until stopped: the host it follows may come back.
-        while (self.targets or self.selector) and self.stop_reason is None:
-            now = time.monotonic()
-            exit_due = self.exits.next_deadline()
-            looks_due = self.looks_due(now)
-            if reads_paused != (pause := not self.reads.allows(now, READ_RATE)):
-                # Out of the poll set, not merely masked: inotify wakes every poller of its fd
-                # at every event, whatever events the poller asked for.
-                reads_paused = pause
-                if pause:
-                    self.poller.unregister(self.watcher.fileno())
-                else:
-                    self.poller.register(self.watcher.fileno(), select.POLLIN)
-            due = min([next_tick, *(t.follow_ups[0] for t in self.targets.values() if t.follow_ups),
-                       *([now] if self.readings else []),
-                       *([next_discovery] if self.selector else []),
-                       *([next_ping] if ping_every else []),
-                       *([self.next_state_save] if self.state else []),
-                       *([exit_due] if exit_due is not None else []),
-                       *([looks_due] if looks_due is not None else []),
-                       *([self.reads.ready_at(now, READ_RATE)] if reads_paused else []),
-                       *([self.attaches.ready_at(now, LOOK_SHARE[False])] if self.deferred else []),
-                       *([self.next_recheck] if self.overflows else []),
-                       *(min(q.deadline, q.retry_at or q.deadline)
-                         for q, _, _ in self.unit_queries.values()),
-                       *([announce_due] if (announce_due := self.announcements.next_due())
-                         is not None else [])])
-            wait = max(0.0, due - now)
-            ready = self.poller.poll(wait * 1000)
-            now = time.monotonic()
-            used = time.process_time()  # a system call: once a wake
-            busy, cpu = used - cpu, used
-            if (lost := pulse.beat(now, wait, busy)) is not None:
-                self.say("warning", "watch.gap", gap_s=round(lost, 3),
-                         detail=f"the daemon did not run for {lost:.1f} s (stopped, paused or "
-                                "overloaded); events after this line carry the time it resumed")
-                self.recheck()
-            connector_ready = inotify_ready = False
-            for fd, _mask in ready:
-                if fd == wake.fileno():
-                    _drain(wake)
-                elif fd == self.watcher.fileno():
-                    inotify_ready = True
-                elif self.connector is not None and fd == self.connector.fileno():
-                    connector_ready = True
-                elif fd in self.fd_owner:
-                    self.on_pidfd(self.fd_owner[fd], now)
-                elif fd in self.query_fds:
-                    self.on_unit_output(fd, now)
-            # Paused reads resume when the pace allows, without another poll() to learn that
-            # the queue is not empty (read() returns [] if it is).
-            if inotify_ready or (reads_paused and self.reads.allows(now, READ_RATE)):
-                self.reads.take(1, now, READ_RATE)
-                events = self.watcher.read()
-                self.overflows += self.watcher.overflowed
-                self.on_file_events(events)
-            if self.overflows and now >= self.next_recheck:
-                self.say("warning", "watch.overflow", overflows=self.overflows,
-                         detail="inotify queue overflowed; re-reading every target")
-                self.overflows = 0
-                self.next_recheck = now + OVERFLOW_PAUSE
-                self.recheck()
-            # After the pidfds, and at every wake while an exit is pending: the status trails.
-            if self.connector is not None and (connector_ready or self.exits.pending()):
-                self.read_connector(now)
-            self.settle_exits(now)
-            if self.unit_queries:
-                self.ask_units(now)
-            if self.newborn:
-                self.consider(sorted(self.newborn), born=True)
-                self.newborn.clear()
-            if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
-                deferred, self.deferred = self.deferred, set()
-                self.consider(sorted(deferred))
-            for pid in self.announcements.due(time.monotonic()):
-                self.announce(self.targets[pid])
-            for pid in sorted(self.execs):
-                self.announce_again(pid)
-            self.execs.clear()
-            if self.reopen_log:
-                self.reopen_log = False
-                self.sink.reopen()
-            self.read_huge_maps()
-            now = time.monotonic()
-            for target in list(self.targets.values()):
-                if target.follow_ups and target.follow_ups[0] <= now:
-                    while target.follow_ups and target.follow_ups[0] <= now:
-                        target.follow_ups.pop(0)
-                    self.want_look(target)
-            self.run_looks()
-            if now >= next_tick:
-                next_tick = now + self.options.interval
-                self.watches.retry()
-                self.reread_some()
-                self.walk_cgroups()
-                self.write_metrics()
-                self.sink.check()
-                self.notifier.status(self.status_line())
-            if ping_every and now >= next_ping:
-                next_ping = now + ping_every
-                self.notifier.watchdog()
-            if self.selector and (now >= next_discovery or self.rediscover):
-                next_discovery = now + discovery
-                self.rediscover = False
-                self.discover()
-            self.check_watch_room()
-            self.save_state(now)
-        reason = self.stop_reason or "all targets exited"
+        self.reactor.call_every(self.options.interval, self.tick)
+        if ping_every := self.notifier.watchdog_interval():
+            self.reactor.call_every(ping_every, lambda _now: self.notifier.watchdog())
+        self.schedule()
+
+    def schedule(self) -> None:
+        """What the loop does after the handlers and timers of every wake, in this order, and
+        the deadlines it wakes for."""
+        for step in (self.recheck_overflowed, self.settle, self.ask_units, self.attach_newborn,
+                     self.attach_deferred, self.announce_due, self.announce_execs,
+                     self.reopen_log_if_asked, lambda _now: self.read_huge_maps(),
+                     lambda _now: self.run_looks(), self.rediscover_if_asked,
+                     lambda _now: self.check_watch_room(), self.save_state):
+            self.reactor.every_turn(step)
+        for deadline in (lambda now: self.exits.next_deadline(), self.looks_due,
+                         lambda now: now if self.readings else None,
+                         lambda now: (self.attaches.ready_at(now, LOOK_SHARE[False])
+                                      if self.deferred else None),
+                         lambda now: self.next_recheck if self.overflows else None,
+                         lambda now: min((min(q.deadline, q.retry_at or q.deadline)
+                                          for q, _, _ in self.unit_queries.values()), default=None),
+                         lambda now: self.announcements.next_due(),
+                         lambda now: self.next_state_save if self.state else None):
+            self.reactor.wake_by(deadline)
+
+    def stop(self, reason: str, level: str) -> None:
         for pid in list(self.unit_queries):  # stopping: unanswered, as the kernel told them
             self.unit_answered(pid, None)
         self.notifier.stopping(reason)
         self.save_state(time.monotonic(), force=True)
-        self.say("info", "daemon.stopped", reason=reason, targets=sorted(self.targets))
+        self.say(level, "daemon.stopped", reason=reason, targets=sorted(self.targets))
         self.write_metrics()
-        return 0
+
+    def close(self) -> None:
+        """Release every fd the daemon holds (run() leaves them to the process's end)."""
+        for target in self.targets.values():
+            self.stop_reading(target)
+            target.pidwatch.close()
+        for query, _target, _fields in self.unit_queries.values():
+            query.finish()
+        if self.connector is not None:
+            self.connector.close()
+        self.watcher.close()
+
+    # --- the loop's handlers, timers and steps ------------------------------------------
+
+    def on_error(self, handler: str, exc: BaseException) -> None:
+        self.say("error", "daemon.error", handler=handler, error=f"{type(exc).__name__}: "
+                 f"{one_line(exc)}", traceback=format_traceback(exc))
+
+    def on_gap(self, lost: float) -> None:
+        self.say("warning", "watch.gap", gap_s=round(lost, 3),
+                 detail=f"the daemon did not run for {lost:.1f} s (stopped, paused or "
+                        "overloaded); events after this line carry the time it resumed")
+        self.recheck()
+
+    def read_inotify(self, now: float) -> None:
+        """Take inotify's whole queue; past the read pace, leave its fd out of poll() and
+        read again when the pace allows (without waiting for poll() to say the queue is not
+        empty: read() returns [] if it is)."""
+        self.reads.take(1, now, READ_RATE)
+        events = self.watcher.read()
+        self.overflows += self.watcher.overflowed
+        self.on_file_events(events)
+        if not self.reads.allows(now, READ_RATE):
+            # Out of the poll set, not merely masked: inotify wakes every poller of its fd at
+            # every event, whatever events the poller asked for.
+            self.reactor.unregister(self.watcher.fileno())
+            self.reactor.call_at(self.reads.ready_at(now, READ_RATE), self.resume_inotify)
+
+    def resume_inotify(self, now: float) -> None:
+        self.reactor.register(self.watcher.fileno(), self.read_inotify, order=1)
+        self.read_inotify(now)
+
+    def recheck_overflowed(self, now: float) -> None:
+        if self.overflows and now >= self.next_recheck:
+            self.say("warning", "watch.overflow", overflows=self.overflows,
+                     detail="inotify queue overflowed; re-reading every target")
+            self.overflows = 0
+            self.next_recheck = now + OVERFLOW_PAUSE
+            self.recheck()
+
+    def settle(self, now: float) -> None:
+        """While an exit is pending, the connector's queue at every wake (the status trails
+        the pidfd), then the exits that can be told."""
+        if self.connector is not None and self.exits.pending():
+            self.read_connector(now)
+        self.settle_exits(now)
+
+    def attach_newborn(self, _now: float) -> None:
+        if self.newborn:
+            newborn, self.newborn = sorted(self.newborn), set()
+            self.consider(newborn, born=True)
+
+    def attach_deferred(self, _now: float) -> None:
+        if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
+            deferred, self.deferred = self.deferred, set()
+            self.consider(sorted(deferred))
+
+    def announce_due(self, _now: float) -> None:
+        for pid in self.announcements.due(time.monotonic()):
+            self.announce(self.targets[pid])
+
+    def announce_execs(self, _now: float) -> None:
+        execs, self.execs = sorted(self.execs), set()
+        for pid in execs:
+            self.announce_again(pid)
+
+    def reopen_log_if_asked(self, _now: float) -> None:
+        if self.reopen_log:
+            self.reopen_log = False
+            self.sink.reopen()
+
+    def tick(self, _now: float) -> None:
+        """Every --interval: watches refused before, the periodic re-read, the cgroups'
+        new processes, the metrics, the log's health and systemd's status line."""
+        self.watches.retry()
+        self.reread_some()
+        self.walk_cgroups()
+        self.write_metrics()
+        self.sink.check()
+        self.notifier.status(self.status_line())
+
+    def rediscover_if_asked(self, _now: float) -> None:
+        if self.selector and self.rediscover:
+            self.rediscover = False
+            self.discover()
 
 
 def _open_fds() -> int:

@@ -53,7 +53,7 @@ def _opt(name: str, meaning: str) -> Field:
 
 ENVELOPE = (
     _f("timestamp", "when it was logged: ISO 8601, UTC, microseconds"),
-    _f("level", "`critical`, `warning` or `info` (the event's levels below)"),
+    _f("level", "`critical`, `error`, `warning` or `info` (the event's levels below)"),
     _f("event", "the event's name"),
     _opt("host", "the host name (every line of the daemon; not `scan --json`, not the console)"),
     _opt("boot_id", "the kernel's `/proc/sys/kernel/random/boot_id` (as `host`)"),
@@ -161,9 +161,18 @@ EVENTS = (
         _opt("selectors", "the selector's terms, e.g. `[\"exe=/usr/sbin/nginx\"]`, when any"),
         _f("mnt_ns", "the daemon's own mount namespace"),
     ), False),
-    EventSpec("daemon.stopped", ("info",), "", "the daemon stops", DAEMON, (
-        _f("reason", "why it stops (`all targets exited`, or the signal that stopped it)"),
+    EventSpec("daemon.stopped", ("info", "error"), "error when an error kept repeating (exit 1)",
+              "the daemon stops", DAEMON, (
+        _f("reason", "why it stops (`all targets exited`, the signal that stopped it, or the "
+                     "error that kept repeating)"),
         _f("targets", "the pids still watched"),
+    ), False),
+    EventSpec("daemon.error", ("error",), "",
+              "a bug: one of the loop's handlers raised, and the daemon carries on; the same error "
+              "10 times within 1 s stops it (daemon.stopped at level error, exit 1)", DAEMON, (
+        _f("handler", "what raised, e.g. `Daemon.on_file_events`"),
+        _f("error", "the exception, on one line"),
+        _f("traceback", "Python's traceback, for the bug report"),
     ), False),
     EventSpec("target.attached", ("info",), "",
               "a target is being watched; again with `exec: true` when it execs another program (the "

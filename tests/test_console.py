@@ -19,6 +19,8 @@ DIVERGENCE = {"path": b"/tmp/demo/B/so.so", "mapped_dev": "fe:00", "mapped_ino":
 SAMPLES = {
     "daemon.started": dict(version="0.1", targets=[], selectors=[b"exe=/usr/sbin/nginx"], mnt_ns=1),
     "daemon.stopped": dict(reason="SIGTERM", targets=[12098]),
+    "daemon.error": dict(handler="Daemon.on_file_events", error="KeyError: 12",
+                         traceback="Traceback (most recent call last):\n  ...\nKeyError: 12\n"),
     "target.attached": dict(TARGET, comm="nginx", exe=b"/usr/sbin/nginx",
                             cmdline=[b"nginx: worker process"], start_time="2026-11-27T09:20:45Z",
                             selector=b"exe=/usr/sbin/nginx", reattached=False),

@@ -95,9 +95,7 @@ def test_watches_are_in_place_when_target_attached_is_logged(start_demo):
     try:
         daemon.attach(daemon.prepare(demo.pid))
     finally:
-        daemon.watcher.close()
-        for target in daemon.targets.values():
-            target.pidwatch.close()
+        daemon.close()
     assert at_attached == [True]
 
 
@@ -420,3 +418,55 @@ def test_a_host_between_dlclose_and_dlopen_stays_watched(demo_build, tmp_path, s
     finally:
         host.kill()
         host.wait()
+
+
+def test_a_handler_that_raises_is_logged_with_its_traceback_and_the_daemon_carries_on(
+        start_demo, tmp_path):
+    """A bug in one of the loop's handlers: daemon.error (the traceback in the JSON, through
+    the real log pipeline) and the other handlers, timers and targets go on being served."""
+    import json
+    import socket
+
+    from contract import check
+    from inodewatch.daemon import Daemon, Options
+    from inodewatch.eventlog import LogSink, make_logger
+
+    demo = start_demo("leak")
+    sink = LogSink(path=str(tmp_path / "events.json"))
+    daemon = Daemon(make_logger(sink, "json"), sink, Options([demo.pid]))
+    broken_end, poke = socket.socketpair()
+    other_end, other_poke = socket.socketpair()
+    served: list[bytes] = []
+
+    def on_bytes(_now: float) -> None:
+        broken_end.recv(64)
+        raise ZeroDivisionError("a bug\nin a handler")
+
+    try:
+        daemon.attach(daemon.prepare(demo.pid))
+        # start()'s part that matters here: inotify's handler, and never a wait of over 50 ms
+        daemon.reactor.register(daemon.watcher.fileno(), daemon.read_inotify, order=1)
+        daemon.reactor.wake_by(lambda now: now + 0.05)
+        daemon.reactor.register(broken_end.fileno(), on_bytes)
+        daemon.reactor.register(other_end.fileno(), lambda _now: served.append(other_end.recv(64)))
+        poke.send(b"x")
+        other_poke.send(b"y")
+        daemon.reactor.turn()
+        os.unlink(demo.lib)  # the daemon still sees what happens to its target
+        wait_for(lambda: daemon.reactor.turn() or any(
+            m.deleted for t in daemon.targets.values() for m in t.mapped.values()),
+            what="the target's deleted mapping")
+    finally:
+        daemon.close()
+        sink.close()
+        for end in (broken_end, poke, other_end, other_poke):
+            end.close()
+    assert served == [b"y"]
+    lines = [check(json.loads(line), "daemon")
+             for line in (tmp_path / "events.json").read_text().splitlines()]
+    errors = [e for e in lines if e["event"] == "daemon.error"]
+    assert len(errors) == 1 and errors[0]["level"] == "error"
+    assert errors[0]["handler"].endswith("on_bytes")
+    assert errors[0]["error"] == "ZeroDivisionError: a bug in a handler"
+    assert "Traceback" in errors[0]["traceback"] and "on_bytes" in errors[0]["traceback"]
+    assert [e["event"] for e in lines if e["event"].startswith("mapping.")] == ["mapping.deleted"]

@@ -71,7 +71,7 @@ def test_names_are_unique_and_fields_too():
     for spec in EVENTS:
         names = [f.name for f in spec.fields]
         assert len(names) == len(set(names)), spec.name
-        assert spec.levels and set(spec.levels) <= {"critical", "warning", "info"}, spec.name
+        assert spec.levels and set(spec.levels) <= {"critical", "error", "warning", "info"}, spec.name
         assert set(spec.sources) <= {"daemon", "scan"} and spec.sources, spec.name
 
 

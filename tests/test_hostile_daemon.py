@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import lowered_sysctl
-from inodewatch.daemon import GAP_THRESHOLD
+from inodewatch.reactor import GAP_THRESHOLD
 from inodewatch.procfs import CMDLINE_LIMIT
 
 pytestmark = pytest.mark.integration

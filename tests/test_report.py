@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TIMEOUT
-from inodewatch.daemon import GAP_THRESHOLD
+from inodewatch.reactor import GAP_THRESHOLD
 from inodewatch.logread import parse_lines, read_events
 from inodewatch.report import (
     ReportError,

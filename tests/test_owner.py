@@ -1,26 +1,11 @@
-"""Unit tests: the loop's gap detector, and what an event says of who the target is."""
+"""Unit tests: what an event says of who the target is."""
 
 from __future__ import annotations
 
-from inodewatch.daemon import GAP_THRESHOLD, Pulse
 from inodewatch.procfs import CMDLINE_LIMIT, parse_cmdline, parse_uid
 
 CAPTURED_STATUS = (b"Name:\treload\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\n"
                    b"Pid:\t4242\nPPid:\t1\nUid:\t1001\t0\t0\t0\nGid:\t1001\t1001\t1001\t1001\n")
-
-
-def test_a_loop_that_waited_as_asked_has_no_gap():
-    pulse = Pulse(now=100.0)
-    assert pulse.beat(101.0, waited=1.0) is None
-    assert pulse.beat(101.5, waited=0.0) is None  # half a second of work is no gap
-    assert pulse.beat(131.5, waited=1.0) == 29.0  # SIGSTOP for 29 s beyond its wait
-    assert pulse.beat(132.5, waited=1.0) is None
-
-
-def test_a_gap_shorter_than_the_threshold_is_no_gap():
-    pulse = Pulse(now=0.0)
-    assert pulse.beat(GAP_THRESHOLD - 0.01, waited=0.0) is None
-    assert pulse.beat(2 * GAP_THRESHOLD + 0.01, waited=0.0) is not None
 
 
 def test_uid_is_the_real_uid():
