@@ -32,18 +32,18 @@ import random
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from hugemaps import write_section  # benchmarks/ is on sys.path: run as a script
+from harness import REPO, RESULTS
+from harness.procs import BenchError, scratch
+from harness.results import commit_of, utc_stamp, write_section
+from harness.stats import in_turn
+from harness.timed import TIME, timed
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## report on 3 million events"
-TIME = "/usr/bin/time"  # GNU time (Debian: apt-get install time)
 PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 HOST_NS = 4026531841
 START = datetime(2026, 11, 27, 9, 0, 0, tzinfo=timezone.utc)
@@ -171,16 +171,31 @@ def make_log(path: Path, events: int, hosts: int, seed: int) -> int:
         return log.count
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one run, its output thrown away (GNU time's %M)."""
-    with tempfile.NamedTemporaryFile("r") as rss:
-        started = time.perf_counter()
-        done = subprocess.run([TIME, "-f", "%M", "-o", rss.name, *argv],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{shlex.join(argv)} failed: {done.stderr.strip()}")
-        return wall, int(rss.read().split()[-1]) / 1024
+def peers(command: list[str], log: Path) -> dict[str, list[str]]:
+    """inodewatch report (text and JSON) and two peers reading every line of the same file."""
+    quoted = shlex.quote(str(log))
+    return {
+        "inodewatch report LOG": [*command, "report", str(log)],
+        "inodewatch report --json LOG": [*command, "report", "--json", str(log)],
+        "zcat LOG | jq -c .event | sort | uniq -c": [
+            "sh", "-c", f"zcat {quoted} | jq -c .event | sort | uniq -c"],
+        "zgrep -c . LOG": ["zgrep", "-c", ".", str(log)],
+    }
+
+
+def measure(commands: dict[str, list[str]], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall s, peak RSS MB) of each command, alternating A B A B, output thrown away."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for round_ in range(rounds):
+        for name in in_turn(list(commands), round_):
+            run = timed(commands[name], keep_stdout=False)
+            if run.rc != 0:
+                raise BenchError(f"{shlex.join(commands[name])} failed: "
+                                 f"{run.err.decode(errors='replace').strip()}")
+            runs[name].append((run.wall, run.maxrss_mb))
+            print(f"round {round_ + 1} {name}: {run.wall:.2f} s, {run.maxrss_mb:.1f} MB",
+                  file=sys.stderr)
+    return runs
 
 
 def main() -> int:
@@ -194,37 +209,22 @@ def main() -> int:
                         "checkout under the distribution's python3, as an operator has it; "
                         "report needs no package beyond the standard library), e.g. "
                         "'env PYTHONPATH=/tmp/old /usr/bin/python3 -m inodewatch'")
-    p.add_argument("--results", default=str(REPO / "benchmarks/RESULTS.md"))
+    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
     if not os.access(TIME, os.X_OK) or not shutil.which("jq"):
         raise SystemExit("needs GNU time and jq (apt-get install time jq)")
-    work = Path(tempfile.mkdtemp(prefix="iw-reportbig-"))
-    try:
+    with scratch("iw-reportbig-", "reportbig") as work:
         log = work / "events.json.1.gz"
         started = time.perf_counter()
         events = make_log(log, args.events, args.hosts, args.seed)
         print(f"made {events:,} events, {log.stat().st_size / 1e6:.1f} MB gzip, "
               f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        command = shlex.split(args.inodewatch)
-        quoted = shlex.quote(str(log))
-        peers = {
-            "inodewatch report LOG": [*command, "report", str(log)],
-            "inodewatch report --json LOG": [*command, "report", "--json", str(log)],
-            "zcat LOG | jq -c .event | sort | uniq -c": [
-                "sh", "-c", f"zcat {quoted} | jq -c .event | sort | uniq -c"],
-            "zgrep -c . LOG": ["zgrep", "-c", ".", str(log)],
-        }
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
         load = os.getloadavg()
-        for round_ in range(args.rounds):
-            order = list(peers) if round_ % 2 == 0 else list(reversed(peers))
-            for name in order:
-                runs[name].append(measure(peers[name]))
-                print(f"round {round_ + 1} {name}: {runs[name][-1][0]:.2f} s, "
-                      f"{runs[name][-1][1]:.1f} MB", file=sys.stderr)
+        try:
+            runs = measure(peers(shlex.split(args.inodewatch), log), args.rounds)
+        except BenchError as exc:
+            raise SystemExit(str(exc))
         text = report(args, runs, events, log.stat().st_size, (load, os.getloadavg()))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(text)
     write_section(Path(args.results), text, SECTION)
     return 0
@@ -235,12 +235,10 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
     wall = {n: statistics.median(w for w, _ in r) for n, r in runs.items()}
     rss = {n: statistics.median(m for _, m in r) for n, r in runs.items()}
     peak = {n: max(m for _, m in r) for n, r in runs.items()}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     lines = [
         SECTION, "",
         f"`python3 benchmarks/reportbig.py --events {args.events} --hosts {args.hosts} "
-        f"--rounds {args.rounds}` at {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"--rounds {args.rounds}` at {commit_of(REPO)}, {utc_stamp()}, "
         f"{platform.node()}, {os.cpu_count()} CPUs (load average {loads[0][0]:.2f} at the start, "
         f"{loads[1][0]:.2f} at the end), `{args.inodewatch}`: "
         f"{events:,} events of {args.hosts:,} plugin hosts at once (reloads, renames, overwrites "
