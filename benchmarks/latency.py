@@ -101,6 +101,7 @@ from typing import Any
 from harness.daemon import Daemon, Event, event_time
 from harness.demo import CSRC, Demo, build_demo, rm_cp
 from harness.ftrace import TraceInstance
+from harness.procfs import loadavg_text
 from harness.procs import BenchError, Children, say, scratch, sigterm_as_interrupt
 from harness.stats import Summary, fmt_ms
 
@@ -442,11 +443,10 @@ def case_c(c: dict[str, Any], interval_ms: int,
 
 def report(args: argparse.Namespace, bench: Bench, results: dict[str, Any]) -> list[str]:
     from inodewatch import __version__
-    load = open("/proc/loadavg").read().split()[:3]
     lines = [
         f"inodewatch {__version__} watch-daemon latency, {args.reps} repetitions per case",
         f"  host: Linux {platform.release()}, {os.cpu_count()} CPUs, load average "
-        f"{' '.join(load)}, Python {platform.python_version()}",
+        f"{loadavg_text()}, Python {platform.python_version()}",
         f"  daemon: {' '.join(bench.daemon_args[:3])} --pid PID --log-file FILE "
         "(default --interval 1.0)",
         "  latency = the event's own timestamp - time.time() just before the operation;",

@@ -67,13 +67,17 @@ class TraceInstance:
         """A trace line's stamp as time.time()."""
         return float(stamp) - self.tai_offset
 
-    def close(self) -> None:
+    def disable(self) -> None:
+        """Stop tracing (what is in the buffer stays readable)."""
         for path in self.enabled:
             try:
                 (path / "enable").write_text("0")
             except OSError:
                 pass
         self.enabled = []
+
+    def close(self) -> None:
+        self.disable()
         if self.dir is not None:
             try:
                 self.dir.rmdir()
