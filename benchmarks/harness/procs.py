@@ -34,7 +34,7 @@ def say(who: str, message: str) -> None:
     print(f"{who}: {message}", file=sys.stderr, flush=True)
 
 
-def _poll(predicate: Callable[[], T], timeout: float, every: float) -> T:
+def poll(predicate: Callable[[], T], timeout: float, every: float) -> T:
     """`predicate()` every `every` s until it is true or `timeout` s have passed (it is
     asked once more then); its last value."""
     deadline = time.monotonic() + timeout
@@ -47,7 +47,7 @@ def _poll(predicate: Callable[[], T], timeout: float, every: float) -> T:
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.005) -> T:
     """The first true value of `predicate()`; BenchError after `timeout` seconds."""
-    value = _poll(predicate, timeout, every)
+    value = poll(predicate, timeout, every)
     if not value:
         raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
     return value
@@ -55,7 +55,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float
 
 def wait_until(predicate: Callable[[], object], timeout: float, every: float = 0.05) -> bool:
     """Whether `predicate()` came true within `timeout` seconds."""
-    return bool(_poll(predicate, timeout, every))
+    return bool(poll(predicate, timeout, every))
 
 
 class Children:
