@@ -133,8 +133,8 @@ from harness import REPO
 from harness.daemon import CHECKOUT, Daemon, Event, EventLog, asleep_in_poll, event_time
 from harness.demo import CSRC, build_demo, demo_args, rm_cp
 from harness.procfs import Meter, cpu_seconds, loadavg_text, status_kb
-from harness.procs import (BenchError, Children, die_with_parent, sigterm_as_interrupt,
-                           wait_for, wait_until)
+from harness.procs import (BenchError, Children, die_with_parent, exits,
+                           sigterm_as_interrupt, wait_for, wait_until)
 from harness.procs import say as say_as
 from harness.results import code_version, utc_stamp, write_head
 from harness.stats import Summary, fmt_ms, in_turn, percentile
@@ -1199,13 +1199,8 @@ def main() -> int:
 
     bench = Bench(a)
     try:
-        bench.run()
-    except KeyboardInterrupt:
-        say("interrupted; stopping every process started and removing " + str(ROOT))
-        return 130
-    except BenchError as exc:
-        say(str(exc))
-        return 1
+        with exits("fleet", f"interrupted; stopping every process started and removing {ROOT}"):
+            bench.run()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -50,7 +50,7 @@ from harness import REPO, RESULTS
 from harness.daemon import Daemon, Event, event_time
 from harness.demo import SO1, build_demo, demo_args, rm_cp
 from harness.procfs import Meter
-from harness.procs import BenchError, Children, as_user, scratch, wait_until
+from harness.procs import BenchError, Children, as_user, exits, scratch, wait_until
 from harness.results import commit_of, utc_stamp, write_section
 from harness.stats import in_turn, percentile
 
@@ -335,10 +335,8 @@ def main() -> int:
         sys.exit("flood: run as root (the demos are root's, the load another user's)")
     build_demo()
     peers = {"A": REPO, "B": args.base.resolve()}
-    try:
+    with exits("flood"):
         results = measure(args, peers)
-    except BenchError as exc:
-        sys.exit(f"flood: {exc}")
     text = report(args, peers, results)
     print(text)
     write_section(Path(args.results), text, SECTION)

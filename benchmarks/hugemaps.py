@@ -45,10 +45,10 @@ from harness import REPO, RESULTS
 from harness.daemon import Daemon, event_time
 from harness.demo import SO1, build_demo, demo_args, rm_cp
 from harness.procfs import Meter
-from harness.procs import BenchError, Children, as_user, scratch, wait_until
+from harness.procs import BenchError, Children, as_user, exits, scratch, wait_until
 from harness.results import commit_of, utc_stamp, write_section
 from harness.stats import in_turn
-from harness.timed import TIME, timed
+from harness.timed import TIME, Spread, in_rounds
 
 SECTION = "## Huge maps"
 DAEMON_SECTION = "## Huge maps, the daemon"
@@ -112,31 +112,22 @@ def maps_size(pid: int) -> int:
 # --- scan --all against lsof ----------------------------------------------------------------
 
 
-def measure_scans(args: argparse.Namespace) -> tuple[dict[str, list[tuple[float, float]]], int, int]:
-    """Per command, (wall s, peak RSS MB) of each round; the holder's maps size and path."""
+def measure_scans(args: argparse.Namespace) -> tuple[dict[str, Spread], int, int]:
+    """Per command, its runs summed up; the holder's maps size and path length."""
     peers = {"inodewatch scan --all --json": [*shlex.split(args.inodewatch), "scan", "--all",
                                               "--json"],
              "lsof -nP": ["lsof", "-nP"]}
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
     with scratch("iw-hugemaps-", "hugemaps") as base, Children() as children:
         holder, mapped = start_holder(children, base, args.vmas, args.path_len)
         size = maps_size(holder.pid)
-        for round_ in range(args.rounds):
-            for name in in_turn(list(peers), round_):
-                run = timed(peers[name], keep_stdout=False)
-                runs[name].append((run.wall, run.maxrss_mb))
-                print(f"round {round_ + 1} {name}: {run.wall:.2f} s, {run.maxrss_mb:.1f} MB",
-                      file=sys.stderr)
+        runs = {name: Spread.of(rs) for name, rs in in_rounds(peers, args.rounds).items()}
     return runs, size, len(os.fsencode(mapped))
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]], maps_size: int,
+def report(args: argparse.Namespace, runs: dict[str, Spread], maps_size: int,
            path_len: int) -> str:
-    wall = {n: statistics.median(w for w, _ in r) for n, r in runs.items()}
-    rss = {n: statistics.median(m for _, m in r) for n, r in runs.items()}
-    peak = {n: max(m for _, m in r) for n, r in runs.items()}
     scan, lsof = runs
-    ratio = wall[scan] / wall[lsof]
+    ratio = runs[scan].wall / runs[lsof].wall
     lines = [
         SECTION, "",
         f"`sudo python3 benchmarks/hugemaps.py --rounds {args.rounds}` at {commit_of(REPO)}, "
@@ -148,13 +139,11 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
         "| --- | --- | --- | --- | --- |",
     ]
     for name, r in runs.items():
-        walls = [w for w, _ in r]
-        lines.append(f"| `{name}` "
-                     f"| {wall[name]:.2f} s | {min(walls):.2f} - {max(walls):.2f} s "
-                     f"| {rss[name]:.1f} MB | {peak[name]:.1f} MB |")
+        lines.append(f"| `{name}` | {r.wall:.2f} s | {r.wall_min:.2f} - {r.wall_max:.2f} s "
+                     f"| {r.rss_mb:.1f} MB | {r.rss_max_mb:.1f} MB |")
     lines += ["",
-              f"Targets: scan peak RSS <= 64 MB: {'PASS' if peak[scan] <= 64 else 'MISS'} "
-              f"({peak[scan]:.1f} MB); wall <= 1.5x lsof's: "
+              f"Targets: scan peak RSS <= 64 MB: {'PASS' if runs[scan].rss_max_mb <= 64 else 'MISS'} "
+              f"({runs[scan].rss_max_mb:.1f} MB); wall <= 1.5x lsof's: "
               f"{'PASS' if ratio <= 1.5 else 'MISS'} ({ratio:.2f}x)."]
     return "\n".join(lines) + "\n"
 
@@ -261,7 +250,7 @@ def main() -> int:
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("hugemaps: run as root")
-    try:
+    with exits("hugemaps"):
         if args.daemon:
             build_demo()
             text, section = daemon_report(args, measure_daemon(args)), DAEMON_SECTION
@@ -269,8 +258,6 @@ def main() -> int:
             if not shutil.which("lsof") or not os.access(TIME, os.X_OK):
                 raise SystemExit("needs root, lsof and GNU time (apt-get install lsof time)")
             text, section = report(args, *measure_scans(args)), SECTION
-    except BenchError as exc:
-        raise SystemExit(f"hugemaps: {exc}")
     print(text)
     write_section(Path(args.results), text, section)
     return 0

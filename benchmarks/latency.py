@@ -102,7 +102,7 @@ from harness.daemon import Daemon, Event, event_time
 from harness.demo import CSRC, Demo, build_demo, rm_cp
 from harness.ftrace import TraceInstance
 from harness.procfs import loadavg_text
-from harness.procs import BenchError, Children, say, scratch, sigterm_as_interrupt
+from harness.procs import BenchError, Children, exits, say, scratch, sigterm_as_interrupt
 from harness.stats import Summary, fmt_ms
 
 ROUTINE = {"daemon.started", "target.attached", "daemon.stopped", "target.exited"}
@@ -500,18 +500,15 @@ def main() -> int:
     with scratch("inodewatch-latency-", "latency", keep=args.keep) as root:
         bench = Bench(root, args.timeout, random.Random(args.seed), args.phase_jitter)
         try:
-            if "b" in args.cases:
-                print(f"(b) {args.reps} x fresh leak demo + daemon, rm; cp ...", file=sys.stderr)
-                results["b"] = bench.rm_cp(args.reps)
-            if "c" in args.cases:
-                print(f"(c) {args.reps} x mv over so.so under one hold demo ...", file=sys.stderr)
-                results["c"] = bench.hold_mv(args.reps, args.hold_interval_ms, not args.no_ftrace)
-        except KeyboardInterrupt:
-            say("latency", "interrupted; stopping every process started")
-            return 130
-        except BenchError as exc:
-            say("latency", str(exc))
-            return 1
+            with exits("latency"):
+                if "b" in args.cases:
+                    print(f"(b) {args.reps} x fresh leak demo + daemon, rm; cp ...", file=sys.stderr)
+                    results["b"] = bench.rm_cp(args.reps)
+                if "c" in args.cases:
+                    print(f"(c) {args.reps} x mv over so.so under one hold demo ...",
+                          file=sys.stderr)
+                    results["c"] = bench.hold_mv(args.reps, args.hold_interval_ms,
+                                                 not args.no_ftrace)
         finally:
             bench.cleanup()
     if args.details:

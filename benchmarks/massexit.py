@@ -46,7 +46,7 @@ from typing import Any
 from harness import REPO
 from harness.daemon import Daemon, Event, event_time
 from harness.demo import SO1, build_demo, demo_args, rm_cp
-from harness.procs import BenchError, Children, as_user, scratch, wait_until
+from harness.procs import BenchError, Children, as_user, exits, scratch, wait_until
 from harness.results import commit_of
 from harness.stats import fmt_ms, in_turn
 
@@ -260,17 +260,14 @@ def main() -> int:
     build_demo()
     peers = {"A": REPO, "B": args.base.resolve(), "C": REPO}
     results: dict[str, list[dict[str, Any]]] = {peer: [] for peer in args.order}
-    try:
-        with scratch("massexit.", "massexit", mode=0o755) as work:
-            for i in range(args.rounds):
-                for peer in in_turn(args.order, i):
-                    r = (run_churn(peers[peer], work, args.churn, args.rate, args.every, args.user)
-                         if args.churn else run_round(peers[peer], work, args.count, args.user,
-                                                      args.timeout, match=peer != "C"))
-                    results[peer].append(r)
-                    print(f"round {i + 1} {peer}: {json.dumps(r)}", flush=True)
-    except BenchError as exc:
-        sys.exit(f"massexit: {exc}")
+    with exits("massexit"), scratch("massexit.", "massexit", mode=0o755) as work:
+        for i in range(args.rounds):
+            for peer in in_turn(args.order, i):
+                r = (run_churn(peers[peer], work, args.churn, args.rate, args.every, args.user)
+                     if args.churn else run_round(peers[peer], work, args.count, args.user,
+                                                  args.timeout, match=peer != "C"))
+                results[peer].append(r)
+                print(f"round {i + 1} {peer}: {json.dumps(r)}", flush=True)
     print()
     print("\n".join(churn_table(results, peers) if args.churn else
                     exit_table(results, peers, args)))

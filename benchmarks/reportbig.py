@@ -31,17 +31,15 @@ import platform
 import random
 import shlex
 import shutil
-import statistics
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from harness import REPO, RESULTS
-from harness.procs import BenchError, scratch
+from harness.procs import exits, scratch
 from harness.results import commit_of, utc_stamp, write_section
-from harness.stats import in_turn
-from harness.timed import TIME, timed
+from harness.timed import TIME, Spread, in_rounds
 
 SECTION = "## report on 3 million events"
 PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
@@ -183,21 +181,6 @@ def peers(command: list[str], log: Path) -> dict[str, list[str]]:
     }
 
 
-def measure(commands: dict[str, list[str]], rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """(wall s, peak RSS MB) of each command, alternating A B A B, output thrown away."""
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-    for round_ in range(rounds):
-        for name in in_turn(list(commands), round_):
-            run = timed(commands[name], keep_stdout=False)
-            if run.rc != 0:
-                raise BenchError(f"{shlex.join(commands[name])} failed: "
-                                 f"{run.err.decode(errors='replace').strip()}")
-            runs[name].append((run.wall, run.maxrss_mb))
-            print(f"round {round_ + 1} {name}: {run.wall:.2f} s, {run.maxrss_mb:.1f} MB",
-                  file=sys.stderr)
-    return runs
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=3_000_000)
@@ -220,21 +203,17 @@ def main() -> int:
         print(f"made {events:,} events, {log.stat().st_size / 1e6:.1f} MB gzip, "
               f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         load = os.getloadavg()
-        try:
-            runs = measure(peers(shlex.split(args.inodewatch), log), args.rounds)
-        except BenchError as exc:
-            raise SystemExit(str(exc))
+        with exits("reportbig"):
+            runs = {name: Spread.of(rs) for name, rs in
+                    in_rounds(peers(shlex.split(args.inodewatch), log), args.rounds, True).items()}
         text = report(args, runs, events, log.stat().st_size, (load, os.getloadavg()))
     print(text)
     write_section(Path(args.results), text, SECTION)
     return 0
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]], events: int,
+def report(args: argparse.Namespace, runs: dict[str, Spread], events: int,
            size: int, loads: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
-    wall = {n: statistics.median(w for w, _ in r) for n, r in runs.items()}
-    rss = {n: statistics.median(m for _, m in r) for n, r in runs.items()}
-    peak = {n: max(m for _, m in r) for n, r in runs.items()}
     lines = [
         SECTION, "",
         f"`python3 benchmarks/reportbig.py --events {args.events} --hosts {args.hosts} "
@@ -249,13 +228,12 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in runs.items():
-        walls = [w for w, _ in r]
         cell = name.replace("|", "\\|")  # a pipeline's bars, inside a table
-        lines.append(f"| `{cell}` | {wall[name]:.2f} s | {min(walls):.2f} - {max(walls):.2f} s "
-                     f"| {events / wall[name]:,.0f} | {rss[name]:.1f} MB | {peak[name]:.1f} MB |")
+        lines.append(f"| `{cell}` | {r.wall:.2f} s | {r.wall_min:.2f} - {r.wall_max:.2f} s "
+                     f"| {events / r.wall:,.0f} | {r.rss_mb:.1f} MB | {r.rss_max_mb:.1f} MB |")
     text_run, json_run = "inodewatch report LOG", "inodewatch report --json LOG"
-    worst_rss = max(peak[text_run], peak[json_run])
-    slowest = max(wall[text_run], wall[json_run])
+    worst_rss = max(runs[text_run].rss_max_mb, runs[json_run].rss_max_mb)
+    slowest = max(runs[text_run].wall, runs[json_run].wall)
     lines += ["",
               f"Targets: peak RSS <= 300 MB: {'PASS' if worst_rss <= 300 else 'MISS'} "
               f"({worst_rss:.1f} MB); >= 100,000 events a second: "

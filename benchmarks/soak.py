@@ -104,7 +104,7 @@ from harness.daemon import Daemon, Event, event_time, inotify_inodes
 from harness.demo import CSRC, Demo, build_demo
 from harness.ftrace import TraceInstance
 from harness.procfs import cpu_seconds, loadavg, mapped_inodes, status_kb, system_busy
-from harness.procs import (BenchError, Children, die_with_parent, say, scratch,
+from harness.procs import (BenchError, Children, die_with_parent, exits, say, scratch,
                            sigterm_as_interrupt, wait_for)
 from harness.results import code_version
 from harness.stats import Summary, fmt_ms, percentile
@@ -1118,15 +1118,8 @@ def main() -> int:
             "ftrace is unavailable")
     build_demo()
     sigterm_as_interrupt()
-    with scratch("inodewatch-soak-", "soak", keep=args.keep) as root:
-        try:
-            soak = measure(args, root)
-        except KeyboardInterrupt:
-            say("soak", "interrupted; stopping every process started")
-            return 130
-        except BenchError as exc:
-            say("soak", str(exc))
-            return 1
+    with exits("soak"), scratch("inodewatch-soak-", "soak", keep=args.keep) as root:
+        soak = measure(args, root)
     assert soak.demo is not None and soak.daemon is not None
     run, ops = soak.run, soak.driver.ops
     events = [e for e in soak.daemon.log.events

@@ -24,7 +24,7 @@ import pyinotify
 from harness.daemon import CHECKOUT, Daemon
 from harness.demo import SO1, build_demo, demo_args
 from harness.procfs import Meter
-from harness.procs import BenchError, Children, scratch, wait_until
+from harness.procs import BenchError, Children, exits, scratch, wait_until
 from inodewatch.watch import FileWatcher
 
 PREFIX = os.environ.get("WATCHSET_PREFIX", "").split()
@@ -100,11 +100,8 @@ def main() -> int:
     parser.add_argument("--execs", type=int, default=1000)
     args = parser.parse_args()
     build_demo()
-    try:
-        with scratch("watchset.", "watchset") as work, Children() as children:
-            measured = measure(children, work, args.execs)
-    except BenchError as exc:
-        sys.exit(f"watchset: {exc}")
+    with exits("watchset"), scratch("watchset.", "watchset") as work, Children() as children:
+        measured = measure(children, work, args.execs)
     print(report(args.execs, measured))
     return 0
 

@@ -119,6 +119,22 @@ def as_user(user: str) -> list[str]:
             "--"]
 
 
+@contextmanager
+def exits(who: str, interrupted: str = "interrupted; stopping every process started"
+          ) -> Iterator[None]:
+    """The benchmarks' ends: Ctrl-C (or SIGTERM, see sigterm_as_interrupt) exits 130 and a
+    BenchError 1, each with one line on stderr; the clean-up of the enclosing blocks runs
+    on the way out."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say(who, interrupted)
+        raise SystemExit(130) from None
+    except BenchError as exc:
+        say(who, str(exc))
+        raise SystemExit(1) from None
+
+
 def sigterm_as_interrupt() -> None:
     """SIGTERM raises KeyboardInterrupt, so the same clean-up runs as on Ctrl-C."""
     def on_term(_signum: int, _frame: Any) -> None:

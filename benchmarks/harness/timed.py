@@ -10,12 +10,18 @@ utime + stime of time and everything it waited for (time's own share is ~1 ms).
 from __future__ import annotations
 
 import os
+import shlex
+import statistics
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
+
+from .procs import BenchError
+from .stats import in_turn
 
 TIME = "/usr/bin/time"  # GNU time (Debian: apt-get install time)
 
@@ -31,6 +37,22 @@ class Run(NamedTuple):
     @property
     def maxrss_mb(self) -> float:
         return self.maxrss_kb / 1024
+
+
+class Spread(NamedTuple):
+    """A command's runs, summed up as the tables show them."""
+
+    wall: float  # median, seconds
+    wall_min: float
+    wall_max: float
+    rss_mb: float  # peak RSS, median
+    rss_max_mb: float
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> Spread:
+        walls, rss = [r.wall for r in runs], [r.maxrss_mb for r in runs]
+        return cls(statistics.median(walls), min(walls), max(walls), statistics.median(rss),
+                   max(rss))
 
 
 def timed(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -58,3 +80,20 @@ def timed(args: list[str], cwd: Path | None = None, env: dict[str, str] | None =
         err.seek(0)
         return Run(wall, usage.ru_utime + usage.ru_stime, int(maxrss), int(rc),
                    out.read(), err.read())
+
+
+def in_rounds(commands: dict[str, list[str]], rounds: int,
+              check: bool = False) -> dict[str, list[Run]]:
+    """Each command once a round, in the order A B, then B A, output thrown away, a line on
+    stderr after each run.  `check`: a failed command is a BenchError."""
+    runs: dict[str, list[Run]] = {name: [] for name in commands}
+    for round_ in range(rounds):
+        for name in in_turn(list(commands), round_):
+            run = timed(commands[name], keep_stdout=False)
+            if check and run.rc != 0:
+                raise BenchError(f"{shlex.join(commands[name])} failed: "
+                                 f"{run.err.decode(errors='replace').strip()}")
+            runs[name].append(run)
+            print(f"round {round_ + 1} {name}: {run.wall:.2f} s, {run.maxrss_mb:.1f} MB",
+                  file=sys.stderr)
+    return runs
