@@ -110,7 +110,6 @@ fleet's directory) and once, untimed, before it is measured.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -127,27 +126,27 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Callable, NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import (  # noqa: E402  (benchmarks/latency.py, reused as is)
-    BenchError, Children, EventLog, asleep_in_poll, event_time, nearest_rank, wait_for)
+from harness import REPO
+from harness.daemon import CHECKOUT, Daemon, Event, EventLog, asleep_in_poll, event_time
+from harness.demo import CSRC, build_demo, demo_args, rm_cp
+from harness.procfs import Meter, cpu_seconds, loadavg_text, status_kb
+from harness.procs import (BenchError, Children, die_with_parent, exits,
+                           sigterm_as_interrupt, wait_for, wait_until)
+from harness.procs import say as say_as
+from harness.results import code_version, utc_stamp, write_head
+from harness.stats import Summary, fmt_ms, in_turn, percentile
+from harness.timed import TIME, Run, timed
 
-REPO = Path(__file__).resolve().parent.parent
-CSRC = REPO / "csrc"
 ROOT = Path("/srv/inodewatch-fleet")
-TICKS = os.sysconf("SC_CLK_TCK")
 VENV = ROOT / "venv"
 DISTRO_PYTHON = "/usr/bin/python3"
 VENV_PYTHON = str(VENV / "bin" / "python3")
 INODEWATCH = str(VENV / "bin" / "inodewatch")
 BASE_VENV = ROOT / "venv-base"  # --baseline REV: that commit, installed the same way
 BASE_INODEWATCH = str(BASE_VENV / "bin" / "inodewatch")
-CHECKOUT = [sys.executable, "-m", "inodewatch"]  # context: the checkout, this interpreter
-TIME = "/usr/bin/time"  # GNU time (package "time"), for the peak RSS of a command
-PR_SET_PDEATHSIG = 1
 # Every command runs with bytecode caching on, in a private cache: this machine sets
 # PYTHONDONTWRITEBYTECODE and the package is an editable checkout without __pycache__, so
 # each inodewatch run would otherwise compile its modules again (~15 ms), which an installed
@@ -162,51 +161,17 @@ TARGETS = {
 }
 
 
+
 # --- small helpers ------------------------------------------------------------------------
 
 
 def say(msg: str) -> None:
-    print(f"fleet: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+    say_as("fleet", f"{time.strftime('%H:%M:%S')} {msg}")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def pct(values: list[float], p: float) -> float:
-    return nearest_rank(sorted(values), p)
-
-
-def fmt_ms(v: float) -> str:
-    return "inf" if math.isinf(v) else f"{v * 1000:.2f}"
-
-
-def code_version() -> str:
-    """HEAD, whether inodewatch/ differs from it, and a digest of inodewatch/*.py as run."""
-    import hashlib
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
-                            "inodewatch"], capture_output=True, text=True).stdout.strip()
-    digest = hashlib.sha256()
-    for f in sorted((REPO / "inodewatch").glob("*.py")):
-        digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    return f"{head}{' + uncommitted changes in inodewatch/' if dirty else ''} " \
-           f"(inodewatch/*.py sha256 {digest.hexdigest()[:12]})"
-
-
-def die_with_parent() -> None:
-    """preexec_fn of the hosts: SIGKILL them when this script dies, whatever kills it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def measured(args: list[str]) -> Run:
+    """One run of `args` as every command of the fleet runs: from ROOT, bytecode cache on."""
+    return timed(args, ROOT, RUN_ENV)
 
 
 def ensure_tools(python: str) -> list[str]:
@@ -236,11 +201,7 @@ def ensure_tools(python: str) -> list[str]:
 HISTORY = "## Profile, fixes, before and after"
 
 
-def kept_history(results: Path) -> str:
-    """The hand-written section that ends the results file (what was profiled and changed,
-    run after run): a new run replaces the figures above it, not the history."""
-    old = results.read_text() if results.exists() else ""
-    return "\n" + old[old.index(HISTORY):] if HISTORY in old else ""
+
 
 
 # --- the fleet ----------------------------------------------------------------------------
@@ -269,6 +230,8 @@ class Host:
         return self.kind in ("deleted", "replaced")
 
 
+
+
 class Fleet:
     def __init__(self, n: int, divergent: float, interval_ms: int, life_s: float,
                  rng: random.Random) -> None:
@@ -286,7 +249,7 @@ class Fleet:
         kinds = ["deleted", "replaced", "renamed"]
         for j, i in enumerate(rng.sample(sorted(div), n_div)):
             self.hosts[i].kind = kinds[j % 3]
-        self.spawned: list[subprocess.Popen[bytes]] = []
+        self.children = Children()
 
     @staticmethod
     def clear_root() -> None:
@@ -314,25 +277,26 @@ class Fleet:
             h.dir.mkdir()
             shutil.copyfile(ROOT / "bin" / "so1.so", h.so)
             h.ino = os.stat(h.so).st_ino
-            h.proc = subprocess.Popen(
-                [str(self.binary), "--mode", h.mode, "--interval-ms", str(self.interval_ms),
-                 "--lib", str(h.so), "--ticks", str(self.ticks)],
-                cwd=h.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            h.proc = self.children.spawn(
+                demo_args(h.so, h.mode, self.interval_ms, self.ticks, self.binary),
+                signal.SIGKILL, cwd=h.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
-            self.spawned.append(h.proc)
+        wait_for(self.all_mapped, 60 + self.n * 0.05, "every host to map its so.so")
+        self.diverge()
 
-        def all_mapped() -> bool:
-            for h in self.hosts:
-                if h.proc is not None and h.proc.poll() is not None:
-                    raise BenchError(f"host {h.index} exited ({h.proc.returncode})")
-                try:
-                    if f" {h.so}\n".encode() not in Path(f"/proc/{h.pid}/maps").read_bytes():
-                        return False
-                except OSError:
+    def all_mapped(self) -> bool:
+        for h in self.hosts:
+            if h.proc is not None and h.proc.poll() is not None:
+                raise BenchError(f"host {h.index} exited ({h.proc.returncode})")
+            try:
+                if f" {h.so}\n".encode() not in Path(f"/proc/{h.pid}/maps").read_bytes():
                     return False
-            return True
-        wait_for(all_mapped, 60 + self.n * 0.05, "every host to map its so.so")
+            except OSError:
+                return False
+        return True
 
+    def diverge(self) -> None:
+        """The divergent hosts' operations, once every host maps its so.so."""
         for h in self.hosts:
             if h.kind == "deleted":
                 os.unlink(h.so)
@@ -355,57 +319,12 @@ class Fleet:
             raise BenchError(f"{len(dead)} hosts exited, e.g. host {dead[0].index} "
                              f"({dead[0].proc.returncode if dead[0].proc else '?'})")
 
+
     def stop(self) -> None:
-        for p in self.spawned:
-            if p.poll() is None:
-                try:
-                    p.kill()
-                except OSError:
-                    pass
-        for p in self.spawned:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                say(f"host pid {p.pid} did not die")
-        self.spawned.clear()
+        self.children.stop_all()
 
 
 # --- scans --------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    wall: float
-    cpu: float
-    maxrss_kb: int
-    rc: int
-    out: bytes
-    err: bytes
-
-
-def measured(children: Children, args: list[str], cwd: Path, tag: str,
-             env: dict[str, str] | None = None) -> Run:
-    """Run `args` under /usr/bin/time; wall from here, CPU from wait4, peak RSS from time.
-
-    Linux charges a child the resident size of the mm it had before exec (for a child of
-    this script, this script's own ~25 MB), so wait4's ru_maxrss of a direct child would
-    be this script's size.  GNU time is small (~2 MB) and reports its own child's
-    ru_maxrss.  wait4 on time gives utime + stime of time and everything it waited for
-    (time's own share is ~1 ms)."""
-    out_path, err_path = ROOT / "out" / f"{tag}.out", ROOT / "out" / f"{tag}.err"
-    rss_path = ROOT / "out" / f"{tag}.rss"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = children.spawn([TIME, "-q", "-f", "%M %x", "-o", str(rss_path), *args],
-                              cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                              env=env or RUN_ENV)
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    children.procs.remove(proc)
-    maxrss, rc = rss_path.read_text().split()[-2:]
-    return Run(wall, ru.ru_utime + ru.ru_stime, int(maxrss), int(rc),
-               out_path.read_bytes(), err_path.read_bytes())
 
 
 def findings_inodewatch(run: Run, fleet: dict[int, Host]) -> dict[int, set[str]]:
@@ -503,6 +422,8 @@ def inodewatch_kinds_exact(found: dict[int, set[str]], fleet: dict[int, Host]) -
     return all(found.get(p) == want[h.kind] for p, h in fleet.items() if h.stale)
 
 
+
+
 # --- daemon -------------------------------------------------------------------------------
 
 
@@ -518,17 +439,13 @@ class Op:
     replaced: float = math.inf
 
 
-def rm_cp(host: Host, daemon_pid: int) -> Op:
-    old_ino = os.stat(host.so).st_ino
+def replace(host: Host, daemon_pid: int) -> Op:
+    """rm; cp on `host`, noting whether the daemon slept in poll just before."""
     asleep = asleep_in_poll(daemon_pid)
-    t_unlink = time.time()
-    os.unlink(host.so)
-    t_create = time.time()
-    shutil.copyfile(ROOT / "bin" / "so2.so", host.so)
-    return Op(host, t_unlink, t_create, old_ino, os.stat(host.so).st_ino, asleep)
+    return Op(host, *rm_cp(host.so, ROOT / "bin" / "so2.so"), asleep)
 
 
-def match_ops(ops: list[Op], events: list[dict[str, Any]]) -> None:
+def match_ops(ops: list[Op], events: list[Event]) -> None:
     for op in ops:
         for e in events:
             if e.get("pid") != op.host.pid:
@@ -541,16 +458,15 @@ def match_ops(ops: list[Op], events: list[dict[str, Any]]) -> None:
                 op.replaced = event_time(e) - op.t_create
 
 
-def wait_ops(log: EventLog, ops: list[Op], timeout: float, check: Any) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_ops(log: EventLog, ops: list[Op], timeout: float, check: Callable[[], None]) -> None:
+    """Until every operation has both its events, or `timeout`."""
+    def done() -> bool:
         match_ops(ops, log.read())
         if all(not math.isinf(o.deleted) and not math.isinf(o.replaced) for o in ops):
-            return
+            return True
         check()
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.005)
+        return False
+    wait_until(done, timeout, every=0.005)
 
 
 def churn_script(kind: str, rate: int, target: str) -> str:
@@ -585,6 +501,302 @@ def churn_script(kind: str, rate: int, target: str) -> str:
             "        time.sleep(delay)\n"
             "dt = time.monotonic() - t0\n"
             "print(n, dt, flush=True)\n")
+
+
+
+
+# --- the scans' records -------------------------------------------------------------------
+
+
+IW_SCAN = [INODEWATCH, "scan", "--all", "--json"]
+BASE_SCAN = [BASE_INODEWATCH, "scan", "--all", "--json"]
+# Context, not judged: the same scan from the checkout, with this interpreter's site.
+CHECKOUT_SCAN = [*CHECKOUT, "scan", "--all", "--json"]
+TOOLS = {"lsof": ["lsof", "-nP"], "needrestart": ["needrestart", "-b", "-r", "l"],
+         "checkrestart": ["checkrestart"]}
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+class Scans(NamedTuple):
+    runs: dict[str, list[Run]]  # per tool (and inodewatch), one per pair
+    ratios: dict[str, list[float]]  # tool / inodewatch wall, per pair
+    checkout: list[Run]  # the checkout's scan, once a round (context)
+    base_pairs: list[tuple[Run, Run]]  # (baseline, this code)
+    nprocs: list[int]  # processes on the host before each pair
+    nr_v: Run | None  # needrestart -v, untimed
+    cr_v: Run | None  # checkrestart -v, untimed
+
+
+class Findings(NamedTuple):
+    per_round: dict[str, list[dict[int, set[str]]]]
+    consistent: dict[str, bool]  # the same every round
+    scores: dict[str, Score]
+    nr_lines: list[str]  # needrestart's batch lines (round 1)
+
+
+def scan_findings(s: Scans, fleet: dict[int, Host]) -> Findings:
+    """What each tool said of the fleet, checked on every round, against the ground truth."""
+    assert s.nr_v is not None and s.cr_v is not None
+    per_round = {
+        "inodewatch": [findings_inodewatch(r, fleet) for r in s.runs["inodewatch"]],
+        "lsof": [findings_lsof(r, fleet) for r in s.runs["lsof"]],
+        "needrestart": [findings_needrestart_batch(r, fleet)[0] for r in s.runs["needrestart"]],
+    }
+    found = {
+        "inodewatch": per_round["inodewatch"][0],
+        "lsof": per_round["lsof"][0],
+        "needrestart": per_round["needrestart"][0],
+        "needrestart -v": findings_needrestart_verbose(s.nr_v, fleet),
+        "checkrestart -v": findings_checkrestart_verbose(s.cr_v, fleet),
+    }
+    return Findings(per_round, {k: all(v == vs[0] for v in vs) for k, vs in per_round.items()},
+                    {k: score(v, fleet) for k, v in found.items()},
+                    findings_needrestart_batch(s.runs["needrestart"][0], fleet)[1])
+
+
+# --- the watch daemon ---------------------------------------------------------------------
+
+
+ROUTINE = {"daemon.started", "target.attached", "mapping.deleted", "mapping.replaced",
+           "mapping.reloaded"}
+
+
+class Watch:
+    """The watch daemon on every host: attach, idle, churn, latency at scale."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.args = bench.args
+        self.fleet = bench.fleet
+        self.pids = self.fleet.by_pid()
+        self.unexpected: Counter[str] = Counter()
+        logdir = ROOT / "daemon"
+        logdir.mkdir()
+        self.t0 = time.monotonic()
+        self.daemon = Daemon(bench.children, ["--exe", str(self.fleet.binary)],
+                             logdir / "events.json", ROOT, err=logdir / "stderr",
+                             command=[INODEWATCH], env=RUN_ENV)
+        say(f"daemon: {' '.join(self.daemon.args)}")
+        self.log = self.daemon.log
+        self.dpid = self.daemon.pid
+
+    def check(self) -> None:
+        self.daemon.check_alive()
+        self.fleet.check_alive()
+
+    def replace(self, host: Host) -> Op:
+        return replace(host, self.dpid)
+
+    def attach(self) -> None:
+        """Every host attached, the daemon asleep in poll, 3 s settled: what it reported."""
+        def attached() -> bool:
+            self.check()
+            return set(self.pids) <= self.daemon.attached()
+        wait_for(attached, 60 + self.fleet.n * 0.2, f"target.attached for all {self.fleet.n}")
+        self.bench.versions["the daemon's start"] = code_version()  # it has imported its modules
+        self.t_attached = time.monotonic() - self.t0
+        wait_for(lambda: (self.check(), asleep_in_poll(self.dpid))[1], 60,
+                 "the daemon to sleep in poll")
+        time.sleep(3)
+        at_attach: dict[int, set[str]] = {}
+        for e in self.log.read():
+            if e.get("pid") in self.pids and e["event"].startswith("mapping."):
+                at_attach.setdefault(e["pid"], set()).add(e["event"])
+        self.attach_score = score(at_attach, self.pids)
+        self.attach_kinds = inodewatch_kinds_exact(at_attach, self.pids)
+
+    def idle(self) -> None:
+        """CPU, max VmRSS (sampled each second) and VmHWM over --idle seconds."""
+        say(f"daemon idle {self.args.idle:g} s")
+        start = len(self.log.read())
+        meter = Meter(self.dpid)
+        meter.sleep_until(meter.t0 + self.args.idle, self.check)
+        self.idle_cpu, self.idle_rss, self.idle_hwm = meter.cpu(), meter.max_rss_kb, meter.hwm_kb()
+        self.idle_events = self.log.read()[start:]
+        self.unexpected.update(e["event"] for e in self.idle_events)
+
+    def churn(self) -> None:
+        """--churn seconds of /tmp files and library opens, and rm; cp on 5 hosts."""
+        a, rng = self.args, self.bench.rng
+        healthy = [h for h in self.fleet.hosts if h.kind == "healthy"]
+        rng.shuffle(healthy)
+        churn_hosts, self.lat_hosts = healthy[:5], healthy[5:5 + a.reps]
+        churners = self.start_churners()
+        start = len(self.log.read())
+        meter = Meter(self.dpid)
+        when = sorted(rng.uniform(0.1, 0.9) * a.churn for _ in churn_hosts)
+        self.churn_ops = []
+        for h, at in zip(churn_hosts, when):
+            meter.sleep_until(meter.t0 + at)
+            self.churn_ops.append(self.replace(h))
+        meter.sleep_until(meter.t0 + a.churn, self.check)
+        self.churn_cpu, self.churn_wall = meter.cpu(), meter.wall()
+        self.churn_rss, self.churn_hwm = meter.max_rss_kb, meter.hwm_kb()
+        self.rates = self.stop_churners(churners)
+        wait_ops(self.log, self.churn_ops, a.timeout, self.check)
+        self.unexpected.update(e["event"] for e in self.log.read()[start:]
+                               if e["event"] not in ROUTINE)
+
+    def start_churners(self) -> list[tuple[str, int, subprocess.Popen[bytes]]]:
+        a = self.args
+        churn_dir = self.bench.churn_dir = Path(tempfile.mkdtemp(prefix="inodewatch-fleet-churn-",
+                                                                 dir="/tmp"))
+        libdir = Path("/usr/lib/x86_64-linux-gnu")
+        libs = sorted(str(p) for p in libdir.glob("*.so*") if p.is_file())[:200]
+        libc = next((str(p) for p in libdir.glob("libc.so.6")), None)
+        if libc and libc not in libs:
+            libs.insert(0, libc)
+        churners = []
+        for kind, rate, target in (("tmp", a.tmp_rate, str(churn_dir)), ("lib", a.lib_rate, libs)):
+            churners.append((kind, rate, self.bench.children.spawn(
+                [sys.executable, "-c", churn_script(kind, rate, target)], cwd=ROOT,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)))
+        say(f"daemon under churn {a.churn:g} s ({a.tmp_rate}/s files in {churn_dir}, "
+            f"{a.lib_rate}/s opens of {len(libs)} libraries; rm+cp on 5 hosts)")
+        return churners
+
+    def stop_churners(self, churners: list[tuple[str, int, subprocess.Popen[bytes]]]
+                      ) -> list[tuple[str, int, int, float]]:
+        """(kind, rate asked, done, seconds) of each churner, stopped."""
+        rates = []
+        for kind, rate, p in churners:
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate(timeout=10)
+            self.bench.children.forget(p)
+            try:
+                n, dt = out.split()
+                rates.append((kind, rate, int(n), float(dt)))
+            except ValueError:
+                rates.append((kind, rate, 0, 1.0))
+        if self.bench.churn_dir is not None:
+            shutil.rmtree(self.bench.churn_dir, ignore_errors=True)
+        self.bench.churn_dir = None
+        return rates
+
+    def latency(self) -> None:
+        """--reps rm; cp on distinct healthy hosts, random 0-1 s apart, one at a time."""
+        say(f"latency: {len(self.lat_hosts)} x rm; cp on distinct hosts, daemon watching "
+            f"{self.fleet.n}")
+        self.lat_ops: list[Op] = []
+        for i, h in enumerate(self.lat_hosts):
+            time.sleep(self.bench.rng.uniform(0, 1.0))
+            op = self.replace(h)
+            self.lat_ops.append(op)
+            wait_ops(self.log, [op], self.args.timeout, self.check)
+            if (i + 1) % 25 == 0:
+                say(f"  {i + 1}/{len(self.lat_hosts)}")
+        self.lat_hwm = status_kb(self.dpid, "VmHWM")
+        self.lat_cpu_total = cpu_seconds(self.dpid)
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.unexpected.update(e["event"] for e in self.log.events if e["event"] not in
+                               ROUTINE | {"daemon.stopped", "target.exited"})
+
+    # report ---------------------------------------------------------------------------
+
+    def table(self) -> list[str]:
+        a, n_stale = self.args, sum(h.stale for h in self.fleet.hosts)
+        sc = self.attach_score
+        md = [
+            "## Watch daemon", "",
+            f"`inodewatch {' '.join(self.daemon.args[1:-1])} FILE` (the venv's) "
+            f"(default `--interval` 1 s), all {self.fleet.n} hosts attached after "
+            f"{self.t_attached:.1f} s.  At attach it reported {sc.found}/{n_stale} stale "
+            f"hosts, {sc.fp_healthy + sc.fp_renamed} others, event kinds "
+            f"{'exact' if self.attach_kinds else 'NOT exact'} (renamed-away hosts: seen only "
+            "under their new name, as by a scan).", "",
+            "| phase | seconds | CPU used | % of one core | max VmRSS | VmHWM at end |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| idle | {a.idle:g} | {self.idle_cpu:.2f} s | {self.idle_cpu / a.idle * 100:.2f} % | "
+            f"{self.idle_rss / 1024:.1f} MB | {self.idle_hwm / 1024:.1f} MB |",
+            f"| churn | {self.churn_wall:.1f} | {self.churn_cpu:.2f} s | "
+            f"{self.churn_cpu / self.churn_wall * 100:.2f} % | {self.churn_rss / 1024:.1f} MB | "
+            f"{self.churn_hwm / 1024:.1f} MB |",
+            "", f"Whole life of the daemon (start, attach, idle, churn, latency): "
+            f"{self.lat_cpu_total:.2f} s CPU; VmHWM {self.lat_hwm / 1024:.1f} MB.", "",
+            "Churn achieved: " + ", ".join(f"{kind} {n / dt:,.0f}/s (asked {rate:,}/s)"
+                                           for kind, rate, n, dt in self.rates) +
+            f"; events during idle: {len(self.idle_events)}.", "",
+            "### Divergences made during the churn", "",
+            "| host | daemon asleep in poll before | unlink -> mapping.deleted | "
+            "create -> mapping.replaced |", "| --- | --- | --- | --- |"]
+        return md + [f"| {op.host.dir.name} | {'yes' if op.asleep else 'no'} | "
+                     f"{fmt_ms(op.deleted)} ms | {fmt_ms(op.replaced)} ms |"
+                     for op in self.churn_ops]
+
+    def latency_table(self) -> list[str]:
+        md = ["", "### Latency at scale", "",
+              f"{len(self.lat_ops)} x `rm so.so; cp so2.so so.so` on distinct healthy hosts, "
+              f"one at a time, random 0-1 s apart, while the daemon watches all "
+              f"{self.fleet.n}.", "",
+              "| measurement | n | min | p50 | p99 | max | missing (> "
+              f"{self.args.timeout:g} s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+
+        def row(label: str, vals: list[float]) -> str:
+            s = Summary.of(vals)
+            return (f"| {label} | {s.n} | {fmt_ms(s.min)} ms | {fmt_ms(s.p50)} ms | "
+                    f"{fmt_ms(s.p99)} ms | {fmt_ms(s.max)} ms | {s.missing} |")
+        for label, vals in (("unlink -> mapping.deleted", [o.deleted for o in self.lat_ops]),
+                            ("create -> mapping.replaced", [o.replaced for o in self.lat_ops])):
+            if vals:
+                md.append(row(label, vals))
+        for asleep in (True, False):
+            vals = [o.deleted for o in self.lat_ops if o.asleep == asleep]
+            if vals:
+                md.append(row(f"of which daemon {'asleep in poll' if asleep else 'busy'} before "
+                              "the unlink: deleted", vals))
+        return md + [""]
+
+    def notes(self) -> list[str]:
+        notes = []
+        if stderr_text := self.daemon.stderr().strip():
+            notes.append(f"daemon stderr: {stderr_text[:300]!r}")
+        if self.unexpected:
+            notes.append("daemon events beyond attach / the operations / reloads: " +
+                         ", ".join(f"{k} x{n}" for k, n in self.unexpected.most_common()))
+        for e in self.log.events:
+            if e["event"] in ("watch.degraded", "watch.overflow"):
+                notes.append(f"daemon {e['event']} at {e['timestamp']}: {e.get('detail', '')}")
+        for op in self.churn_ops + self.lat_ops:
+            if math.isinf(op.deleted) or math.isinf(op.replaced):
+                after = [f"{e['event']}" + (f" (+{(event_time(e) - op.t_unlink) * 1000:.0f} ms)")
+                         for e in self.log.events if e.get("pid") == op.host.pid
+                         and event_time(e) >= op.t_unlink - 0.001]
+                notes.append(
+                    f"{op.host.dir.name} (pid {op.host.pid}): an event never came for rm; cp "
+                    f"(daemon {'asleep' if op.asleep else 'busy'} before it); its events from "
+                    f"then on: {', '.join(after) or 'none'}.  A hold host reloads the new file "
+                    "at its next tick: if that comes before the daemon looks, there is no "
+                    "divergence left to see")
+        return notes
+
+    def verdicts(self) -> list[tuple[bool, str]]:
+        a, n = self.args, self.fleet.n
+        idle, churn = self.idle_cpu / a.idle, self.churn_cpu / self.churn_wall
+        hwm_mb = max(self.idle_hwm, self.churn_hwm, self.lat_hwm) / 1024
+        churn_lat = [v for o in self.churn_ops for v in (o.deleted, o.replaced)]
+        worst = max(churn_lat) if churn_lat else math.inf
+        lat_all = [o.deleted for o in self.lat_ops] + [o.replaced for o in self.lat_ops]
+        p99 = percentile(lat_all, 99) if lat_all else math.inf
+        return [
+            (idle <= TARGETS["idle_cpu"], f"daemon idle, {n} hosts: {idle * 100:.2f} % of one "
+             f"core over {a.idle:g} s; target <= {TARGETS['idle_cpu'] * 100:g} %"),
+            (churn <= TARGETS["churn_cpu"], f"daemon under churn: {churn * 100:.2f} % of one core "
+             f"over {self.churn_wall:.0f} s; target <= {TARGETS['churn_cpu'] * 100:g} %"),
+            (hwm_mb <= TARGETS["rss_mb"],
+             f"daemon RSS: VmHWM {hwm_mb:.1f} MB; target <= {TARGETS['rss_mb']:g} MB"),
+            (bool(churn_lat) and worst <= TARGETS["p99_ms"] / 1000,
+             f"divergences during churn: {sum(math.isinf(v) for v in churn_lat)} of "
+             f"{len(churn_lat)} events missed, slowest {fmt_ms(worst)} ms; target none "
+             f"missed, each <= {TARGETS['p99_ms']:g} ms"),
+            (p99 <= TARGETS["p99_ms"] / 1000,
+             f"detection at scale: p99 {fmt_ms(p99)} ms over {len(lat_all)} events "
+             f"(deleted + replaced); target <= {TARGETS['p99_ms']:g} ms"),
+        ]
 
 
 # --- the benchmark ------------------------------------------------------------------------
@@ -638,6 +850,7 @@ class Bench:
 
     # startup ----------------------------------------------------------------------------
 
+
     def startup(self) -> None:
         reps = self.args.startup_reps
         say(f"start-up: {reps} x python -c pass / inodewatch --version, alternating")
@@ -647,12 +860,12 @@ class Bench:
                 "nosite": [sys.executable, "-S", "-c", "pass"]}
         walls: dict[str, list[float]] = {name: [] for name in cmds}
         for cmd in cmds.values():
-            measured(self.children, cmd, ROOT, "warm-up")
+            measured(cmd)
         for i in range(reps):
             pair = ["bare", "ver"]
             for name in (pair if i % 2 == 0 else pair[::-1]) + ["checkout-bare", "checkout-ver",
                                                                 "nosite"]:
-                walls[name].append(measured(self.children, cmds[name], ROOT, f"startup-{name}").wall)
+                walls[name].append(measured(cmds[name]).wall)
         mb, mv = statistics.median(walls["bare"]), statistics.median(walls["ver"])
         ratio = mv / mb
 
@@ -679,145 +892,134 @@ class Bench:
 
     # scans ------------------------------------------------------------------------------
 
+
+    # scans ------------------------------------------------------------------------------
+
     def scans(self) -> None:
         fleet = self.fleet.by_pid()
-        iw = [INODEWATCH, "scan", "--all", "--json"]
-        tools = {"lsof": ["lsof", "-nP"], "needrestart": ["needrestart", "-b", "-r", "l"],
-                 "checkrestart": ["checkrestart"]}
-        runs: dict[str, list[Run]] = {"inodewatch": [], **{t: [] for t in tools}}
-        # Context, not judged: the same scan from the checkout, with this interpreter's site.
-        checkout_cmd = [*CHECKOUT, "scan", "--all", "--json"]
-        checkout: list[Run] = []
-        base_cmd = [BASE_INODEWATCH, "scan", "--all", "--json"]
-        base_pairs: list[tuple[Run, Run]] = []  # (baseline, this code), one per round
+        s = self.measure_scans()
+        f = scan_findings(s, fleet)
+        self.scan_table(s)
+        self.findings_table(s, f)
+        if s.base_pairs:
+            self.baseline_section(s.base_pairs, fleet)
+        self.scan_verdicts(s, f, fleet)
+
+    def measure_scans(self) -> Scans:
+        """--rounds rounds of one (inodewatch, tool) pair per tool, in alternating order;
+        the checkout's scan as context; the --baseline pairs; the untimed verbose runs."""
+        s = Scans({"inodewatch": [], **{t: [] for t in TOOLS}}, {t: [] for t in TOOLS},
+                  [], [], [], None, None)
         say("warm-up: each command once, untimed (page cache, bytecode cache)")
-        for cmd in [iw, *tools.values(), *([base_cmd] if self.args.baseline else [])]:
-            measured(self.children, cmd, ROOT, "warm-up")
-        measured(self.children, checkout_cmd, ROOT, "warm-up")
-        ratios: dict[str, list[float]] = {t: [] for t in tools}
-        nprocs = []
+        for cmd in [IW_SCAN, *TOOLS.values(), *([BASE_SCAN] if self.args.baseline else [])]:
+            measured(cmd)
+        measured(CHECKOUT_SCAN)
         for rnd in range(self.args.rounds):
             say(f"scan round {rnd + 1}/{self.args.rounds}")
-            for tool, cmd in tools.items():
+            for tool, cmd in TOOLS.items():
                 self.fleet.check_alive()
-                nprocs.append(sum(1 for e in os.listdir("/proc") if e.isdigit()))
-                order = [("inodewatch", iw), (tool, cmd)]
+                s.nprocs.append(sum(1 for e in os.listdir("/proc") if e.isdigit()))
                 got = {}
-                for name, c in (order if rnd % 2 == 0 else order[::-1]):
-                    got[name] = measured(self.children, c, ROOT, f"scan-{name}")
-                    runs[name].append(got[name])
-                ratios[tool].append(got[tool].wall / got["inodewatch"].wall)
-            checkout.append(measured(self.children, checkout_cmd, ROOT, "scan-checkout"))
+                for name, c in in_turn([("inodewatch", IW_SCAN), (tool, cmd)], rnd):
+                    got[name] = measured(c)
+                    s.runs[name].append(got[name])
+                s.ratios[tool].append(got[tool].wall / got["inodewatch"].wall)
+            s.checkout.append(measured(CHECKOUT_SCAN))
         if self.args.baseline:  # this code against the --baseline commit, pair after pair
             say(f"{self.args.baseline_pairs} pairs: scan --all of this code and of {self.args.baseline}")
             for i in range(self.args.baseline_pairs):
-                pair = [("inodewatch", iw), ("baseline", base_cmd)]
-                got = {name: measured(self.children, c, ROOT, f"scan-{name}")
-                       for name, c in (pair if i % 2 == 0 else pair[::-1])}
-                base_pairs.append((got["baseline"], got["inodewatch"]))
+                got = {name: measured(c) for name, c in
+                       in_turn([("inodewatch", IW_SCAN), ("baseline", BASE_SCAN)], i)}
+                s.base_pairs.append((got["baseline"], got["inodewatch"]))
         say("untimed verbose runs of needrestart and checkrestart (their per-process output)")
-        nr_v = measured(self.children, ["needrestart", "-v", "-b", "-r", "l"], ROOT, "nr-v")
-        cr_v = measured(self.children, ["checkrestart", "-v"], ROOT, "cr-v")
+        return s._replace(nr_v=measured(["needrestart", "-v", "-b", "-r", "l"]),
+                          cr_v=measured(["checkrestart", "-v"]))
 
-        # findings, checked on every round
-        per_round = {
-            "inodewatch": [findings_inodewatch(r, fleet) for r in runs["inodewatch"]],
-            "lsof": [findings_lsof(r, fleet) for r in runs["lsof"]],
-            "needrestart": [findings_needrestart_batch(r, fleet)[0] for r in runs["needrestart"]],
-        }
-        consistent = {k: all(v == vs[0] for v in vs) for k, vs in per_round.items()}
-        nr_lines = findings_needrestart_batch(runs["needrestart"][0], fleet)[1]
-        cr_summary = [ln for ln in runs["checkrestart"][0].out.decode(errors="replace")
-                      .splitlines() if ln.startswith(("Found", "("))]
-        found = {
-            "inodewatch": per_round["inodewatch"][0],
-            "lsof": per_round["lsof"][0],
-            "needrestart": per_round["needrestart"][0],
-            "needrestart -v": findings_needrestart_verbose(nr_v, fleet),
-            "checkrestart -v": findings_checkrestart_verbose(cr_v, fleet),
-        }
-        scores = {k: score(v, fleet) for k, v in found.items()}
-        iw_summary = runs["inodewatch"][0].err.decode(errors="replace").strip().splitlines()
-
-        def med(xs: list[float]) -> float:
-            return statistics.median(xs)
-
-        n_stale = sum(h.stale for h in self.fleet.hosts)
-        n_ren = sum(h.kind == "renamed" for h in self.fleet.hosts)
+    def scan_table(self, s: Scans) -> None:
+        iw_summary = s.runs["inodewatch"][0].err.decode(errors="replace").strip().splitlines()
         self.md += [
             "## Full-host scan", "",
             f"{self.args.rounds} rounds; per round one pair (inodewatch, tool) per tool, in "
             "alternating order (A B, then B A).  Processes on the host during the scans: "
-            f"{min(nprocs)}-{max(nprocs)} (the fleet's {self.fleet.n} included).  "
+            f"{min(s.nprocs)}-{max(s.nprocs)} (the fleet's {self.fleet.n} included).  "
             f"inodewatch's own summary (round 1): `{iw_summary[-1] if iw_summary else '?'}`.", "",
             "| tool | command | wall median | wall min - max | CPU median | peak RSS median "
             "| tool / inodewatch wall (median of pairs) | ratio of medians |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        iw_wall = med([r.wall for r in runs["inodewatch"]])
-        for name in ["inodewatch", *tools]:
-            rs = runs[name]
+        iw_wall = med([r.wall for r in s.runs["inodewatch"]])
+        for name in ["inodewatch", *TOOLS]:
+            rs = s.runs[name]
             cmd = "`inodewatch scan --all --json` (venv)" if name == "inodewatch" else \
-                f"`{' '.join(tools[name])}`"
+                f"`{' '.join(TOOLS[name])}`"
             walls = [r.wall for r in rs]
-            ratio = "-" if name == "inodewatch" else f"{med(ratios[name]):.2f}x " \
-                f"({min(ratios[name]):.2f}-{max(ratios[name]):.2f})"
+            ratio = "-" if name == "inodewatch" else f"{med(s.ratios[name]):.2f}x " \
+                f"({min(s.ratios[name]):.2f}-{max(s.ratios[name]):.2f})"
             rom = "-" if name == "inodewatch" else f"{med(walls) / iw_wall:.2f}x"
             self.md.append(
                 f"| {name} | {cmd} | {med(walls) * 1000:.0f} ms | {min(walls) * 1000:.0f} - "
                 f"{max(walls) * 1000:.0f} ms | {med([r.cpu for r in rs]) * 1000:.0f} ms | "
                 f"{med([r.maxrss_kb for r in rs]) / 1024:.1f} MB | {ratio} | {rom} |")
-        co_walls = [r.wall for r in checkout]
+        co_walls = [r.wall for r in s.checkout]
         self.md.append(
             f"| context: the checkout | `python3 -m inodewatch scan --all --json` "
             f"(this interpreter, its site) | {med(co_walls) * 1000:.0f} ms | "
             f"{min(co_walls) * 1000:.0f} - {max(co_walls) * 1000:.0f} ms | "
-            f"{med([r.cpu for r in checkout]) * 1000:.0f} ms | "
-            f"{med([r.maxrss_kb for r in checkout]) / 1024:.1f} MB | (not paired) | lsof / this: "
-            f"{med([r.wall for r in runs['lsof']]) / med(co_walls):.2f}x |")
+            f"{med([r.cpu for r in s.checkout]) * 1000:.0f} ms | "
+            f"{med([r.maxrss_kb for r in s.checkout]) / 1024:.1f} MB | (not paired) | lsof / this: "
+            f"{med([r.wall for r in s.runs['lsof']]) / med(co_walls):.2f}x |")
+        assert s.nr_v is not None and s.cr_v is not None
         self.md += [
-            "", f"(inodewatch ran {len(runs['inodewatch'])} times, once per pair.  Untimed "
-            f"extra runs for the per-process output: `needrestart -v -b -r l` {nr_v.wall * 1000:.0f} "
-            f"ms, `checkrestart -v` {cr_v.wall * 1000:.0f} ms.)", "",
+            "", f"(inodewatch ran {len(s.runs['inodewatch'])} times, once per pair.  Untimed "
+            f"extra runs for the per-process output: `needrestart -v -b -r l` {s.nr_v.wall * 1000:.0f} "
+            f"ms, `checkrestart -v` {s.cr_v.wall * 1000:.0f} ms.)", ""]
+
+    def findings_table(self, s: Scans, f: Findings) -> None:
+        n_stale = sum(h.stale for h in self.fleet.hosts)
+        n_ren = sum(h.kind == "renamed" for h in self.fleet.hosts)
+        self.md += [
             "### Findings against the ground truth", "",
             f"Fleet: {self.fleet.n} hosts; stale (deleted + mv-over) {n_stale}, renamed "
             f"{n_ren} (not stale), healthy {self.fleet.n - n_stale - n_ren}.", "",
             "| tool (output read) | stale found | missed | false positives: healthy | "
             "renamed hosts named | what it said, per host kind | same every round |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-        for name, sc in scores.items():
+        for name, sc in f.scores.items():
             said = "; ".join(f"{kind}: {', '.join(f'{k} x{n}' for k, n in c.most_common())}"
                              for kind, c in sorted(sc.kinds.items())) or "nothing about the fleet"
             same_s = "(one run)" if name.endswith("-v") else \
-                ("yes" if consistent[name] else "NO")
+                ("yes" if f.consistent[name] else "NO")
             self.md.append(f"| {name} | {sc.found}/{n_stale} | {sc.missed} | {sc.fp_healthy} | "
                            f"{sc.fp_renamed}/{n_ren} | {said} | {same_s} |")
+        cr_summary = [ln for ln in s.runs["checkrestart"][0].out.decode(errors="replace")
+                      .splitlines() if ln.startswith(("Found", "("))]
         self.md += [
             "", f"needrestart's batch lines naming services/sessions/pids (round 1): "
-            f"{'; '.join(f'`{ln}`' for ln in nr_lines) or 'none'}.  As root it reports "
+            f"{'; '.join(f'`{ln}`' for ln in f.nr_lines) or 'none'}.  As root it reports "
             "services (systemd units, init scripts), sessions and containers; a process that "
             "is none of these is only in its `-v` diagnostics.",
             f"checkrestart's default output (round 1): {'; '.join(f'`{ln}`' for ln in cr_summary)}.",
             ""]
 
-        if base_pairs:
-            self.baseline_section(base_pairs, fleet)
+    def scan_verdicts(self, s: Scans, f: Findings, fleet: dict[int, Host]) -> None:
+        iw_wall = med([r.wall for r in s.runs["inodewatch"]])
         for tool, key in (("needrestart", "needrestart_ratio"),
                           ("checkrestart", "checkrestart_ratio"), ("lsof", "lsof_ratio")):
-            r = med(ratios[tool])
+            r = med(s.ratios[tool])
             aim = (f"; aim {TARGETS['lsof_ratio_aim']}x "
                    f"{'met' if r >= TARGETS['lsof_ratio_aim'] else 'not met'}"
                    if tool == "lsof" else "")
             self.verdict(r >= TARGETS[key],
-                         f"scan --all vs {' '.join(tools[tool])}: {tool} / inodewatch wall "
-                         f"{r:.2f}x (median of {len(ratios[tool])} pairs; inodewatch median "
+                         f"scan --all vs {' '.join(TOOLS[tool])}: {tool} / inodewatch wall "
+                         f"{r:.2f}x (median of {len(s.ratios[tool])} pairs; inodewatch median "
                          f"{iw_wall * 1000:.0f} ms); target >= {TARGETS[key]}x{aim}")
-        sc = scores["inodewatch"]
-        kinds_ok = all(inodewatch_kinds_exact(f, fleet) for f in per_round["inodewatch"])
-        ok = sc.exact and kinds_ok and consistent["inodewatch"]
+        n_stale = sum(h.stale for h in self.fleet.hosts)
+        sc = f.scores["inodewatch"]
+        kinds_ok = all(inodewatch_kinds_exact(x, fleet) for x in f.per_round["inodewatch"])
+        ok = sc.exact and kinds_ok and f.consistent["inodewatch"]
         self.verdict(ok, f"scan --all finds exactly the ground truth: {sc.found}/{n_stale} stale "
                      f"found, {sc.missed} missed, {sc.fp_healthy + sc.fp_renamed} false "
                      f"positives, event kinds {'exact' if kinds_ok else 'WRONG'}, "
-                     f"{'same' if consistent['inodewatch'] else 'DIFFERENT'} in every round")
+                     f"{'same' if f.consistent['inodewatch'] else 'DIFFERENT'} in every round")
 
     # daemon -----------------------------------------------------------------------------
 
@@ -853,231 +1055,18 @@ class Bench:
                      f"same findings: {'yes' if same else 'NO'}; target <= "
                      f"{TARGETS['baseline_ratio']:.2f}x")
 
+
     def daemon(self) -> None:
-        a = self.args
-        fleet = self.fleet.by_pid()
-        logdir = ROOT / "daemon"
-        logdir.mkdir()
-        log = EventLog(logdir / "events.json")
-        err_path = logdir / "stderr"
-        cmd = [INODEWATCH, "--exe", str(self.fleet.binary),
-               "--log-file", str(log.path)]
-        say(f"daemon: {' '.join(cmd)}")
-        t0 = time.monotonic()
-        with open(err_path, "wb") as err:
-            proc = self.children.spawn(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=err,
-                                       stderr=err, env=RUN_ENV)
-        dpid = proc.pid
-
-        def check() -> None:
-            if proc.poll() is not None:
-                raise BenchError(f"daemon exited ({proc.returncode}): "
-                                 f"{err_path.read_text(errors='replace')[:500]!r}")
-            self.fleet.check_alive()
-
-        def attached() -> bool:
-            check()
-            pids = {e.get("pid") for e in log.read() if e["event"] == "target.attached"}
-            return set(fleet) <= pids
-        wait_for(attached, 60 + self.fleet.n * 0.2, f"target.attached for all {self.fleet.n}")
-        self.versions["the daemon's start"] = code_version()  # it has imported its modules
-        t_attached = time.monotonic() - t0
-        wait_for(lambda: (check(), asleep_in_poll(dpid))[1], 60, "the daemon to sleep in poll")
-        time.sleep(3)
-        at_attach: dict[int, set[str]] = {}
-        for e in log.read():
-            if e.get("pid") in fleet and e["event"].startswith("mapping."):
-                at_attach.setdefault(e["pid"], set()).add(e["event"])
-        attach_score = score(at_attach, fleet)
-        attach_kinds = inodewatch_kinds_exact(at_attach, fleet)
-        unexpected: Counter[str] = Counter()
-        routine = {"daemon.started", "target.attached", "mapping.deleted", "mapping.replaced",
-                   "mapping.reloaded"}
-
-        def window(seconds: float, label: str) -> tuple[float, int, int, list[dict[str, Any]]]:
-            """CPU seconds, max VmRSS (kB, sampled each second), VmHWM (kB) at the end."""
-            start = len(log.read())
-            c0 = cpu_seconds(dpid)
-            t_end = time.monotonic() + seconds
-            rss = status_kb(dpid, "VmRSS")
-            while (left := t_end - time.monotonic()) > 0:
-                time.sleep(min(1.0, left))
-                check()
-                rss = max(rss, status_kb(dpid, "VmRSS"))
-            cpu = cpu_seconds(dpid) - c0
-            return cpu, rss, status_kb(dpid, "VmHWM"), log.read()[start:]
-
-        # idle
-        say(f"daemon idle {a.idle:g} s")
-        idle_cpu, idle_rss, idle_hwm, idle_events = window(a.idle, "idle")
-        unexpected.update(e["event"] for e in idle_events)
-
-        # churn
-        healthy = [h for h in self.fleet.hosts if h.kind == "healthy"]
-        self.rng.shuffle(healthy)
-        churn_hosts, lat_hosts = healthy[:5], healthy[5:5 + a.reps]
-        self.churn_dir = Path(tempfile.mkdtemp(prefix="inodewatch-fleet-churn-", dir="/tmp"))
-        libdir = Path("/usr/lib/x86_64-linux-gnu")
-        libs = sorted(str(p) for p in libdir.glob("*.so*") if p.is_file())[:200]
-        libc = next((str(p) for p in libdir.glob("libc.so.6")), None)
-        if libc and libc not in libs:
-            libs.insert(0, libc)
-        churners = []
-        for kind, rate, target in (("tmp", a.tmp_rate, str(self.churn_dir)),
-                                   ("lib", a.lib_rate, libs)):
-            churners.append((kind, rate, self.children.spawn(
-                [sys.executable, "-c", churn_script(kind, rate, target)], cwd=ROOT,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)))
-        say(f"daemon under churn {a.churn:g} s ({a.tmp_rate}/s files in {self.churn_dir}, "
-            f"{a.lib_rate}/s opens of {len(libs)} libraries; rm+cp on 5 hosts)")
-        start = len(log.read())
-        c0 = cpu_seconds(dpid)
-        t_begin = time.monotonic()
-        when = sorted(self.rng.uniform(0.1, 0.9) * a.churn for _ in churn_hosts)
-        churn_ops: list[Op] = []
-        rss = status_kb(dpid, "VmRSS")
-        for h, at in zip(churn_hosts, when):
-            while (left := t_begin + at - time.monotonic()) > 0:
-                time.sleep(min(1.0, left))
-                rss = max(rss, status_kb(dpid, "VmRSS"))
-            churn_ops.append(rm_cp(h, dpid))
-        while (left := t_begin + a.churn - time.monotonic()) > 0:
-            time.sleep(min(1.0, left))
-            check()
-            rss = max(rss, status_kb(dpid, "VmRSS"))
-        churn_cpu = cpu_seconds(dpid) - c0
-        churn_wall = time.monotonic() - t_begin
-        churn_hwm = status_kb(dpid, "VmHWM")
-        rates = {}
-        for kind, rate, p in churners:
-            p.send_signal(signal.SIGTERM)
-            out, _ = p.communicate(timeout=10)
-            self.children.procs.remove(p)
-            try:
-                n, dt = out.split()
-                rates[kind] = (int(n), float(dt))
-            except ValueError:
-                rates[kind] = (0, 1.0)
-        shutil.rmtree(self.churn_dir, ignore_errors=True)
-        self.churn_dir = None
-        wait_ops(log, churn_ops, a.timeout, check)
-        churn_events = log.read()[start:]
-        unexpected.update(e["event"] for e in churn_events if e["event"] not in routine)
-
-        # latency at scale
-        say(f"latency: {len(lat_hosts)} x rm; cp on distinct hosts, daemon watching "
-            f"{self.fleet.n}")
-        lat_ops: list[Op] = []
-        for i, h in enumerate(lat_hosts):
-            time.sleep(self.rng.uniform(0, 1.0))
-            op = rm_cp(h, dpid)
-            lat_ops.append(op)
-            wait_ops(log, [op], a.timeout, check)
-            if (i + 1) % 25 == 0:
-                say(f"  {i + 1}/{len(lat_hosts)}")
-        lat_hwm = status_kb(dpid, "VmHWM")
-        lat_cpu_total = cpu_seconds(dpid)
-        self.children.stop(proc, signal.SIGTERM)
-        log.read()
-        log.close()
-        unexpected.update(e["event"] for e in log.events if e["event"] not in
-                          routine | {"daemon.stopped", "target.exited"})
-        stderr_text = err_path.read_text(errors="replace").strip()
-        if stderr_text:
-            self.notes.append(f"daemon stderr: {stderr_text[:300]!r}")
-
-        # report
-        n_stale = sum(h.stale for h in self.fleet.hosts)
-        hwm_mb = max(idle_hwm, churn_hwm, lat_hwm) / 1024
-        self.md += [
-            "## Watch daemon", "",
-            f"`inodewatch {' '.join(cmd[1:-1])} FILE` (the venv's) "
-            f"(default `--interval` 1 s), all {self.fleet.n} hosts attached after "
-            f"{t_attached:.1f} s.  At attach it reported {attach_score.found}/{n_stale} stale "
-            f"hosts, {attach_score.fp_healthy + attach_score.fp_renamed} others, event kinds "
-            f"{'exact' if attach_kinds else 'NOT exact'} (renamed-away hosts: seen only under "
-            "their new name, as by a scan).", "",
-            "| phase | seconds | CPU used | % of one core | max VmRSS | VmHWM at end |",
-            "| --- | --- | --- | --- | --- | --- |",
-            f"| idle | {a.idle:g} | {idle_cpu:.2f} s | {idle_cpu / a.idle * 100:.2f} % | "
-            f"{idle_rss / 1024:.1f} MB | {idle_hwm / 1024:.1f} MB |",
-            f"| churn | {churn_wall:.1f} | {churn_cpu:.2f} s | "
-            f"{churn_cpu / churn_wall * 100:.2f} % | {rss / 1024:.1f} MB | "
-            f"{churn_hwm / 1024:.1f} MB |",
-            "", f"Whole life of the daemon (start, attach, idle, churn, latency): "
-            f"{lat_cpu_total:.2f} s CPU; VmHWM {lat_hwm / 1024:.1f} MB.", "",
-            "Churn achieved: " + ", ".join(
-                f"{kind} {n / dt:,.0f}/s (asked {rate:,}/s)"
-                for (kind, rate, _), (n, dt) in zip(churners, rates.values())) +
-            f"; events during idle: {len(idle_events)}.", "",
-            "### Divergences made during the churn", "",
-            "| host | daemon asleep in poll before | unlink -> mapping.deleted | "
-            "create -> mapping.replaced |", "| --- | --- | --- | --- |"]
-        for op in churn_ops:
-            self.md.append(f"| {op.host.dir.name} | {'yes' if op.asleep else 'no'} | "
-                           f"{fmt_ms(op.deleted)} ms | {fmt_ms(op.replaced)} ms |")
-        self.md += ["", "### Latency at scale", "",
-                    f"{len(lat_ops)} x `rm so.so; cp so2.so so.so` on distinct healthy hosts, "
-                    f"one at a time, random 0-1 s apart, while the daemon watches all "
-                    f"{self.fleet.n}.", "",
-                    "| measurement | n | min | p50 | p99 | max | missing (> "
-                    f"{a.timeout:g} s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        lat_all: list[float] = []
-        for label, vals in (("unlink -> mapping.deleted", [o.deleted for o in lat_ops]),
-                            ("create -> mapping.replaced", [o.replaced for o in lat_ops])):
-            lat_all += vals
-            if vals:
-                self.md.append(
-                    f"| {label} | {len(vals)} | {fmt_ms(min(vals))} ms | {fmt_ms(pct(vals, 50))} ms | "
-                    f"{fmt_ms(pct(vals, 99))} ms | {fmt_ms(max(vals))} ms | "
-                    f"{sum(math.isinf(v) for v in vals)} |")
-        for asleep in (True, False):
-            vals = [o.deleted for o in lat_ops if o.asleep == asleep]
-            if vals:
-                self.md.append(
-                    f"| of which daemon {'asleep in poll' if asleep else 'busy'} before the "
-                    f"unlink: deleted | {len(vals)} | {fmt_ms(min(vals))} ms | "
-                    f"{fmt_ms(pct(vals, 50))} ms | {fmt_ms(pct(vals, 99))} ms | "
-                    f"{fmt_ms(max(vals))} ms | {sum(math.isinf(v) for v in vals)} |")
-        if unexpected:
-            self.notes.append("daemon events beyond attach / the operations / reloads: " +
-                              ", ".join(f"{k} x{n}" for k, n in unexpected.most_common()))
-        for e in log.events:
-            if e["event"] in ("watch.degraded", "watch.overflow"):
-                self.notes.append(f"daemon {e['event']} at {e['timestamp']}: "
-                                  f"{e.get('detail', '')}")
-        for op in churn_ops + lat_ops:
-            if math.isinf(op.deleted) or math.isinf(op.replaced):
-                after = [f"{e['event']}" + (f" (+{(event_time(e) - op.t_unlink) * 1000:.0f} ms)")
-                         for e in log.events if e.get("pid") == op.host.pid
-                         and event_time(e) >= op.t_unlink - 0.001]
-                self.notes.append(
-                    f"{op.host.dir.name} (pid {op.host.pid}): an event never came for rm; cp "
-                    f"(daemon {'asleep' if op.asleep else 'busy'} before it); its events from "
-                    f"then on: {', '.join(after) or 'none'}.  A hold host reloads the new file "
-                    "at its next tick: if that comes before the daemon looks, there is no "
-                    "divergence left to see")
-        self.md.append("")
-
-        # verdicts
-        self.verdict(idle_cpu / a.idle <= TARGETS["idle_cpu"],
-                     f"daemon idle, {self.fleet.n} hosts: {idle_cpu / a.idle * 100:.2f} % of "
-                     f"one core over {a.idle:g} s; target <= {TARGETS['idle_cpu'] * 100:g} %")
-        self.verdict(churn_cpu / churn_wall <= TARGETS["churn_cpu"],
-                     f"daemon under churn: {churn_cpu / churn_wall * 100:.2f} % of one core over "
-                     f"{churn_wall:.0f} s; target <= {TARGETS['churn_cpu'] * 100:g} %")
-        self.verdict(hwm_mb <= TARGETS["rss_mb"],
-                     f"daemon RSS: VmHWM {hwm_mb:.1f} MB; target <= {TARGETS['rss_mb']:g} MB")
-        churn_lat = [v for o in churn_ops for v in (o.deleted, o.replaced)]
-        worst = max(churn_lat) if churn_lat else math.inf
-        self.verdict(bool(churn_lat) and worst <= TARGETS["p99_ms"] / 1000,
-                     f"divergences during churn: {sum(math.isinf(v) for v in churn_lat)} of "
-                     f"{len(churn_lat)} events missed, slowest {fmt_ms(worst)} ms; target none "
-                     f"missed, each <= {TARGETS['p99_ms']:g} ms")
-        p99 = pct(lat_all, 99) if lat_all else math.inf
-        self.verdict(p99 <= TARGETS["p99_ms"] / 1000,
-                     f"detection at scale: p99 {fmt_ms(p99)} ms over {len(lat_all)} events "
-                     f"(deleted + replaced); target <= {TARGETS['p99_ms']:g} ms")
+        watch = Watch(self)
+        watch.attach()
+        watch.idle()
+        watch.churn()
+        watch.latency()
+        watch.stop()
+        self.md += watch.table() + watch.latency_table()
+        self.notes += watch.notes()
+        for ok, text in watch.verdicts():
+            self.verdict(ok, text)
 
     # the whole run ------------------------------------------------------------------------
 
@@ -1094,12 +1083,12 @@ class Bench:
         self.venv_python = f"Python {version} ({self.args.python})"
         return [
             "# inodewatch fleet benchmark", "",
-            f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- date: {utc_stamp()}",
             f"- command: `python3 benchmarks/fleet.py {shlex.join(sys.argv[1:])}`".replace(
                 "fleet.py `", "fleet.py`"),
             f"- machine: `{' '.join(platform.uname())}`; {os.cpu_count()} CPUs ({cpu}); "
             f"{int(mem) / 1024 / 1024:.1f} GiB RAM; load average at start "
-            f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+            f"{loadavg_text()}",
             f"- code: {self.version_at_start}",
             f"- software: inodewatch {__version__} installed in {VENV} with {self.venv_python}; "
             f"this script and the context rows: Python {platform.python_version()} "
@@ -1112,14 +1101,14 @@ class Bench:
             "", "Method and ground truth: see the docstring of `benchmarks/fleet.py` and "
             "`benchmarks/README.md`.", ""]
 
+
     def run(self) -> None:
         a = self.args
         versions = ensure_tools(a.python)
         self.version_at_start = code_version()
-        subprocess.run(["make", "-s", "-C", str(CSRC)], check=True)
+        build_demo()
         head = self.header(versions)
         self.fleet.build()
-        (ROOT / "out").mkdir()
         self.install()
         if a.setup_only:
             print(f"fleet up: {ROOT}; binary {self.fleet.binary}")
@@ -1132,18 +1121,8 @@ class Bench:
         self.scans()
         self.versions = {"the scans": code_version()}
         self.daemon()
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        def digest(v: str) -> str:
-            return v.split("sha256 ")[1]
-        changed = [phase for phase, v in self.versions.items()
-                   if digest(v) != digest(self.version_at_start)]
-        if changed:
-            self.notes.insert(0, f"inodewatch/ CHANGED during the run, before the end of "
-                                 f"{changed[0]}: the figures mix versions; run again")
-        elif digest(code_version()) != digest(self.version_at_start):
-            self.notes.insert(0, "inodewatch/ changed after the daemon had started (now "
-                                 f"{code_version()}); every figure above is from the code "
-                                 "named in the header (the daemon imports its modules at start)")
+        load = loadavg_text()
+        self.note_code_changes()
         text = head + self.md
         if self.notes:
             text += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
@@ -1151,8 +1130,22 @@ class Bench:
                  *self.verdicts, "```", ""]
         out = "\n".join(text)
         print(out)
-        Path(a.results).write_text(out + kept_history(Path(a.results)))
+        write_head(Path(a.results), out, HISTORY)
         say(f"wrote {a.results}")
+
+    def note_code_changes(self) -> None:
+        """inodewatch/ changed during the run (the figures mix versions) or after the daemon
+        had started (they are all of the header's version)."""
+        changed = [phase for phase, v in self.versions.items()
+                   if v.digest != self.version_at_start.digest]
+        now = code_version()
+        if changed:
+            self.notes.insert(0, f"inodewatch/ CHANGED during the run, before the end of "
+                                 f"{changed[0]}: the figures mix versions; run again")
+        elif now.digest != self.version_at_start.digest:
+            self.notes.insert(0, "inodewatch/ changed after the daemon had started (now "
+                                 f"{now}); every figure above is from the code "
+                                 "named in the header (the daemon imports its modules at start)")
 
     def cleanup(self) -> None:
         self.fleet.stop()
@@ -1202,19 +1195,12 @@ def main() -> int:
     if os.geteuid() != 0:
         p.error("run as root (apt-get, /srv, other processes' /proc)")
 
-    def on_term(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    sigterm_as_interrupt()
 
     bench = Bench(a)
     try:
-        bench.run()
-    except KeyboardInterrupt:
-        say("interrupted; stopping every process started and removing " + str(ROOT))
-        return 130
-    except BenchError as exc:
-        say(str(exc))
-        return 1
+        with exits("fleet", f"interrupted; stopping every process started and removing {ROOT}"):
+            bench.run()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -1224,3 +1210,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

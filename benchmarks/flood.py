@@ -41,19 +41,22 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from hugemaps import write_section
-from massexit import read_log, stamp, wait_until
+from harness import REPO, RESULTS
+from harness.daemon import Daemon, Event, event_time
+from harness.demo import SO1, build_demo, demo_args, rm_cp
+from harness.procfs import Meter
+from harness.procs import BenchError, Children, as_user, exits, scratch, wait_until
+from harness.results import commit_of, utc_stamp, write_section
+from harness.stats import in_turn, percentile
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Floods and the watch budget"
 SCENARIOS = ("idle", "names", "opens", "mapped")
 MAPPER = "iwfloodmap"  # the comm of the mapping process, and the daemon's --name
-TICKS = os.sysconf("SC_CLK_TCK")
 
 FLOODER = r"""
 /* names DIR RATE: create, rename, unlink x<N> in DIR, RATE a second in 1 ms batches;
@@ -103,129 +106,175 @@ int main(int argc, char **argv) {
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+
+class Tools:
+    """What the rounds share: the flooder (compiled once) and the user's files to map
+    (made once: creating 65,000 takes a while)."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.flooder = work / "flooder"
+        (work / "flooder.c").write_text(FLOODER)
+        subprocess.run(["gcc", "-O2", "-o", str(self.flooder), str(work / "flooder.c")],
+                       check=True)
+        self.mapdir = work / "map"
+        (self.mapdir / "files").mkdir(parents=True)
+        shutil.copy(REPO / "tests/mapmany.py", self.mapdir / "mapmany.py")
+        for path in (self.mapdir, self.mapdir / "files"):
+            path.chmod(0o777)
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+# --- set-up -------------------------------------------------------------------------------
 
 
-def as_user(user: str) -> list[str]:
-    import pwd
-    entry = pwd.getpwnam(user)
-    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--"]
-
-
-def run_round(tree: Path, scenario: str, args: argparse.Namespace, work: Path, flooder: Path,
-              mapdir: Path) -> dict:
-    plugins = Path(tempfile.mkdtemp(prefix="iwflood.", dir=work))
-    plugins.chmod(0o1777)
-    procs: list[subprocess.Popen] = []
+def start_hosts(children: Children, plugins: Path, scenario: str,
+                ops: int) -> tuple[list[tuple[Path, int]], Path | None]:
+    """`ops` leak-mode root demos, one plugin each ((plugin, pid)); for the open flood also
+    a hold-mode host whose plugin is the one to be opened (its path)."""
     demos = []
-    for i in range(args.ops):
+    for i in range(ops):
         plugin = plugins / f"p{i}.so"
-        shutil.copyfile(REPO / "csrc/so1.so", plugin)
-        demos.append((plugin, subprocess.Popen(
-            [str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50", "--lib",
-             str(plugin)], stdout=subprocess.DEVNULL)))
-    procs += [d for _, d in demos]
-    load = None
-    log = work / f"events.{time.monotonic_ns()}.json"
-    try:
-        if scenario == "opens":  # a host whose plugin was replaced, its reload not yet done
-            waiting = plugins / "waiting.so"
-            shutil.copyfile(REPO / "csrc/so1.so", waiting)
-            host = subprocess.Popen([str(REPO / "csrc/reload"), "--mode", "hold", "--interval-ms",
-                                     "3600000", "--lib", str(waiting)], stdout=subprocess.DEVNULL)
-            procs.append(host)
+        shutil.copyfile(SO1, plugin)
+        demos.append((plugin, children.spawn(demo_args(plugin, "leak", 50), signal.SIGKILL,
+                                             stdout=subprocess.DEVNULL).pid))
+    waiting = None
+    if scenario == "opens":  # a host whose plugin was replaced, its reload not yet done
+        waiting = plugins / "waiting.so"
+        shutil.copyfile(SO1, waiting)
+        host = children.spawn(demo_args(waiting, "hold", 3600000), signal.SIGKILL,
+                              stdout=subprocess.DEVNULL)
+        demos.append((waiting, host.pid))
+    return demos, waiting
+
+
+def start_mapper(children: Children, tools: Tools, args: argparse.Namespace) -> None:
+    """The user's process mapping --files distinct files, named MAPPER."""
+    load = children.spawn([*as_user(args.user), "/usr/bin/python3",
+                           str(tools.mapdir / "mapmany.py"), str(tools.mapdir / "files"),
+                           str(args.files), MAPPER], signal.SIGKILL,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    if load.stdout is None or load.stdout.readline() != b"ready\n":
+        raise BenchError("the mapping process did not start")
+
+
+def await_reload(daemon: Daemon, waiting: Path, host: int) -> None:
+    """rm+cp of the waiting host's plugin, seen: the daemon now watches it for opens."""
+    rm_cp(waiting)
+    if not wait_until(lambda: any(e["event"] == "mapping.replaced" and e["pid"] == host
+                                  for e in daemon.log.read()), 10):
+        raise BenchError("the waiting host's replacement was not seen")
+
+
+def start_flood(children: Children, scenario: str, tools: Tools, args: argparse.Namespace,
+                plugins: Path, waiting: Path | None) -> subprocess.Popen[str] | None:
+    """The user's C loop of the scenario (none for idle and mapped)."""
+    if scenario == "names":
+        how = ["names", str(plugins), str(args.rate)]
+    elif scenario == "opens":
+        how = ["opens", str(waiting)]
+    else:
+        return None
+    return children.spawn([*as_user(args.user), str(tools.flooder), *how], signal.SIGKILL,
+                          stdout=subprocess.PIPE, text=True)
+
+
+# --- measure ------------------------------------------------------------------------------
+
+
+def run_round(tree: Path, scenario: str, args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
+    """One daemon of the peer `tree` under the scenario's load, while root replaces one demo's
+    plugin after another."""
+    with scratch("iwflood.", "flood", mode=0o1777, parent=tools.work) as plugins, \
+            Children() as children:
+        demos, waiting = start_hosts(children, plugins, scenario, args.ops)
         if scenario == "mapped":
-            load = subprocess.Popen([*as_user(args.user), "/usr/bin/python3",
-                                     str(mapdir / "mapmany.py"), str(mapdir / "files"),
-                                     str(args.files), MAPPER],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            if load.stdout is None or load.stdout.readline() != b"ready\n":
-                sys.exit("flood: the mapping process did not start")
+            start_mapper(children, tools, args)
         time.sleep(0.3)  # the demos have mapped their plugins
-        pids = [a for p in procs for a in ("--pid", str(p.pid))]
-        daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", *pids, "--name", MAPPER,
-                                   "--log-file", str(log)], cwd=tree)
-        procs.append(daemon)
-        expected = len(pids) // 2 + (scenario == "mapped")
-        if not wait_until(lambda: sum(e["event"] == "target.attached"
-                                      for e in read_log(log)) >= expected, 120):
-            sys.exit(f"flood: the daemon did not attach ({scenario}, {tree})")
-        if scenario == "opens":
-            os.unlink(waiting)
-            shutil.copyfile(REPO / "csrc/so2.so", waiting)
-            if not wait_until(lambda: any(e["event"] == "mapping.replaced" and e["pid"] == host.pid
-                                          for e in read_log(log)), 10):
-                sys.exit("flood: the waiting host's replacement was not seen")
-        if scenario == "names":
-            load = subprocess.Popen([*as_user(args.user), str(flooder), "names", str(plugins),
-                                     str(args.rate)], stdout=subprocess.PIPE, text=True)
-        elif scenario == "opens":
-            load = subprocess.Popen([*as_user(args.user), str(flooder), "opens", str(waiting)],
-                                    stdout=subprocess.PIPE, text=True)
+        pids = [a for _, pid in demos for a in ("--pid", str(pid))]
+        daemon = Daemon(children, [*pids, "--name", MAPPER],
+                        tools.work / f"events.{time.monotonic_ns()}.json", tree,
+                        stop_signal=signal.SIGKILL)
+        expected = len(demos) + (scenario == "mapped")
+        if not wait_until(lambda: daemon.log.count("target.attached") >= expected, 120):
+            raise BenchError(f"the daemon did not attach ({scenario}, {tree})")
+        if waiting is not None:
+            await_reload(daemon, waiting, demos[-1][1])
+            demos.pop()
+        load = start_flood(children, scenario, tools, args, plugins, waiting)
         time.sleep(1.0)
-        before, started = cpu_seconds(daemon.pid), time.monotonic()
-        every = args.seconds / args.ops
-        ops = []  # (demo pid, time just before the rm, inode removed)
-        for plugin, demo in demos:
-            time.sleep(every / 2)
-            ino = os.stat(plugin).st_ino
-            ops.append((demo.pid, time.time(), ino))
-            os.unlink(plugin)
-            shutil.copyfile(REPO / "csrc/so2.so", plugin)
-            time.sleep(every / 2)
-        spent, elapsed = cpu_seconds(daemon.pid) - before, time.monotonic() - started
+        meter = Meter(daemon.pid)
+        ops = replace_each(demos, args.seconds / args.ops)
+        spent, elapsed = meter.cpu(), meter.wall()
         done = None
-        if load is not None and scenario in ("names", "opens"):
+        if load is not None:
             load.terminate()
             done = int(load.communicate()[0] or 0)
         time.sleep(2.0)  # the last operation's events
-        rss = peak_rss_mb(daemon.pid)
-        events = read_log(log)
-    finally:
-        for proc in reversed(procs):
-            proc.kill()
-            proc.wait()
-        if load is not None and load.poll() is None:
-            load.kill()
-            load.wait()
-        shutil.rmtree(plugins)
-    replaced = {(e["pid"], e["mapped_ino"]): stamp(e) for e in events
+        return figures(daemon.log.read(), ops, spent, elapsed, meter.hwm_kb() / 1024, done)
+
+
+def replace_each(demos: list[tuple[Path, int]], every: float) -> list[tuple[int, float, int]]:
+    """rm+cp of each demo's plugin, `every` s apart: (demo pid, time just before the rm,
+    inode removed)."""
+    ops = []
+    for plugin, pid in demos:
+        time.sleep(every / 2)
+        done = rm_cp(plugin)
+        ops.append((pid, done.t_unlink, done.old_ino))
+        time.sleep(every / 2)
+    return ops
+
+
+# --- analyse ------------------------------------------------------------------------------
+
+
+def figures(events: list[Event], ops: list[tuple[int, float, int]], spent: float,
+            elapsed: float, rss_mb: float, done: int | None) -> dict[str, Any]:
+    """CPU share, peak RSS, each rm+cp's lag to its mapping.replaced (seen: within 2 s), the
+    load achieved and the watch.* events."""
+    replaced = {(e["pid"], e["mapped_ino"]): event_time(e) for e in events
                 if e["event"] == "mapping.replaced"}
     lags = [replaced[pid, ino] - t for pid, t, ino in ops
             if (pid, ino) in replaced and replaced[pid, ino] - t <= 2]
-    return {"cpu": 100 * spent / elapsed, "rss": rss, "lags": lags, "ops": len(ops),
+    return {"cpu": 100 * spent / elapsed, "rss": rss_mb, "lags": lags, "ops": len(ops),
             "rate": done / (elapsed + 1.0) if done is not None else None,
             "watch": dict(Counter(e["event"] + (f"[{e['resource']}]" if "resource" in e else "")
                                   for e in events if e["event"].startswith("watch.")))}
 
 
-def commit(tree: Path) -> str:
-    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
-    return out or tree.name
+# --- report -------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def row(scenario: str, peer: str, label: str, rs: list[dict[str, Any]],
+        files: int) -> tuple[str, float, int, int]:
+    """A table row of one scenario and peer; its CPU median, rm+cp fast and done."""
+    lags = [lag for r in rs for lag in r["lags"]]
+    ops = sum(r["ops"] for r in rs)
+    fast = sum(lag <= 0.05 for lag in lags)
+    watch: Counter[str] = Counter()
+    for r in rs:
+        watch.update(r["watch"])
+    rates = [r["rate"] for r in rs if r["rate"] is not None]
+    achieved = (f"{statistics.median(rates):,.0f}/s" if rates
+                else f"{files:,} files" if scenario == "mapped" else "-")
+    cpu = statistics.median(r["cpu"] for r in rs)
+    shown = ", ".join(f"{k} x{v}" for k, v in sorted(watch.items())) or "-"
+    head = (f"| {scenario} | {peer} `{label}` " if lags else f"| {scenario} | {peer} ") + \
+        f"| {cpu:.1f} % | {max(r['cpu'] for r in rs):.1f} % " \
+        f"| {statistics.median(r['rss'] for r in rs):.0f} MB "
+    lag = (f"| {fast} of {ops} | {percentile(lags, 50) * 1000:.1f} ms | {max(lags) * 1000:.1f} ms "
+           if lags else f"| 0 of {ops} | - | - ")
+    return head + lag + f"| {achieved} | {shown} |", cpu, fast, ops
 
 
 def report(args: argparse.Namespace, peers: dict[str, Path],
-           results: dict[tuple[str, str], list[dict]]) -> str:
+           results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
+    base = args.base_label or commit_of(peers["B"])
     lines = [
         SECTION, "",
         f"`sudo python3 benchmarks/flood.py --base {args.base} --rounds {args.rounds}` at "
-        f"{commit(REPO)} (A) against {args.base_label or commit(peers['B'])} (B), "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+        f"{commit_of(REPO)} (A) against {base} (B), "
+        f"{utc_stamp()}, {platform.node()}, "
         f"{os.cpu_count()} CPUs, load average at the end "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: the user `{args.user}` floods the "
         f"directory (mode 1777) of {args.ops} root demos named by --pid, while root replaces "
@@ -240,33 +289,32 @@ def report(args: argparse.Namespace, peers: dict[str, Path],
     verdicts = []
     for scenario in args.scenario:
         for peer in ("A", "B"):
-            rs = results[scenario, peer]
-            lags = [lag for r in rs for lag in r["lags"]]
-            ops = sum(r["ops"] for r in rs)
-            fast = sum(lag <= 0.05 for lag in lags)
-            watch = Counter()
-            for r in rs:
-                watch.update(r["watch"])
-            rates = [r["rate"] for r in rs if r["rate"] is not None]
-            achieved = (f"{statistics.median(rates):,.0f}/s" if rates
-                        else f"{args.files:,} files" if scenario == "mapped" else "-")
-            cpu = statistics.median(r["cpu"] for r in rs)
-            lines.append(
-                f"| {scenario} | {peer} `{commit(peers[peer]) if peer == 'A' else args.base_label or commit(peers[peer])}` "
-                f"| {cpu:.1f} % | {max(r['cpu'] for r in rs):.1f} % "
-                f"| {statistics.median(r['rss'] for r in rs):.0f} MB "
-                f"| {fast} of {ops} | {pct(lags, 0.5) * 1000:.1f} ms | {max(lags) * 1000:.1f} ms "
-                f"| {achieved} | {', '.join(f'{k} x{v}' for k, v in sorted(watch.items())) or '-'} |"
-                if lags else
-                f"| {scenario} | {peer} | {cpu:.1f} % | {max(r['cpu'] for r in rs):.1f} % "
-                f"| {statistics.median(r['rss'] for r in rs):.0f} MB | 0 of {ops} | - | - "
-                f"| {achieved} | {', '.join(f'{k} x{v}' for k, v in sorted(watch.items())) or '-'} |")
+            label = commit_of(peers[peer]) if peer == "A" else base
+            text, cpu, fast, ops = row(scenario, peer, label, results[scenario, peer], args.files)
+            lines.append(text)
             if peer == "A" and scenario in ("names", "opens"):
                 ok = cpu <= 20 and fast == ops
                 verdicts.append(f"{'PASS' if ok else 'MISS'} {scenario} flood: {cpu:.1f} % of a "
                                 f"core (target <= 20 %), {fast} of {ops} rm+cp seen within 50 ms")
     lines += ["", "```", *verdicts, "```"]
     return "\n".join(lines) + "\n"
+
+
+def measure(args: argparse.Namespace, peers: dict[str, Path]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every scenario, --rounds rounds of A B / B A."""
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (s, p): [] for s in args.scenario for p in peers}
+    with scratch("flood.", "flood", mode=0o755) as work:
+        tools = Tools(work)
+        for scenario in args.scenario:
+            for i in range(args.rounds):
+                for peer in in_turn("AB", i):
+                    r = run_round(peers[peer], scenario, args, tools)
+                    results[scenario, peer].append(r)
+                    shown = {**r, "lags": [round(x * 1000, 1) for x in r["lags"]]}
+                    print(f"{scenario} round {i + 1} {peer}: {json.dumps(shown)}", file=sys.stderr,
+                          flush=True)
+    return results
 
 
 def main() -> int:
@@ -280,35 +328,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=30_000)
     parser.add_argument("--files", type=int, default=65_000)
     parser.add_argument("--user", default="nobody")
-    parser.add_argument("--results", default=str(REPO / "benchmarks/RESULTS.md"))
+    parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
     args.scenario = args.scenario or list(SCENARIOS)
     if os.geteuid() != 0:
         sys.exit("flood: run as root (the demos are root's, the load another user's)")
-    subprocess.run(["make", "-s", "-C", str(REPO / "csrc")], check=True)
+    build_demo()
     peers = {"A": REPO, "B": args.base.resolve()}
-    work = Path(tempfile.mkdtemp(prefix="flood."))
-    work.chmod(0o755)
-    results: dict[tuple[str, str], list[dict]] = {(s, p): [] for s in args.scenario for p in peers}
-    try:
-        flooder = work / "flooder"
-        (work / "flooder.c").write_text(FLOODER)
-        subprocess.run(["gcc", "-O2", "-o", str(flooder), str(work / "flooder.c")], check=True)
-        mapdir = work / "map"  # the user's files, made once: creating 65,000 takes a while
-        (mapdir / "files").mkdir(parents=True)
-        shutil.copy(REPO / "tests/mapmany.py", mapdir / "mapmany.py")
-        for path in (mapdir, mapdir / "files"):
-            path.chmod(0o777)
-        for scenario in args.scenario:
-            for i in range(args.rounds):
-                for peer in ("AB" if i % 2 == 0 else "BA"):
-                    r = run_round(peers[peer], scenario, args, work, flooder, mapdir)
-                    results[scenario, peer].append(r)
-                    shown = {**r, "lags": [round(x * 1000, 1) for x in r["lags"]]}
-                    print(f"{scenario} round {i + 1} {peer}: {json.dumps(shown)}", file=sys.stderr,
-                          flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with exits("flood"):
+        results = measure(args, peers)
     text = report(args, peers, results)
     print(text)
     write_section(Path(args.results), text, SECTION)

@@ -38,103 +38,19 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from harness import REPO
+from harness.daemon import Daemon, Event, event_time
+from harness.demo import SO1, build_demo, demo_args, rm_cp
+from harness.procs import BenchError, Children, as_user, exits, scratch, wait_until
+from harness.results import commit_of
+from harness.stats import fmt_ms, in_turn
+
 NAME = "iwmass"
-
-
-def stamp(event: dict) -> float:
-    return datetime.fromisoformat(event["timestamp"]).timestamp()
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    return [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines() if line]
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def run_round(tree: Path, work: Path, count: int, user: str, timeout: float,
-              match: bool = True) -> dict:
-    plugin = work / "so.so"
-    shutil.copyfile(REPO / "csrc/so1.so", plugin)
-    demo = subprocess.Popen([str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50",
-                             "--lib", str(plugin)], stdout=subprocess.DEVNULL)
-    herd_dir = Path(tempfile.mkdtemp(prefix="iwmass."))
-    herd_dir.chmod(0o755)
-    shutil.copy("/bin/sleep", herd_dir / NAME)
-    script = f"i=0; while [ $i -lt {count} ]; do ./{NAME} 3600 & i=$((i+1)); done; wait"
-    herd = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-                             "--", "sh", "-c", script], cwd=herd_dir, start_new_session=True)
-    log = work / f"events.{time.monotonic_ns()}.json"
-    daemon = None
-    try:
-        def herd_up() -> bool:
-            out = subprocess.run(["pgrep", "-c", "-x", "-g", str(herd.pid), NAME],
-                                 capture_output=True, text=True).stdout
-            return int(out or 0) == count
-        if not wait_until(herd_up, 120):
-            sys.exit("massexit: the herd did not start")
-        time.sleep(0.2)  # the demo has mapped its plugin
-        daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
-                                   "--name", NAME if match else "iwnobody",
-                                   "--log-file", str(log)], cwd=tree)
-        expected = count if match else 0
-        attached = lambda: sum(e["event"] == "target.attached" for e in read_log(log)) >= expected + 1
-        if not wait_until(attached, 300):
-            names = Counter(e["event"] for e in read_log(log))
-            sys.exit(f"massexit: the daemon did not attach to every process: {dict(names)}")
-        t0 = time.time()
-        os.killpg(herd.pid, signal.SIGKILL)
-        os.unlink(plugin)
-        shutil.copyfile(REPO / "csrc/so2.so", plugin)
-
-        def exits() -> list[dict]:
-            return [e for e in read_log(log) if e["event"] == "target.exited"]
-        drained = wait_until(lambda: len(exits()) == expected
-                             and any(e["event"] == "mapping.replaced" for e in read_log(log)),
-                             timeout) and expected > 0
-        events = read_log(log)
-        first = {}
-        for e in events:
-            if e.get("pid") == demo.pid and e["event"] not in first:
-                first[e["event"]] = stamp(e) - t0
-        told = exits()
-        return {
-            "deleted": first.get("mapping.deleted"),
-            "replaced": first.get("mapping.replaced"),
-            "drain": max(stamp(e) for e in told) - t0 if drained else None,
-            "told": len(told),
-            "sources": dict(Counter(e["status_source"] for e in told)),
-            "signals": dict(Counter(str(e["signal"]) for e in told)),
-            "degraded": [e.get("resource") for e in events if e["event"] == "watch.degraded"],
-        }
-    finally:
-        if daemon is not None:
-            daemon.kill()
-            daemon.wait()
-        if herd.poll() is None:
-            os.killpg(herd.pid, signal.SIGKILL)
-        herd.wait()
-        demo.kill()
-        demo.wait()
-        shutil.rmtree(herd_dir)
-
-
 SPAWNER = """
 import os, signal, sys, time
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps them
@@ -150,76 +66,180 @@ print(n)
 """
 
 
+# --- set-up -------------------------------------------------------------------------------
+
+
+def start_demo(children: Children, plugin: Path) -> subprocess.Popen[Any]:
+    """A leak-mode demo: it never maps the new file, so only its first rm removes an inode
+    it maps."""
+    plugin.parent.mkdir(exist_ok=True)
+    shutil.copyfile(SO1, plugin)
+    return children.spawn(demo_args(plugin, "leak", 50), signal.SIGKILL,
+                          stdout=subprocess.DEVNULL)
+
+
+def herd_dir(work: Path) -> Path:
+    """A directory the user may run from, with sleep(1) named iwmass."""
+    where = work / f"herd.{time.monotonic_ns()}"
+    where.mkdir()
+    where.chmod(0o755)
+    shutil.copy("/bin/sleep", where / NAME)
+    return where
+
+
+def start_daemon(children: Children, tree: Path, pids: list[int], name: str,
+                 log: Path) -> Daemon:
+    """The peer's daemon (run from its tree), killed at the end."""
+    return Daemon(children, [*(a for p in pids for a in ("--pid", str(p))), "--name", name],
+                  log, tree, stop_signal=signal.SIGKILL)
+
+
+# --- measure ------------------------------------------------------------------------------
+
+
+def run_round(tree: Path, work: Path, count: int, user: str, timeout: float,
+              match: bool = True) -> dict[str, Any]:
+    """`count` sleepers of `user` killed at once, and the root demo's rm+cp right after."""
+    with Children() as children:
+        demo = start_demo(children, work / "so.so")
+        herd = children.spawn([*as_user(user), "sh", "-c", f"i=0; while [ $i -lt {count} ]; "
+                               f"do ./{NAME} 3600 & i=$((i+1)); done; wait"], signal.SIGKILL,
+                              group=True, cwd=herd_dir(work))
+
+        def herd_up() -> bool:
+            out = subprocess.run(["pgrep", "-c", "-x", "-g", str(herd.pid), NAME],
+                                 capture_output=True, text=True).stdout
+            return int(out or 0) == count
+        if not wait_until(herd_up, 120):
+            raise BenchError("the herd did not start")
+        time.sleep(0.2)  # the demo has mapped its plugin
+        daemon = start_daemon(children, tree, [demo.pid], NAME if match else "iwnobody",
+                              work / f"events.{time.monotonic_ns()}.json")
+        expected = count if match else 0
+        if not wait_until(lambda: daemon.log.count("target.attached") >= expected + 1, 300):
+            names = Counter(e["event"] for e in daemon.log.read())
+            raise BenchError(f"the daemon did not attach to every process: {dict(names)}")
+        t0 = time.time()
+        os.killpg(herd.pid, signal.SIGKILL)
+        rm_cp(work / "so.so")
+        drained = wait_until(lambda: daemon.log.count("target.exited") == expected
+                             and daemon.log.count("mapping.replaced") > 0,
+                             timeout) and expected > 0
+        return exit_figures(daemon.log.read(), demo.pid, t0, drained)
+
+
 def run_churn(tree: Path, work: Path, seconds: float, rate: float, every: float,
-              user: str) -> dict:
-    # One leak-mode demo per operation: a leak-mode host never maps the new file (dlopen finds
-    # the name loaded already), so only its first rm removes an inode it maps.
-    demos = []
-    for i in range(max(1, int(seconds // every))):
-        (work / f"d{i}").mkdir(exist_ok=True)
-        plugin = work / f"d{i}" / "so.so"
-        shutil.copyfile(REPO / "csrc/so1.so", plugin)
-        demos.append((plugin, subprocess.Popen(
-            [str(REPO / "csrc/reload"), "--mode", "leak", "--interval-ms", "50", "--lib",
-             str(plugin)], stdout=subprocess.DEVNULL)))
-    herd_dir = Path(tempfile.mkdtemp(prefix="iwmass."))
-    herd_dir.chmod(0o755)
-    shutil.copy("/bin/sleep", herd_dir / NAME)
-    log = work / f"events.{time.monotonic_ns()}.json"
-    pids = [a for _, d in demos for a in ("--pid", str(d.pid))]
-    time.sleep(0.2)  # the demos have mapped their plugins
-    daemon = subprocess.Popen([sys.executable, "-m", "inodewatch", *pids, "--name", NAME,
-                               "--log-file", str(log)], cwd=tree)
-    spawner = None
-    try:
-        attached = lambda: sum(e["event"] == "target.attached" for e in read_log(log)) >= len(demos)
-        if not wait_until(attached, 30):
-            sys.exit("massexit: the daemon did not attach to the demos")
-        spawner = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}",
-                                    "--clear-groups", "--", sys.executable, "-c", SPAWNER,
-                                    str(rate), str(seconds)], cwd=herd_dir,
-                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
+              user: str) -> dict[str, Any]:
+    """Short-lived matching processes at `rate` a second, and a root rm+cp every `every` s
+    on another demo."""
+    with Children() as children:
+        plugins = [work / f"d{i}" / "so.so" for i in range(max(1, int(seconds // every)))]
+        demos = [start_demo(children, plugin) for plugin in plugins]
+        time.sleep(0.2)  # the demos have mapped their plugins
+        daemon = start_daemon(children, tree, [d.pid for d in demos], NAME,
+                              work / f"events.{time.monotonic_ns()}.json")
+        if not wait_until(lambda: daemon.log.count("target.attached") >= len(demos), 30):
+            raise BenchError("the daemon did not attach to the demos")
+        spawner = children.spawn([*as_user(user), sys.executable, "-c", SPAWNER, str(rate),
+                                  str(seconds)], signal.SIGKILL, group=True,
+                                 cwd=herd_dir(work), stdout=subprocess.PIPE, text=True)
         ops = []  # (demo pid, time of the rm, the inode it removed)
         time.sleep(every / 2)
-        for plugin, demo in demos:
-            ino = os.stat(plugin).st_ino
-            ops.append((demo.pid, time.time(), ino))
-            os.unlink(plugin)
-            shutil.copyfile(REPO / "csrc/so2.so", plugin)
+        for plugin, demo in zip(plugins, demos):
+            done = rm_cp(plugin)
+            ops.append((demo.pid, done.t_unlink, done.old_ino))
             time.sleep(every)
         spawned = int(spawner.communicate()[0] or 0)
         time.sleep(2)
-        events = read_log(log)
-        deleted = {(e["pid"], e["mapped_ino"]): stamp(e) for e in events
-                   if e["event"] == "mapping.deleted"}
-        lags = [deleted[pid, ino] - t for pid, t, ino in ops
-                if (pid, ino) in deleted and deleted[pid, ino] - t <= 2]
-        return {"ops": len(ops), "seen": len(lags), "lag_max": max(lags, default=None),
-                "lag_median": statistics.median(lags) if lags else None, "spawned": spawned,
-                "attached": sum(e["event"] == "target.attached" for e in events) - len(demos),
-                "sources": dict(Counter(e["status_source"] for e in events
-                                        if e["event"] == "target.exited")),
-                "degraded": [e.get("resource") for e in events if e["event"] == "watch.degraded"]}
-    finally:
-        if spawner is not None and spawner.poll() is None:
-            os.killpg(spawner.pid, signal.SIGKILL)
-            spawner.wait()
-        daemon.kill()
-        daemon.wait()
-        for _, demo in demos:
-            demo.kill()
-            demo.wait()
-        shutil.rmtree(herd_dir)
+        return churn_figures(daemon.log.read(), ops, len(demos), spawned)
+
+
+# --- analyse ------------------------------------------------------------------------------
+
+
+def exit_figures(events: list[Event], demo: int, t0: float, drained: bool) -> dict[str, Any]:
+    """The demo's first events after t0, the drain, and how the exits were told."""
+    first: dict[str, float] = {}
+    for e in events:
+        if e.get("pid") == demo and e["event"] not in first:
+            first[e["event"]] = event_time(e) - t0
+    told = [e for e in events if e["event"] == "target.exited"]
+    return {
+        "deleted": first.get("mapping.deleted"),
+        "replaced": first.get("mapping.replaced"),
+        "drain": max(event_time(e) for e in told) - t0 if drained else None,
+        "told": len(told),
+        "sources": dict(Counter(e["status_source"] for e in told)),
+        "signals": dict(Counter(str(e["signal"]) for e in told)),
+        "degraded": [e.get("resource") for e in events if e["event"] == "watch.degraded"],
+    }
+
+
+def churn_figures(events: list[Event], ops: list[tuple[int, float, int]], demos: int,
+                  spawned: int) -> dict[str, Any]:
+    """Each rm+cp seen when mapping.deleted names its demo and inode within 2 s."""
+    deleted = {(e["pid"], e["mapped_ino"]): event_time(e) for e in events
+               if e["event"] == "mapping.deleted"}
+    lags = [deleted[pid, ino] - t for pid, t, ino in ops
+            if (pid, ino) in deleted and deleted[pid, ino] - t <= 2]
+    return {"ops": len(ops), "seen": len(lags), "lag_max": max(lags, default=None),
+            "lag_median": statistics.median(lags) if lags else None, "spawned": spawned,
+            "attached": sum(e["event"] == "target.attached" for e in events) - demos,
+            "sources": dict(Counter(e["status_source"] for e in events
+                                    if e["event"] == "target.exited")),
+            "degraded": [e.get("resource") for e in events if e["event"] == "watch.degraded"]}
+
+
+def median_told(values: list[float | None]) -> float | None:
+    """The median of rounds; None (not within the timeout) sorts last."""
+    ordered = sorted(values, key=lambda v: (v is None, v or 0))
+    return ordered[len(ordered) // 2]
+
+
+def summed(rounds: list[dict[str, Any]], key: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for r in rounds:
+        total.update(r[key])
+    return dict(total)
+
+
+# --- report -------------------------------------------------------------------------------
 
 
 def fmt(value: float | None, timeout: float) -> str:
-    return f"> {timeout:.0f} s" if value is None else f"{value * 1000:.0f} ms"
+    return f"> {timeout:.0f} s" if value is None else f"{fmt_ms(value, 0)} ms"
 
 
-def median(values: list[float | None]) -> float | None:
-    """None (not within the timeout) sorts last."""
-    ordered = sorted(values, key=lambda v: (v is None, v or 0))
-    return ordered[len(ordered) // 2]
+def churn_table(results: dict[str, list[dict[str, Any]]], peers: dict[str, Path]) -> list[str]:
+    lines = ["| peer | root rm+cp seen within 2 s | lag median | lag max | processes spawned "
+             "(median) | attached (median) | status_source |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for peer, rs in results.items():
+        lags = [r["lag_median"] for r in rs if r["lag_median"] is not None]
+        worst = [r["lag_max"] for r in rs if r["lag_max"] is not None]
+        lines.append(f"| {peer} `{commit_of(peers[peer])}` | {sum(r['seen'] for r in rs)} of "
+                     f"{sum(r['ops'] for r in rs)} | {fmt(median_told(lags) if lags else None, 2)} "
+                     f"| {fmt(max(worst) if worst else None, 2)} "
+                     f"| {statistics.median(r['spawned'] for r in rs):.0f} "
+                     f"| {statistics.median(r['attached'] for r in rs):.0f} "
+                     f"| {summed(rs, 'sources')} |")
+    return lines
+
+
+def exit_table(results: dict[str, list[dict[str, Any]]], peers: dict[str, Path],
+               args: argparse.Namespace) -> list[str]:
+    lines = ["| peer | rm -> mapping.deleted | cp -> mapping.replaced | drain (kill -> last "
+             "target.exited) | exits told | status_source | signal |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for peer, rs in results.items():
+        drain = "(not watched)" if peer == "C" else \
+            fmt(median_told([r["drain"] for r in rs]), args.timeout)
+        lines.append(f"| {peer} `{commit_of(peers[peer])}` "
+                     f"| {fmt(median_told([r['deleted'] for r in rs]), args.timeout)} "
+                     f"| {fmt(median_told([r['replaced'] for r in rs]), args.timeout)} "
+                     f"| {drain} | {statistics.median(r['told'] for r in rs):.0f} of {args.count} "
+                     f"| {summed(rs, 'sources')} | {summed(rs, 'signals')} |")
+    return lines
 
 
 def main() -> int:
@@ -237,59 +257,21 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("massexit: run as root (the demo is root's, the herd another user's)")
-    subprocess.run(["make", "-s", "-C", str(REPO / "csrc")], check=True)
-    user = str(int(subprocess.run(["id", "-u", args.user], capture_output=True, text=True,
-                                  check=True).stdout))
+    build_demo()
     peers = {"A": REPO, "B": args.base.resolve(), "C": REPO}
-    results: dict[str, list[dict]] = {peer: [] for peer in args.order}
-    work = Path(tempfile.mkdtemp(prefix="massexit."))
-    try:
+    results: dict[str, list[dict[str, Any]]] = {peer: [] for peer in args.order}
+    with exits("massexit"), scratch("massexit.", "massexit", mode=0o755) as work:
         for i in range(args.rounds):
-            for peer in (args.order if i % 2 == 0 else args.order[::-1]):
-                r = (run_churn(peers[peer], work, args.churn, args.rate, args.every, user)
-                     if args.churn else run_round(peers[peer], work, args.count, user,
+            for peer in in_turn(args.order, i):
+                r = (run_churn(peers[peer], work, args.churn, args.rate, args.every, args.user)
+                     if args.churn else run_round(peers[peer], work, args.count, args.user,
                                                   args.timeout, match=peer != "C"))
                 results[peer].append(r)
                 print(f"round {i + 1} {peer}: {json.dumps(r)}", flush=True)
-    finally:
-        shutil.rmtree(work)
     print()
-    if args.churn:
-        print("| peer | root rm+cp seen within 2 s | lag median | lag max | processes spawned "
-              "(median) | attached (median) | status_source |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for peer, rs in results.items():
-            sources = Counter()
-            for r in rs:
-                sources.update(r["sources"])
-            lags = [r["lag_median"] for r in rs if r["lag_median"] is not None]
-            worst = [r["lag_max"] for r in rs if r["lag_max"] is not None]
-            print(f"| {peer} `{commit(peers[peer])}` | {sum(r['seen'] for r in rs)} of "
-                  f"{sum(r['ops'] for r in rs)} | {fmt(median(lags) if lags else None, 2)} "
-                  f"| {fmt(max(worst) if worst else None, 2)} "
-                  f"| {statistics.median(r['spawned'] for r in rs):.0f} "
-                  f"| {statistics.median(r['attached'] for r in rs):.0f} | {dict(sources)} |")
-        return 0
-    print("| peer | rm -> mapping.deleted | cp -> mapping.replaced | drain (kill -> last "
-          "target.exited) | exits told | status_source | signal |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for peer, rs in results.items():
-        sources = Counter()
-        signals = Counter()
-        for r in rs:
-            sources.update(r["sources"])
-            signals.update(r["signals"])
-        print(f"| {peer} `{commit(peers[peer])}` | {fmt(median([r['deleted'] for r in rs]), args.timeout)} "
-              f"| {fmt(median([r['replaced'] for r in rs]), args.timeout)} "
-              f"| {'(not watched)' if peer == 'C' else fmt(median([r['drain'] for r in rs]), args.timeout)} "
-              f"| {statistics.median(r['told'] for r in rs):.0f} of {args.count} "
-              f"| {dict(sources)} | {dict(signals)} |")
+    print("\n".join(churn_table(results, peers) if args.churn else
+                    exit_table(results, peers, args)))
     return 0
-
-
-def commit(tree: Path) -> str:
-    return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip() or "?"
 
 
 if __name__ == "__main__":

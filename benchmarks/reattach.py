@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from harness import REPO
+from harness.procs import poll
+
 sys.path.insert(0, str(REPO / "tests"))
 
 import nspawn  # noqa: E402
@@ -53,14 +55,19 @@ def one_round(repo: Path, restarts: int, timeout: float) -> list[float]:
             machine.systemctl("restart", "demo.service")
             state = machine.show("demo.service", "MainPID", "ExecMainStartTimestampMonotonic")
             pid, started = int(state["MainPID"]), int(state["ExecMainStartTimestampMonotonic"])
-            deadline = time.monotonic() + timeout
-            while (stamp := attached_after(machine, pid, invocation)) is None:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            delays.append((stamp - started) / 1e6 if stamp is not None else float("inf"))
+            stamp = poll(lambda: attached_after(machine, pid, invocation), timeout, 0.1)
+            delays.append((stamp - started) / 1e6 if stamp is not None else math.inf)
             print(f"  {repo}: attached {delays[-1]:.2f} s after the restart", flush=True)
     return delays
+
+
+def report(results: dict[str, list[float]]) -> list[str]:
+    lines = []
+    for name, delays in results.items():
+        shown = ", ".join("> timeout" if math.isinf(d) else f"{d:.2f}" for d in delays)
+        lines.append(f"{name}: median {statistics.median(delays):.2f} s, max {max(delays):.2f} s "
+                     f"({shown})")
+    return lines
 
 
 def main() -> int:
@@ -78,9 +85,7 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, repo in peers.items():
             results[name] += one_round(repo, args.restarts, args.timeout)
-    for name, delays in results.items():
-        shown = ", ".join("> timeout" if d == float("inf") else f"{d:.2f}" for d in delays)
-        print(f"{name}: median {statistics.median(delays):.2f} s, max {max(delays):.2f} s ({shown})")
+    print("\n".join(report(results)))
     return 0
 
 

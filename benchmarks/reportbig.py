@@ -31,19 +31,17 @@ import platform
 import random
 import shlex
 import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from hugemaps import write_section  # benchmarks/ is on sys.path: run as a script
+from harness import REPO, RESULTS
+from harness.procs import exits, scratch
+from harness.results import commit_of, utc_stamp, write_section
+from harness.timed import TIME, Spread, in_rounds
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## report on 3 million events"
-TIME = "/usr/bin/time"  # GNU time (Debian: apt-get install time)
 PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 HOST_NS = 4026531841
 START = datetime(2026, 11, 27, 9, 0, 0, tzinfo=timezone.utc)
@@ -171,16 +169,16 @@ def make_log(path: Path, events: int, hosts: int, seed: int) -> int:
         return log.count
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one run, its output thrown away (GNU time's %M)."""
-    with tempfile.NamedTemporaryFile("r") as rss:
-        started = time.perf_counter()
-        done = subprocess.run([TIME, "-f", "%M", "-o", rss.name, *argv],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{shlex.join(argv)} failed: {done.stderr.strip()}")
-        return wall, int(rss.read().split()[-1]) / 1024
+def peers(command: list[str], log: Path) -> dict[str, list[str]]:
+    """inodewatch report (text and JSON) and two peers reading every line of the same file."""
+    quoted = shlex.quote(str(log))
+    return {
+        "inodewatch report LOG": [*command, "report", str(log)],
+        "inodewatch report --json LOG": [*command, "report", "--json", str(log)],
+        "zcat LOG | jq -c .event | sort | uniq -c": [
+            "sh", "-c", f"zcat {quoted} | jq -c .event | sort | uniq -c"],
+        "zgrep -c . LOG": ["zgrep", "-c", ".", str(log)],
+    }
 
 
 def main() -> int:
@@ -194,53 +192,32 @@ def main() -> int:
                         "checkout under the distribution's python3, as an operator has it; "
                         "report needs no package beyond the standard library), e.g. "
                         "'env PYTHONPATH=/tmp/old /usr/bin/python3 -m inodewatch'")
-    p.add_argument("--results", default=str(REPO / "benchmarks/RESULTS.md"))
+    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
     if not os.access(TIME, os.X_OK) or not shutil.which("jq"):
         raise SystemExit("needs GNU time and jq (apt-get install time jq)")
-    work = Path(tempfile.mkdtemp(prefix="iw-reportbig-"))
-    try:
+    with scratch("iw-reportbig-", "reportbig") as work:
         log = work / "events.json.1.gz"
         started = time.perf_counter()
         events = make_log(log, args.events, args.hosts, args.seed)
         print(f"made {events:,} events, {log.stat().st_size / 1e6:.1f} MB gzip, "
               f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        command = shlex.split(args.inodewatch)
-        quoted = shlex.quote(str(log))
-        peers = {
-            "inodewatch report LOG": [*command, "report", str(log)],
-            "inodewatch report --json LOG": [*command, "report", "--json", str(log)],
-            "zcat LOG | jq -c .event | sort | uniq -c": [
-                "sh", "-c", f"zcat {quoted} | jq -c .event | sort | uniq -c"],
-            "zgrep -c . LOG": ["zgrep", "-c", ".", str(log)],
-        }
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
         load = os.getloadavg()
-        for round_ in range(args.rounds):
-            order = list(peers) if round_ % 2 == 0 else list(reversed(peers))
-            for name in order:
-                runs[name].append(measure(peers[name]))
-                print(f"round {round_ + 1} {name}: {runs[name][-1][0]:.2f} s, "
-                      f"{runs[name][-1][1]:.1f} MB", file=sys.stderr)
+        with exits("reportbig"):
+            runs = {name: Spread.of(rs) for name, rs in
+                    in_rounds(peers(shlex.split(args.inodewatch), log), args.rounds, True).items()}
         text = report(args, runs, events, log.stat().st_size, (load, os.getloadavg()))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(text)
     write_section(Path(args.results), text, SECTION)
     return 0
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]], events: int,
+def report(args: argparse.Namespace, runs: dict[str, Spread], events: int,
            size: int, loads: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
-    wall = {n: statistics.median(w for w, _ in r) for n, r in runs.items()}
-    rss = {n: statistics.median(m for _, m in r) for n, r in runs.items()}
-    peak = {n: max(m for _, m in r) for n, r in runs.items()}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     lines = [
         SECTION, "",
         f"`python3 benchmarks/reportbig.py --events {args.events} --hosts {args.hosts} "
-        f"--rounds {args.rounds}` at {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"--rounds {args.rounds}` at {commit_of(REPO)}, {utc_stamp()}, "
         f"{platform.node()}, {os.cpu_count()} CPUs (load average {loads[0][0]:.2f} at the start, "
         f"{loads[1][0]:.2f} at the end), `{args.inodewatch}`: "
         f"{events:,} events of {args.hosts:,} plugin hosts at once (reloads, renames, overwrites "
@@ -251,13 +228,12 @@ def report(args: argparse.Namespace, runs: dict[str, list[tuple[float, float]]],
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in runs.items():
-        walls = [w for w, _ in r]
         cell = name.replace("|", "\\|")  # a pipeline's bars, inside a table
-        lines.append(f"| `{cell}` | {wall[name]:.2f} s | {min(walls):.2f} - {max(walls):.2f} s "
-                     f"| {events / wall[name]:,.0f} | {rss[name]:.1f} MB | {peak[name]:.1f} MB |")
+        lines.append(f"| `{cell}` | {r.wall:.2f} s | {r.wall_min:.2f} - {r.wall_max:.2f} s "
+                     f"| {events / r.wall:,.0f} | {r.rss_mb:.1f} MB | {r.rss_max_mb:.1f} MB |")
     text_run, json_run = "inodewatch report LOG", "inodewatch report --json LOG"
-    worst_rss = max(peak[text_run], peak[json_run])
-    slowest = max(wall[text_run], wall[json_run])
+    worst_rss = max(runs[text_run].rss_max_mb, runs[json_run].rss_max_mb)
+    slowest = max(runs[text_run].wall, runs[json_run].wall)
     lines += ["",
               f"Targets: peak RSS <= 300 MB: {'PASS' if worst_rss <= 300 else 'MISS'} "
               f"({worst_rss:.1f} MB); >= 100,000 events a second: "

@@ -86,17 +86,13 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import ctypes
 import json
 import math
 import os
 import platform
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -104,22 +100,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import latency  # noqa: E402  (a sibling script: the same demo, waits and helpers)
-from latency import (  # noqa: E402
-    BenchError,
-    Children,
-    EventLog,
-    asleep_in_poll,
-    event_time,
-    inotify_inodes,
-    wait_for,
-)
+from harness.daemon import Daemon, Event, event_time, inotify_inodes
+from harness.demo import CSRC, Demo, build_demo
+from harness.ftrace import TraceInstance
+from harness.procfs import cpu_seconds, loadavg, mapped_inodes, status_kb, system_busy
+from harness.procs import (BenchError, Children, die_with_parent, exits, say, scratch,
+                           sigterm_as_interrupt, wait_for)
+from harness.results import code_version
+from harness.stats import Summary, fmt_ms, percentile
 
-REPO = Path(__file__).resolve().parent.parent
-CSRC = REPO / "csrc"
-TICKS = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1
 RSS_EVERY = 10.0  # seconds between samples of the daemon's VmRSS
 CLEAN_EVERY = 2.0  # seconds between removals of renamed-away files
 SETTLE = 2.0  # seconds after the last operation before the daemon is stopped
@@ -137,26 +126,10 @@ ALLOWED = {1: {"mapping.deleted", "mapping.replaced"},
            2: {"mapping.deleted", "mapping.replaced"},
            3: {"mapping.renamed", "mapping.replaced"}}
 ROUTINE = {"daemon.started", "target.attached", "daemon.stopped"}
+Unexpected = tuple[str, Event, "Op | None"]  # (reason, event, the operation it follows)
 
 
-def die_with_parent() -> None:
-    """preexec_fn of the demo: SIGKILL it when this script dies, whatever kills it."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-# --- the processes ------------------------------------------------------------------------
-
-
-class Demo(latency.Demo):
-    """csrc/reload in --mode hold; its load errors (stderr) stamped with its stdout lines."""
-
-    def __init__(self, children: Children, workdir: Path, interval_ms: int, ticks: int) -> None:
-        super().__init__(children, workdir, "hold", interval_ms, Path("so.so"), ticks,
-                         stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-
-    def snapshot(self) -> list[tuple[float, str]]:
-        with self._cond:
-            return list(self.lines)
+# --- the trace ----------------------------------------------------------------------------
 
 
 class Trace:
@@ -170,10 +143,6 @@ class Trace:
 
     def __init__(self, workdir: Path, demo: int, daemon: int) -> None:
         self.demo, self.daemon = demo, daemon
-        self.mounted: Path | None = None
-        self.dir: Path | None = None
-        self.enabled: list[Path] = []
-        self.fd: int | None = None
         self.demo_unmaps: list[float] = []
         self.demo_maps: list[float] = []  # mmap entries (dlopen mapping the library)
         self.demo_opens: list[float] = []
@@ -183,28 +152,24 @@ class Trace:
         self.daemon_adds = 0
         self.daemon_rms: list[float] = []  # inotify_rm_watch
         self.lost = 0
+        self.fd: int | None = None
         self._stop = threading.Event()
         self._buffer = b""
+        self._thread: threading.Thread | None = None
+        self.instance = TraceInstance(workdir, f"inodewatch-soak-{os.getpid()}", 2048)
         try:
-            self.mounted, self.dir = latency.trace_instance(workdir, f"inodewatch-soak-{os.getpid()}")
-            (self.dir / "trace_clock").write_text("tai")
-            (self.dir / "buffer_size_kb").write_text("2048")
             of_demo, of_daemon = f"common_pid == {demo}", f"common_pid == {daemon}"
-            for name, flt in (("sys_enter_openat", f"{of_demo} || {of_daemon}"),
-                              ("sys_exit_openat", of_demo),
-                              ("sys_enter_munmap", of_demo),
-                              ("sys_enter_mmap", of_demo),
-                              ("sys_exit_inotify_add_watch", of_daemon),
-                              ("sys_enter_inotify_rm_watch", of_daemon)):
-                event = self.dir / "events" / "syscalls" / name
-                (event / "filter").write_text(flt)
-                (event / "enable").write_text("1")
-                self.enabled.append(event)
-            self.fd = os.open(self.dir / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+            for name, condition in (("sys_enter_openat", f"{of_demo} || {of_daemon}"),
+                                    ("sys_exit_openat", of_demo),
+                                    ("sys_enter_munmap", of_demo),
+                                    ("sys_enter_mmap", of_demo),
+                                    ("sys_exit_inotify_add_watch", of_daemon),
+                                    ("sys_enter_inotify_rm_watch", of_daemon)):
+                self.instance.enable(f"syscalls/{name}", condition)
+            self.fd = self.instance.open_pipe()
         except BaseException:
             self.close()
             raise
-        self.tai_offset = round(time.clock_gettime(time.CLOCK_TAI) - time.time())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -241,7 +206,7 @@ class Trace:
         if not m:
             return
         pid, call, rest = int(m.group(1)), m.group(3), m.group(4)
-        t = float(m.group(2)) - self.tai_offset
+        t = self.instance.wall_time(m.group(2))
         exiting = rest.startswith(" -> ")
         if pid == self.demo:
             if call == "sys_munmap":
@@ -269,55 +234,15 @@ class Trace:
 
     def close(self) -> None:
         self._stop.set()
-        if getattr(self, "_thread", None) is not None:
+        if self._thread is not None:
             self._thread.join(timeout=5)
-        for event in self.enabled:
-            try:
-                (event / "enable").write_text("0")
-            except OSError:
-                pass
+        self.instance.disable()
         if self.fd is not None:
             while self._drain():
                 pass
             os.close(self.fd)
             self.fd = None
-        latency.remove_trace_instance(self.mounted, self.dir)
-        self.mounted = self.dir = None
-
-
-def read_status_kb(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def system_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values) - idle, sum(values)
-
-
-def loadavg() -> list[float]:
-    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def mapped_inodes(pid: int) -> set[int]:
-    inodes = set()
-    for line in Path(f"/proc/{pid}/maps").read_bytes().splitlines():
-        fields = line.split(None, 5)
-        if len(fields) >= 5 and fields[4] != b"0":
-            inodes.add(int(fields[4]))
-    return inodes
+        self.instance.close()
 
 
 # --- the operations -----------------------------------------------------------------------
@@ -610,42 +535,38 @@ def explain_blind(run: list[Op], ops: list[Op], trace: Trace | None, looks: list
     return Episode(run, "unknown", f"{what} not watched; no watch removal or failure traced")
 
 
-def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid: int,
-            trace: Trace | None, lines: list[tuple[float, str]],
-            baseline_watches: int) -> dict[str, Any]:
-    position = {id(e): i for i, e in enumerate(events)}
-    unexpected: list[tuple[str, dict[str, Any], Op | None]] = []
-    explained: list[tuple[dict[str, Any], Op]] = []
-    loads: list[Load] = []
-    looks: list[Look] = []
-    ambiguous = 0
-
-    # What the demo held at each operation, and loaded next.
-    if trace is not None:
-        loads = demo_loads(trace)
-        ambiguous = place_loads(loads, ops, initial, lines)
-        looks = daemon_looks(trace.daemon_opens)
-        opened = [ld.opened for ld in loads]
-        for op in ops:
-            i = bisect.bisect_left(opened, op.t_div)
-            op.held = loads[i - 1].ino if i > 0 else initial
-            if i < len(loads) and loads[i].release < op.t_div - CLOCK_MARGIN:
-                op.held = None  # the demo had just let go of it (dlclose before the operation)
-            # (a load just before the unlink / rename took effect reopens the old file: the
-            # divergence goes on until a load of another file)
-            op.next_load = next((ld.ino for ld in loads[i:]
-                                 if ld.ino is not None and ld.ino != op.old_ino), None)
-    else:
+def what_demo_did(ops: list[Op], initial: int, trace: Trace | None,
+                  lines: list[tuple[float, str]]) -> tuple[list[Load], list[Look], int]:
+    """What the demo held at each operation and loaded next (op.held, op.next_load): the
+    demo's loads, the daemon's looks, and how many loads raced a rename."""
+    if trace is None:
         for op in ops:
             op.held, op.next_load = op.old_ino, op.new_ino
-    look_starts = [lk.start for lk in looks]
-    unmaps = trace.demo_unmaps if trace is not None else []
+        return [], [], 0
+    loads = demo_loads(trace)
+    ambiguous = place_loads(loads, ops, initial, lines)
+    looks = daemon_looks(trace.daemon_opens)
+    opened = [ld.opened for ld in loads]
+    for op in ops:
+        i = bisect.bisect_left(opened, op.t_div)
+        op.held = loads[i - 1].ino if i > 0 else initial
+        if i < len(loads) and loads[i].release < op.t_div - CLOCK_MARGIN:
+            op.held = None  # the demo had just let go of it (dlclose before the operation)
+        # (a load just before the unlink / rename took effect reopens the old file: the
+        # divergence goes on until a load of another file)
+        op.next_load = next((ld.ino for ld in loads[i:]
+                             if ld.ino is not None and ld.ino != op.old_ino), None)
+    return loads, looks, ambiguous
 
-    # Attribute every event to an operation, by inode: a divergence to the latest operation
-    # whose old inode it names; a reload to the latest one whose old -> next pair it names
-    # (inode numbers are soon reused, and a late event may come after the next operation),
-    # else to the latest whose old inode it names; an overwrite to the operation that created
-    # the file when the demo mapped it before the copy was done.
+
+def attribute(ops: list[Op], events: list[Event], demo_pid: int) -> list[Unexpected]:
+    """Attribute every event to an operation, by inode: a divergence to the latest operation
+    whose old inode it names; a reload to the latest one whose old -> next pair it names
+    (inode numbers are soon reused, and a late event may come after the next operation),
+    else to the latest whose old inode it names; an overwrite to the operation that created
+    the file when the demo mapped it before the copy was done.  The events no operation
+    explains."""
+    unexpected: list[Unexpected] = []
     by_old: dict[int, list[Op]] = {}
     by_new: dict[int, list[Op]] = {}
     for op in ops:
@@ -674,158 +595,167 @@ def analyse(ops: list[Op], initial: int, events: list[dict[str, Any]], demo_pid:
             news[-1].new_events.append(e)
         else:
             unexpected.append((f"{name} for an inode no operation touched", e, None))
+    return unexpected
 
-    divs = [op.t_div for op in ops]
-    for op in ops:
+
+class Judge:
+    """The verdict of each operation, from the events attributed to it and the trace."""
+
+    def __init__(self, ops: list[Op], events: list[Event], trace: Trace | None,
+                 looks: list[Look], lines: list[tuple[float, str]],
+                 unexpected: list[Unexpected]) -> None:
+        self.trace = trace
+        self.looks = looks
+        self.look_starts = [lk.start for lk in looks]
+        self.unmaps = trace.demo_unmaps if trace is not None else []
+        self.lines = lines
+        self.position = {id(e): i for i, e in enumerate(events)}
+        self.divs = [op.t_div for op in ops]
+        self.unexpected = unexpected
+        self.explained: list[tuple[Event, Op]] = []
+
+    def flag(self, reason: str, e: Event, op: Op) -> None:
+        self.unexpected.append((reason, e, op))
+        op.flags.add("unexpected")
+
+    def judge(self, op: Op) -> None:
         for e in op.new_events:  # about the file this operation created
             if e["event"] == "mapping.overwritten" and op.copy_race is not None:
-                explained.append((e, op))  # the demo mapped it while it was being written
+                self.explained.append((e, op))  # the demo mapped it while it was being written
             else:
-                unexpected.append((f"{e['event']} for the new file of operation ({op.kind})",
-                                   e, op))
-                op.flags.add("unexpected")
-        names = [e["event"] for e in op.events]
+                self.flag(f"{e['event']} for the new file of operation ({op.kind})", e, op)
         div = [e for e in op.events if e["event"] in ALLOWED[op.kind]]
         rel = [e for e in op.events if e["event"] == "mapping.reloaded"]
         for e in op.events:
             if e["event"] not in ALLOWED[op.kind] and e["event"] != "mapping.reloaded":
-                unexpected.append((f"{e['event']} after operation ({op.kind})", e, op))
-                op.flags.add("unexpected")
-        if duplicates(op.events, divs):
+                self.flag(f"{e['event']} after operation ({op.kind})", e, op)
+        if duplicates(op.events, self.divs):
             op.flags.add("duplicated")
         if op.held != op.old_ino:
             op.verdict = "not held"
             for e in div + rel:
-                unexpected.append((f"{e['event']} for an inode the demo did not hold", e, op))
-                op.flags.add("unexpected")
-            continue
+                self.flag(f"{e['event']} for an inode the demo did not hold", e, op)
+            return
         if op.next_load is not None and op.next_load != op.new_ino:
             op.flags.add("superseded")
         for e in rel:
             if e.get("new_ino") != op.next_load:
-                unexpected.append(("mapping.reloaded to an inode the demo did not load next",
-                                   e, op))
-                op.flags.add("unexpected")
-        if rel and div and position[id(rel[0])] < position[id(div[0])]:
+                self.flag("mapping.reloaded to an inode the demo did not load next", e, op)
+        if rel and div and self.position[id(rel[0])] < self.position[id(div[0])]:
             op.flags.add("reload before divergence")
         if not op.events:
-            # No event at all: a race, or a miss.  Evidence from the trace.
-            if trace is not None:
-                j = bisect.bisect_left(unmaps, op.t_div - CLOCK_MARGIN)
-                release = unmaps[j] if j < len(unmaps) else math.inf
-                k = bisect.bisect_left(look_starts, op.t_div)
-                look = looks[k] if k < len(looks) else None
-                op.evidence = {"release_ms": (release - op.t_div) * 1000,
-                               "look_start_ms": ((look.start - op.t_div) * 1000
-                                                 if look else math.inf),
-                               "look_end_ms": (look.end - op.t_div) * 1000 if look else math.inf}
-                # A race only if the daemon was watching and looked at once (woken by the
-                # operation), yet too late: the demo had already let go of the old file.
-                prompt = look is not None and look.start - op.t_div <= REACT_MS / 1000
-                raced = prompt and release < look.end  # type: ignore[union-attr]
-            else:
-                after = [t for t, text in lines if t >= op.t_div and text == "run"]
-                op.evidence = {"stdout_ms": (after[0] - op.t_div) * 1000 if after else math.inf}
-                raced = op.evidence["stdout_ms"] <= 2.0
-            if raced and op.watched:
-                op.verdict = "resolved before seen"
-            else:
-                op.verdict = "flawed"
-                op.flags.add("missed")
-                if not op.watched:
-                    op.flags.add("not watching")
-            continue
+            self.no_event(op)
+            return
         if not div or not rel:
             op.flags.add("missed")  # a reload without its divergence, or the reverse
         if len(rel) > 1:
             op.flags.add("duplicated")
         bad = op.flags & {"missed", "duplicated", "unexpected", "reload before divergence"}
         op.verdict = "matched" if not bad else "flawed"
-        op.evidence["combo"] = "+".join(sorted({n.split(".")[1] for n in names
-                                               if n in ALLOWED[op.kind]}))
+        op.evidence["combo"] = "+".join(sorted({e["event"].split(".")[1] for e in div}))
+
+    def no_event(self, op: Op) -> None:
+        """No event at all: a race, or a miss.  Evidence from the trace."""
+        if self.trace is not None:
+            j = bisect.bisect_left(self.unmaps, op.t_div - CLOCK_MARGIN)
+            release = self.unmaps[j] if j < len(self.unmaps) else math.inf
+            k = bisect.bisect_left(self.look_starts, op.t_div)
+            look = self.looks[k] if k < len(self.looks) else None
+            op.evidence = {"release_ms": (release - op.t_div) * 1000,
+                           "look_start_ms": ((look.start - op.t_div) * 1000
+                                             if look else math.inf),
+                           "look_end_ms": (look.end - op.t_div) * 1000 if look else math.inf}
+            # A race only if the daemon was watching and looked at once (woken by the
+            # operation), yet too late: the demo had already let go of the old file.
+            prompt = look is not None and look.start - op.t_div <= REACT_MS / 1000
+            raced = prompt and release < look.end  # type: ignore[union-attr]
+        else:
+            after = [t for t, text in self.lines if t >= op.t_div and text == "run"]
+            op.evidence = {"stdout_ms": (after[0] - op.t_div) * 1000 if after else math.inf}
+            raced = op.evidence["stdout_ms"] <= 2.0
+        if raced and op.watched:
+            op.verdict = "resolved before seen"
+        else:
+            op.verdict = "flawed"
+            op.flags.add("missed")
+            if not op.watched:
+                op.flags.add("not watching")
+
+
+def analyse(ops: list[Op], initial: int, events: list[Event], demo_pid: int,
+            trace: Trace | None, lines: list[tuple[float, str]],
+            baseline_watches: int) -> dict[str, Any]:
+    loads, looks, ambiguous = what_demo_did(ops, initial, trace, lines)
+    judge = Judge(ops, events, trace, looks, lines, attribute(ops, events, demo_pid))
+    for op in ops:
+        judge.judge(op)
+    unexpected = judge.unexpected
     episodes = blind_causes(ops, trace, looks, loads, baseline_watches)
     straddles = {id(e): ld for _, e, _ in unexpected
                  if looks and (ld := straddled(event_time(e), looks, loads)) is not None}
-    return {"unexpected": unexpected, "explained": explained, "ambiguous": ambiguous,
+    return {"unexpected": unexpected, "explained": judge.explained, "ambiguous": ambiguous,
             "episodes": episodes, "loads": loads, "looks": looks, "straddles": straddles}
 
 
 # --- reporting ----------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)] if s else math.nan
-
-
-def fmt_ms(v: float) -> str:
-    return "inf" if math.isinf(v) else f"{v:.2f}"
-
-
-def summary_of(values: list[float]) -> str:
-    if not values:
+def summary_of(seconds: list[float]) -> str:
+    if not seconds:
         return "(none)"
-    return (f"n {len(values)}, min {fmt_ms(min(values))}, p50 {fmt_ms(pct(values, 50))}, "
-            f"p99 {fmt_ms(pct(values, 99))}, max {fmt_ms(max(values))} ms")
+    s = Summary.of(seconds)
+    return (f"n {s.n}, min {fmt_ms(s.min)}, p50 {fmt_ms(s.p50)}, p99 {fmt_ms(s.p99)}, "
+            f"max {fmt_ms(s.max)} ms")
 
 
-def code_version() -> str:
-    from inodewatch import __version__
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %cI"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
-                                "inodewatch"], capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return __version__
-    return f"{__version__}, commit {head}" + (" + uncommitted changes in inodewatch/"
-                                              if dirty else "")
-
-
-def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
-           result: dict[str, Any], events: list[dict[str, Any]], trace: Trace | None) -> int:
-    out: list[str] = []
-    p = out.append
+def header(args: argparse.Namespace, run: dict[str, Any], ops: list[Op], result: dict[str, Any],
+           trace: Trace | None) -> list[str]:
     wall = run["t_end"] - run["t_first"]
-    p(f"inodewatch soak: {wall / 60:.1f} min, demo --mode hold --interval-ms "
-      f"{args.interval_ms}, an operation every {args.op_ms} ms")
-    p(f"  code: inodewatch {run['version']}")
-    p(f"  host: Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
-      f"{platform.python_version()}; load average at start {' '.join(map(str, run['load_start']))}, "
-      f"at end {' '.join(map(str, run['load_end']))}; 1-min load sampled every "
-      f"{RSS_EVERY:g} s: mean {run['load_mean']:.2f}, max {run['load_max']:.2f}; all CPUs "
-      f"busy {run['busy'] * 100:.0f} % of the run")
-    p(f"  daemon: {' '.join(run['daemon_args'][:3])} --pid PID --log-file FILE (default "
-      "--interval 1.0)")
+    out = [f"inodewatch soak: {wall / 60:.1f} min, demo --mode hold --interval-ms "
+           f"{args.interval_ms}, an operation every {args.op_ms} ms",
+           f"  code: inodewatch {run['version']}",
+           f"  host: Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
+           f"{platform.python_version()}; load average at start "
+           f"{' '.join(map(str, run['load_start']))}, at end {' '.join(map(str, run['load_end']))}"
+           f"; 1-min load sampled every {RSS_EVERY:g} s: mean {run['load_mean']:.2f}, max "
+           f"{run['load_max']:.2f}; all CPUs busy {run['busy'] * 100:.0f} % of the run",
+           f"  daemon: {' '.join(run['daemon_args'][:3])} --pid PID --log-file FILE (default "
+           "--interval 1.0)"]
     if trace is not None:
-        p(f"  ftrace: {len(trace.demo_opens)} demo dlopens, {len(trace.demo_unmaps)} dlcloses, "
-          f"{len(result['looks'])} daemon looks at the maps, {trace.daemon_adds} inotify_add_watch "
-          f"({len(trace.daemon_add_errors)} failed), {len(trace.daemon_rms)} inotify_rm_watch; "
-          f"lost events: {trace.lost}; loads racing a rename within its syscall: "
-          f"{result['ambiguous']}")
+        out.append(f"  ftrace: {len(trace.demo_opens)} demo dlopens, {len(trace.demo_unmaps)} "
+                   f"dlcloses, {len(result['looks'])} daemon looks at the maps, "
+                   f"{trace.daemon_adds} inotify_add_watch ({len(trace.daemon_add_errors)} "
+                   f"failed), {len(trace.daemon_rms)} inotify_rm_watch; lost events: "
+                   f"{trace.lost}; loads racing a rename within its syscall: {result['ambiguous']}")
     else:
-        p(f"  no ftrace ({run.get('no_trace', '--no-ftrace')}): the demo is assumed to hold "
-          "each old file and load each new one; race evidence from stdout arrival (coarse)")
+        out.append(f"  no ftrace ({run.get('no_trace', '--no-ftrace')}): the demo is assumed to "
+                   "hold each old file and load each new one; race evidence from stdout "
+                   "arrival (coarse)")
     slips = [(op.t_start - op.planned) * 1000 for op in ops]
-    p(f"  operations: {len(ops)} done; start behind schedule: p50 {pct(slips, 50):.2f} ms, "
-      f"max {max(slips):.2f} ms; demo: {run['ticks']} ticks, {len(run['load_errors'])} "
-      f"failed loads ({', '.join(f'{n}x {t!r}' for t, n in Counter(run['load_errors']).most_common())})")
-    p(f"  directory: at most {run['max_entries']} entries; {run['cleaned']} renamed-away "
-      "files removed once unmapped")
+    errors = ", ".join(f"{n}x {t!r}" for t, n in Counter(run["load_errors"]).most_common())
+    out += [f"  operations: {len(ops)} done; start behind schedule: p50 "
+            f"{percentile(slips, 50):.2f} ms, max {max(slips):.2f} ms; demo: {run['ticks']} "
+            f"ticks, {len(run['load_errors'])} failed loads ({errors})",
+            f"  directory: at most {run['max_entries']} entries; {run['cleaned']} renamed-away "
+            "files removed once unmapped"]
     low = [op for op in ops if op.max_watches < run["max_watches"]]
     if low:
-        p(f"  NOTE: fs.inotify.max_user_watches (a system-wide setting) was lowered by another "
-          f"process during {len(low)} operations (min {min(op.max_watches for op in low)}, at "
-          f"start {run['max_watches']})")
+        out.append(f"  NOTE: fs.inotify.max_user_watches (a system-wide setting) was lowered by "
+                   f"another process during {len(low)} operations (min "
+                   f"{min(op.max_watches for op in low)}, at start {run['max_watches']})")
     blind = [op for op in ops if not op.watched]
-    p(f"  the daemon's inotify watched so.so's inode and its directory just before "
-      f"{len(ops) - len(blind)} of {len(ops)} operations (directory not watched: "
-      f"{sum(not op.dir_watched for op in ops)}, so.so's inode not watched: "
-      f"{sum(not op.so_watched for op in ops)})")
-    p("")
-    p(f"  {'operation':<34} {'done':>5} {'matched':>7} {'resolved':>8} {'not':>5} "
-      f"{'flawed':>6}: {'missed':>6} {'dupl.':>5} {'unexp.':>6}   matched but superseded")
-    p(f"  {'':<34} {'':>5} {'exactly':>7} {'b. seen':>8} {'held':>5}")
+    out += [f"  the daemon's inotify watched so.so's inode and its directory just before "
+            f"{len(ops) - len(blind)} of {len(ops)} operations (directory not watched: "
+            f"{sum(not op.dir_watched for op in ops)}, so.so's inode not watched: "
+            f"{sum(not op.so_watched for op in ops)})", ""]
+    return out
+
+
+def verdict_table(ops: list[Op]) -> tuple[list[str], Counter[str]]:
+    """Per operation kind, the verdicts and flags; and the totals."""
+    out = [f"  {'operation':<34} {'done':>5} {'matched':>7} {'resolved':>8} {'not':>5} "
+           f"{'flawed':>6}: {'missed':>6} {'dupl.':>5} {'unexp.':>6}   matched but superseded",
+           f"  {'':<34} {'':>5} {'exactly':>7} {'b. seen':>8} {'held':>5}"]
     totals: Counter[str] = Counter()
     for kind in (1, 2, 3, 0):
         sel = [op for op in ops if kind in (0, op.kind)]
@@ -836,131 +766,169 @@ def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
                 row[f] += f in op.flags
             row["superseded"] += op.verdict == "matched" and "superseded" in op.flags
         label = KIND_NAMES.get(kind, "total")
-        p(f"  {label:<34} {len(sel):>5} {row['v:matched']:>7} {row['v:resolved before seen']:>8} "
-          f"{row['v:not held']:>5} {row['v:flawed']:>6}: {row['missed']:>6} {row['duplicated']:>5} "
-          f"{row['unexpected']:>6}   {row['superseded']}")
+        out.append(f"  {label:<34} {len(sel):>5} {row['v:matched']:>7} "
+                   f"{row['v:resolved before seen']:>8} {row['v:not held']:>5} "
+                   f"{row['v:flawed']:>6}: {row['missed']:>6} {row['duplicated']:>5} "
+                   f"{row['unexpected']:>6}   {row['superseded']}")
         if kind == 0:
             totals = row
-    p("  (each operation is matched, resolved before seen, not held or flawed; a flawed one "
-      "is flagged missed, duplicated and/or unexpected)")
-    p("")
-    p("  divergence events per matched operation (what the daemon's looks caught):")
+    out += ["  (each operation is matched, resolved before seen, not held or flawed; a flawed "
+            "one is flagged missed, duplicated and/or unexpected)", ""]
+    return out, totals
+
+
+def latencies(ops: list[Op], result: dict[str, Any], trace: Trace | None) -> list[str]:
+    """The divergence combinations seen, and the latencies of matched operations."""
+    out = ["  divergence events per matched operation (what the daemon's looks caught):"]
     for kind in (1, 2, 3):
         combos = Counter(op.evidence.get("combo") for op in ops
                          if op.kind == kind and op.verdict == "matched")
-        p(f"    {KIND_NAMES[kind]:<34} " + ", ".join(f"{c} x{n}" for c, n in combos.most_common()))
+        out.append(f"    {KIND_NAMES[kind]:<34} " +
+                   ", ".join(f"{c} x{n}" for c, n in combos.most_common()))
     first_div, reload_lat = [], []
     for op in ops:
         if op.verdict != "matched":
             continue
         div = [event_time(e) for e in op.events if e["event"] in ALLOWED[op.kind]]
-        first_div.append((min(div) - op.t_div) * 1000)
+        first_div.append(min(div) - op.t_div)
         rel = [event_time(e) for e in op.events if e["event"] == "mapping.reloaded"]
-        nl = [ld.opened for ld in result["loads"] if ld.ino == op.next_load and ld.opened >= op.t_div]
+        nl = [ld.opened for ld in result["loads"]
+              if ld.ino == op.next_load and ld.opened >= op.t_div]
         if rel and nl and nl[0] <= rel[0]:
-            reload_lat.append((rel[0] - nl[0]) * 1000)
-    p(f"  latency, the operation's syscall -> first divergence event: {summary_of(first_div)}")
+            reload_lat.append(rel[0] - nl[0])
+    out.append(f"  latency, the operation's syscall -> first divergence event: "
+               f"{summary_of(first_div)}")
     if trace is not None:
-        p(f"  latency, the demo's dlopen (openat) -> mapping.reloaded: {summary_of(reload_lat)}")
-    races = [op for op in ops if op.verdict == "resolved before seen"]
-    if races:
-        p("")
-        p(f"  resolved before seen: {len(races)} operations without any event: the daemon "
-          f"watched and looked within {REACT_MS:g} ms, but the demo had let go of the old "
-          "file before that look was done with the mappings:")
-        if trace is not None:
-            p("    operation -> the demo's dlclose: " +
-              summary_of([op.evidence["release_ms"] for op in races]))
-            p("    operation -> the daemon's first look (maps opened): " +
-              summary_of([op.evidence["look_start_ms"] for op in races]))
-            p("    operation -> that look done with the mappings: " +
-              summary_of([op.evidence["look_end_ms"] for op in races]))
-            for op in races[:3]:
-                p(f"    e.g. op {op.k} ({op.kind}): dlclose {op.evidence['release_ms']:+.2f} ms, "
-                  f"daemon look {op.evidence['look_start_ms']:+.2f}..{op.evidence['look_end_ms']:+.2f} ms")
-        else:
-            p("    operation -> the demo's next 'run' line: " +
-              summary_of([op.evidence["stdout_ms"] for op in races]))
-    episodes = result["episodes"]
-    if episodes:
-        p("")
-        p(f"  the daemon was not watching before {len(blind)} operations, in {len(episodes)} "
-          "episodes; by cause:")
-        for cause, n in Counter(ep.cause for ep in episodes).most_common():
-            n_ops = sum(len(ep.ops) for ep in episodes if ep.cause == cause)
-            n_bad = sum(op.verdict == "flawed" for ep in episodes if ep.cause == cause
-                        for op in ep.ops)
-            p(f"    {n:>4} episodes, {n_ops} operations ({n_bad} of them flawed): {cause}")
-        for ep in episodes[:6]:
-            p(f"    e.g. ops {ep.ops[0].k}-{ep.ops[-1].k}: {ep.detail}")
+        out.append(f"  latency, the demo's dlopen (openat) -> mapping.reloaded: "
+                   f"{summary_of(reload_lat)}")
+    return out
+
+
+def races(ops: list[Op], trace: Trace | None) -> list[str]:
+    found = [op for op in ops if op.verdict == "resolved before seen"]
+    if not found:
+        return []
+    out = ["", f"  resolved before seen: {len(found)} operations without any event: the daemon "
+           f"watched and looked within {REACT_MS:g} ms, but the demo had let go of the old "
+           "file before that look was done with the mappings:"]
+
+    def of(key: str) -> str:
+        return summary_of([op.evidence[key] / 1000 for op in found])
+    if trace is None:
+        return out + ["    operation -> the demo's next 'run' line: " + of("stdout_ms")]
+    out += ["    operation -> the demo's dlclose: " + of("release_ms"),
+            "    operation -> the daemon's first look (maps opened): " + of("look_start_ms"),
+            "    operation -> that look done with the mappings: " + of("look_end_ms")]
+    for op in found[:3]:
+        out.append(f"    e.g. op {op.k} ({op.kind}): dlclose {op.evidence['release_ms']:+.2f} ms, "
+                   f"daemon look {op.evidence['look_start_ms']:+.2f}.."
+                   f"{op.evidence['look_end_ms']:+.2f} ms")
+    return out
+
+
+def blind_episodes(ops: list[Op], episodes: list[Episode]) -> list[str]:
+    if not episodes:
+        return []
+    blind = sum(not op.watched for op in ops)
+    out = ["", f"  the daemon was not watching before {blind} operations, in {len(episodes)} "
+           "episodes; by cause:"]
+    for cause, n in Counter(ep.cause for ep in episodes).most_common():
+        n_ops = sum(len(ep.ops) for ep in episodes if ep.cause == cause)
+        n_bad = sum(op.verdict == "flawed" for ep in episodes if ep.cause == cause
+                    for op in ep.ops)
+        out.append(f"    {n:>4} episodes, {n_ops} operations ({n_bad} of them flawed): {cause}")
+    return out + [f"    e.g. ops {ep.ops[0].k}-{ep.ops[-1].k}: {ep.detail}" for ep in episodes[:6]]
+
+
+def flawed_ops(ops: list[Op]) -> list[str]:
     flawed = [op for op in ops if op.verdict == "flawed"]
-    if flawed:
-        p("")
-        p(f"  flawed operations ({len(flawed)}; {sum(not op.watched for op in flawed)} of them "
-          "right after the daemon had stopped watching; first 8):")
-        for op in flawed[:8]:
-            evs = ", ".join(f"{e['event']}@{(event_time(e) - op.t_div) * 1000:+.1f}ms"
-                            for e in op.events) or "no event"
-            extra = " ".join(f"{k} {fmt_ms(v)}" for k, v in op.evidence.items()
-                             if isinstance(v, float))
-            p(f"    op {op.k} ({op.kind}) {sorted(op.flags)} old {op.old_ino} -> new "
-              f"{op.new_ino}, demo held {op.held}, loaded next {op.next_load}, daemon "
-              f"{'watching' if op.watched else 'NOT watching'}: {evs} {extra}")
+    if not flawed:
+        return []
+    out = ["", f"  flawed operations ({len(flawed)}; {sum(not op.watched for op in flawed)} of "
+           "them right after the daemon had stopped watching; first 8):"]
+    for op in flawed[:8]:
+        evs = ", ".join(f"{e['event']}@{(event_time(e) - op.t_div) * 1000:+.1f}ms"
+                        for e in op.events) or "no event"
+        extra = " ".join(f"{k} {fmt_ms(v / 1000)}" for k, v in op.evidence.items()
+                         if isinstance(v, float))
+        out.append(f"    op {op.k} ({op.kind}) {sorted(op.flags)} old {op.old_ino} -> new "
+                   f"{op.new_ino}, demo held {op.held}, loaded next {op.next_load}, daemon "
+                   f"{'watching' if op.watched else 'NOT watching'}: {evs} {extra}")
+    return out
+
+
+def odd_events(result: dict[str, Any]) -> list[str]:
+    """Overwrites explained by a copy the demo mapped early, and the unexpected events."""
+    out = []
     explained = result["explained"]
     if explained:
-        p("")
-        p(f"  mapping.overwritten for a new file the demo had mapped before the copy was done "
-          f"(a real write into a mapped file; not counted as unexpected): {len(explained)}")
+        out += ["", f"  mapping.overwritten for a new file the demo had mapped before the copy "
+                f"was done (a real write into a mapped file; not counted as unexpected): "
+                f"{len(explained)}"]
         for e, op in explained[:3]:
-            p(f"    e.g. op {op.k} ({op.kind}): the demo's dlopen {op.copy_race * 1000:.2f} ms "
-              f"before the copy ended; event {(event_time(e) - op.t_div) * 1000:+.1f} ms")
-    unexpected = result["unexpected"]
+            out.append(f"    e.g. op {op.k} ({op.kind}): the demo's dlopen "
+                       f"{op.copy_race * 1000:.2f} ms before the copy ended; event "
+                       f"{(event_time(e) - op.t_div) * 1000:+.1f} ms")
+    unexpected, straddles = result["unexpected"], result["straddles"]
     if unexpected:
-        p("")
-        p(f"  unexpected events: {len(unexpected)}")
-        straddles = result["straddles"]
+        out += ["", f"  unexpected events: {len(unexpected)}"]
         for reason, n in Counter(r for r, _, _ in unexpected).most_common():
-            p(f"    {n:>5} x {reason}")
-        p(f"    ({len(straddles)} of them logged by a re-read that spanned the demo's dlclose "
-          "+ dlopen: maps read before, map_files stat'ed after)")
+            out.append(f"    {n:>5} x {reason}")
+        out.append(f"    ({len(straddles)} of them logged by a re-read that spanned the demo's "
+                   "dlclose + dlopen: maps read before, map_files stat'ed after)")
         for reason, e, op in unexpected[:8]:
             at = f" (op {op.k}, {(event_time(e) - op.t_div) * 1000:+.1f} ms)" if op else ""
             ld = straddles.get(id(e))
             st = (f" [look spanned the demo's dlclose {(ld.release - op.t_div) * 1000:+.2f} ms"
                   f" / dlopen {(ld.opened - op.t_div) * 1000:+.2f} ms]") if ld and op else ""
-            p(f"    e.g.{at}{st}: {json.dumps(e)[:260]}")
-    if run["daemon_stderr"]:
-        p(f"  daemon stderr: {run['daemon_stderr'][:300]!r}")
+            out.append(f"    e.g.{at}{st}: {json.dumps(e)[:260]}")
+    return out
+
+
+def resources(run: dict[str, Any], events: list[Event]) -> tuple[list[str], int]:
+    """The daemon's RSS and CPU; and its RSS growth (kB)."""
+    out = [f"  daemon stderr: {run['daemon_stderr'][:300]!r}"] if run["daemon_stderr"] else []
     rss_kb = [kb for _, kb in run["rss"]]
     growth = rss_kb[-1] - rss_kb[0]
-    p("")
-    p(f"  daemon RSS (VmRSS, {len(rss_kb)} samples every {RSS_EVERY:g} s): start "
-      f"{rss_kb[0] / 1024:.1f} MB, end {rss_kb[-1] / 1024:.1f} MB, max {max(rss_kb) / 1024:.1f} MB, "
-      f"growth {growth / 1024:+.2f} MB")
+    wall = run["t_end"] - run["t_first"]
     cpu = run["cpu_end"] - run["cpu_start"]
-    p(f"  daemon CPU (utime + stime): {cpu:.1f} s over {wall:.0f} s = {cpu / wall * 100:.1f} % "
-      f"of one core; {len(events)} events logged")
-    p("")
-    missed = totals["missed"]
+    return out + [
+        "", f"  daemon RSS (VmRSS, {len(rss_kb)} samples every {RSS_EVERY:g} s): start "
+        f"{rss_kb[0] / 1024:.1f} MB, end {rss_kb[-1] / 1024:.1f} MB, max "
+        f"{max(rss_kb) / 1024:.1f} MB, growth {growth / 1024:+.2f} MB",
+        f"  daemon CPU (utime + stime): {cpu:.1f} s over {wall:.0f} s = {cpu / wall * 100:.1f} % "
+        f"of one core; {len(events)} events logged", ""], growth
+
+
+def verdicts(run: dict[str, Any], totals: Counter[str], unexpected: int, growth: int) -> list[str]:
+    out = []
     died = run.get("died")
     if died:
-        p("")
-        p(f"  THE DAEMON DIED (exit {died['returncode']}) after operation {died['k']}; operations "
-          "from 0.5 s before were not judged.  Its stderr ends:")
-        for line in died["stderr"].strip().splitlines()[-8:]:
-            p(f"    {line}")
-    verdicts = [
+        out += ["", f"  THE DAEMON DIED (exit {died['returncode']}) after operation {died['k']}; "
+                "operations from 0.5 s before were not judged.  Its stderr ends:"]
+        out += [f"    {line}" for line in died["stderr"].strip().splitlines()[-8:]]
+    judged = [
         ("the daemon stayed up", not died, f"died after operation {died['k']}" if died else
          "until stopped"),
         ("nothing missed (except the races resolved before seen: "
-         f"{totals['v:resolved before seen']})", missed == 0, f"{missed} operations missed"),
+         f"{totals['v:resolved before seen']})", totals["missed"] == 0,
+         f"{totals['missed']} operations missed"),
         ("nothing duplicated", totals["duplicated"] == 0, f"{totals['duplicated']} operations"),
-        ("no unexpected events", not unexpected, f"{len(unexpected)} events"),
+        ("no unexpected events", not unexpected, f"{unexpected} events"),
         (f"daemon RSS growth <= {RSS_GROWTH_LIMIT_KB // 1024} MB", growth <= RSS_GROWTH_LIMIT_KB,
          f"{growth / 1024:+.2f} MB"),
     ]
-    for label, ok, detail in verdicts:
-        p(f"{'PASS' if ok else 'MISS'} {label}: {detail}")
+    return out + [f"{'PASS' if ok else 'MISS'} {label}: {detail}" for label, ok, detail in judged]
+
+
+def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
+           result: dict[str, Any], events: list[Event], trace: Trace | None) -> int:
+    table, totals = verdict_table(ops)
+    used, growth = resources(run, events)
+    out = [*header(args, run, ops, result, trace), *table, *latencies(ops, result, trace),
+           *races(ops, trace), *blind_episodes(ops, result["episodes"]), *flawed_ops(ops),
+           *odd_events(result), *used,
+           *verdicts(run, totals, len(result["unexpected"]), growth)]
     print("\n".join(out), flush=True)
     return 0
 
@@ -968,7 +936,168 @@ def report(args: argparse.Namespace, run: dict[str, Any], ops: list[Op],
 # --- the run ------------------------------------------------------------------------------
 
 
-def main() -> int:
+class Soak:
+    """The processes of one run (the demo, the daemon, the trace) and its driver."""
+
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        self.args = args
+        self.root = root
+        work = root / "demo"
+        work.mkdir()
+        contents = {v: (CSRC / f"so{v}.so").read_bytes() for v in (1, 2)}
+        (work / "so.so").write_bytes(contents[1])
+        os.chmod(work / "so.so", 0o755)
+        self.driver = Driver(work, contents)
+        self.initial = self.driver.current
+        self.children = Children()
+        self.demo: Demo | None = None
+        self.daemon: Daemon | None = None
+        self.trace: Trace | None = None
+        self.run: dict[str, Any] = {}
+        self.lines: list[tuple[float, str]] = []
+
+    def start(self) -> None:
+        """The demo, its first tick, the daemon and the trace; then the daemon ready."""
+        args = self.args
+        # the demo's life is bounded should this script be SIGKILLed (PDEATHSIG too)
+        ticks = int((args.minutes * 60 * 2 + 300) * 1000 / args.interval_ms)
+        demo = self.demo = Demo(self.children, self.driver.work, "hold", args.interval_ms,
+                                Path("so.so"), ticks, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
+        wait_for(lambda: any("version" in t for _, t in demo.snapshot()), args.timeout,
+                 "the demo's first tick")
+        daemon = self.daemon = Daemon(self.children, ["--pid", str(demo.pid)],
+                                      self.root / "events.json", self.root,
+                                      err=self.root / "daemon.stderr")
+        self.run["daemon_args"] = daemon.args
+        if not args.no_ftrace:
+            try:
+                self.trace = Trace(self.root, demo.pid, daemon.pid)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                self.run["no_trace"] = str(exc)
+                say("soak", f"no ftrace ({exc}); falling back to stdout timing")
+        daemon.wait_ready(demo.pid, {self.initial, self.driver.dir_ino}, args.timeout)
+
+    def check_alive(self) -> None:
+        assert self.daemon is not None and self.demo is not None
+        self.daemon.check_alive()
+        if self.demo.proc.poll() is not None:
+            raise BenchError(f"demo exited ({self.demo.proc.returncode})")
+
+    def drive(self) -> None:
+        """An operation every --op-ms on a fixed schedule; the samples on the way."""
+        assert self.daemon is not None and self.demo is not None
+        from inodewatch import __version__
+        args, run, daemon = self.args, self.run, self.daemon
+        run.update(load_start=loadavg(), max_watches=max_user_watches(),
+                   version=f"{__version__}, commit {code_version()}",
+                   busy0=system_busy(), cpu_start=cpu_seconds(daemon.pid))
+        run["rss"] = [(time.time(), status_kb(daemon.pid, "VmRSS"))]
+        run["loads"] = [run["load_start"][0]]
+        period = args.op_ms / 1000
+        t_first = run["t_first"] = time.time() + period
+        total = int(args.minutes * 60 / period)
+        due = {"rss": t_first + RSS_EVERY, "clean": t_first + CLEAN_EVERY,
+               "progress": t_first + 60}
+        say("soak", f"{total} operations over {args.minutes:g} min in {self.root}")
+        for k in range(total):
+            planned = t_first + k * period
+            delay = planned - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            self.driver.perform(Op(k, k % 3 + 1, 2 if k % 2 == 0 else 1, planned), daemon.pid)
+            if daemon.proc.poll() is not None:  # it died: judge what came before, and say so
+                run["died"] = {"k": k, "at": time.time(), "returncode": daemon.proc.returncode,
+                               "stderr": daemon.stderr()[-3000:]}
+                say("soak", f"the daemon died ({daemon.proc.returncode}) after operation {k}")
+                return
+            self.on_the_way(k, total, due)
+
+    def on_the_way(self, k: int, total: int, due: dict[str, float]) -> None:
+        """Between operations: clean renamed-away files, sample RSS and load, progress."""
+        assert self.daemon is not None and self.demo is not None
+        now, run = time.time(), self.run
+        if now >= due["clean"]:
+            due["clean"] = now + CLEAN_EVERY
+            self.driver.clean(self.demo.pid)
+            self.check_alive()
+        if now >= due["rss"]:
+            due["rss"] += RSS_EVERY
+            run["rss"].append((now, status_kb(self.daemon.pid, "VmRSS")))
+            run["cpu_end"] = cpu_seconds(self.daemon.pid)
+            run["loads"].append(loadavg()[0])
+        if now >= due["progress"]:
+            due["progress"] += 60
+            say("soak", f"{k + 1}/{total} operations, {len(self.daemon.log.read())} events, "
+                f"daemon VmRSS {run['rss'][-1][1]} kB")
+
+    def finish(self) -> None:
+        """The end of the run: its last samples, then the daemon stopped."""
+        assert self.daemon is not None and self.demo is not None
+        run = self.run
+        if "died" not in run:
+            time.sleep(SETTLE)
+            self.check_alive()
+            run["t_end"] = time.time()
+            run["cpu_end"] = cpu_seconds(self.daemon.pid)
+            run["rss"].append((run["t_end"], status_kb(self.daemon.pid, "VmRSS")))
+        else:
+            run["t_end"] = run["died"]["at"]
+            run.setdefault("cpu_end", run["cpu_start"])
+            # what it could not finish is not judged: operations from 0.5 s before
+            self.driver.ops = [op for op in self.driver.ops if op.t_div < run["t_end"] - 0.5]
+            run["cutoff"] = run["t_end"] - 0.5
+        run["loads"].append(loadavg()[0])
+        run["load_end"] = loadavg()
+        busy0, busy1 = run.pop("busy0"), system_busy()
+        run["busy"] = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
+        run["load_mean"] = sum(run["loads"]) / len(run["loads"])
+        run["load_max"] = max(run["loads"])
+        self.driver.clean(self.demo.pid)
+        self.daemon.stop()
+
+    def close(self) -> None:
+        if self.trace is not None:
+            self.trace.close()
+        if self.demo is not None:
+            self.lines = self.demo.snapshot()
+            self.demo.stop()
+        self.children.stop_all()
+        if self.daemon is not None:
+            self.daemon.log.close()
+        self.run["daemon_stderr"] = self.daemon.stderr().strip() if self.daemon else ""
+
+
+def measure(args: argparse.Namespace, root: Path) -> Soak:
+    soak = Soak(args, root)
+    try:
+        soak.start()
+        soak.drive()
+        soak.finish()
+    finally:
+        soak.close()
+    run, lines = soak.run, soak.lines
+    run["ticks"] = sum(1 for _, t in lines if t == "run")
+    run["load_errors"] = [t for _, t in lines if t.startswith("reload:")]
+    run["cleaned"] = soak.driver.cleaned
+    run["max_entries"] = soak.driver.max_entries
+    return soak
+
+
+def write_details(path: str, ops: list[Op], trace: Trace | None, result: dict[str, Any],
+                  lines: list[tuple[float, str]]) -> None:
+    with open(path, "w") as f:
+        for op in ops:
+            record = {k: v for k, v in op.__dict__.items() if k != "flags"}
+            record["flags"] = sorted(op.flags)
+            f.write(json.dumps(record) + "\n")
+    if trace is not None:
+        with open(path + ".trace.json", "w") as f:
+            json.dump({**trace.dump(), "looks": [(lk.start, lk.end) for lk in result["looks"]],
+                       "demo_lines": lines}, f)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
     parser.add_argument("--interval-ms", type=int, default=50, help="the demo's tick (default 50)")
@@ -979,168 +1108,27 @@ def main() -> int:
                         help="write one JSON line per operation (times, inodes, events, verdict)")
     parser.add_argument("--no-ftrace", action="store_true", help="do not trace the demo / daemon")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     if os.geteuid() != 0:
-        print("soak: note: not root; the daemon may lack access to the demo's map_files, and "
-              "ftrace is unavailable", file=sys.stderr)
-
-    subprocess.run(["make", "-s", "-C", str(CSRC)], check=True)
-    root = Path(tempfile.mkdtemp(prefix="inodewatch-soak-"))
-    work = root / "demo"
-    work.mkdir()
-    contents = {v: (CSRC / f"so{v}.so").read_bytes() for v in (1, 2)}
-    (work / "so.so").write_bytes(contents[1])
-    os.chmod(work / "so.so", 0o755)
-
-    def on_term(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-
-    children = Children()
-    demo: Demo | None = None
-    trace: Trace | None = None
-    daemon: subprocess.Popen[bytes] | None = None
-    log = EventLog(root / "events.json")
-    err_path = root / "daemon.stderr"
-    run: dict[str, Any] = {}
-    driver = Driver(work, contents)
-    initial = driver.current
-    try:
-        # the demo's life is bounded should this script be SIGKILLed (PDEATHSIG too)
-        ticks = int((args.minutes * 60 * 2 + 300) * 1000 / args.interval_ms)
-        demo = Demo(children, work, args.interval_ms, ticks)
-        wait_for(lambda: any("version" in t for _, t in demo.snapshot()), args.timeout,
-                 "the demo's first tick")
-        run["daemon_args"] = [sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
-                              "--log-file", str(log.path)]
-        with open(err_path, "wb") as err:
-            daemon = children.spawn(run["daemon_args"], cwd=root, stdin=subprocess.DEVNULL,
-                                    stdout=err, stderr=err)
-        if not args.no_ftrace:
-            try:
-                trace = Trace(root, demo.pid, daemon.pid)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                run["no_trace"] = str(exc)
-                print(f"soak: no ftrace ({exc}); falling back to stdout timing", file=sys.stderr)
-
-        def check_alive() -> None:
-            if daemon.poll() is not None:
-                raise BenchError(f"daemon exited ({daemon.returncode}); its stderr:\n"
-                                 f"{err_path.read_text(errors='replace')[-3000:]}")
-            if demo.proc.poll() is not None:
-                raise BenchError(f"demo exited ({demo.proc.returncode})")
-
-        def ready() -> bool:
-            check_alive()
-            attached = any(e["event"] == "target.attached" for e in log.read())
-            return attached and {initial, os.stat(work).st_ino} <= inotify_inodes(daemon.pid) \
-                and asleep_in_poll(daemon.pid)
-        wait_for(ready, args.timeout, "the daemon to attach, watch so.so and sleep in poll")
-
-        run["load_start"] = loadavg()
-        run["max_watches"] = max_user_watches()
-        run["version"] = code_version()
-        busy0 = system_busy()
-        run["cpu_start"] = cpu_seconds(daemon.pid)
-        run["rss"] = [(time.time(), read_status_kb(daemon.pid, "VmRSS"))]
-        loads = [run["load_start"][0]]
-        period = args.op_ms / 1000
-        t_first = time.time() + period
-        run["t_first"] = t_first
-        total = int(args.minutes * 60 / period)
-        next_rss = t_first + RSS_EVERY
-        next_clean = t_first + CLEAN_EVERY
-        next_progress = t_first + 60
-        print(f"soak: {total} operations over {args.minutes:g} min in {root}", file=sys.stderr,
-              flush=True)
-        for k in range(total):
-            planned = t_first + k * period
-            delay = planned - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            driver.perform(Op(k, k % 3 + 1, 2 if k % 2 == 0 else 1, planned), daemon.pid)
-            now = time.time()
-            if daemon.poll() is not None:  # it died: judge what came before, and say so
-                run["died"] = {"k": k, "at": now, "returncode": daemon.returncode,
-                               "stderr": err_path.read_text(errors="replace")[-3000:]}
-                print(f"soak: the daemon died ({daemon.returncode}) after operation {k}",
-                      file=sys.stderr, flush=True)
-                break
-            if now >= next_clean:
-                next_clean = now + CLEAN_EVERY
-                driver.clean(demo.pid)
-                check_alive()
-            if now >= next_rss:
-                next_rss += RSS_EVERY
-                run["rss"].append((now, read_status_kb(daemon.pid, "VmRSS")))
-                run["cpu_end"] = cpu_seconds(daemon.pid)
-                loads.append(loadavg()[0])
-            if now >= next_progress:
-                next_progress += 60
-                print(f"soak: {k + 1}/{total} operations, {len(log.read())} events, daemon "
-                      f"VmRSS {run['rss'][-1][1]} kB", file=sys.stderr, flush=True)
-        if "died" not in run:
-            time.sleep(SETTLE)
-            check_alive()
-            run["t_end"] = time.time()
-            run["cpu_end"] = cpu_seconds(daemon.pid)
-            run["rss"].append((run["t_end"], read_status_kb(daemon.pid, "VmRSS")))
-        else:
-            run["t_end"] = run["died"]["at"]
-            run.setdefault("cpu_end", run["cpu_start"])
-            # what it could not finish is not judged: operations from 0.5 s before
-            driver.ops = [op for op in driver.ops if op.t_div < run["t_end"] - 0.5]
-            run["cutoff"] = run["t_end"] - 0.5
-        loads.append(loadavg()[0])
-        run["load_end"] = loadavg()
-        busy1 = system_busy()
-        run["busy"] = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
-        run["load_mean"] = sum(loads) / len(loads)
-        run["load_max"] = max(loads)
-        driver.clean(demo.pid)
-        children.stop(daemon, signal.SIGTERM)
-        log.read()
-    except KeyboardInterrupt:
-        print("soak: interrupted; stopping every process started", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"soak: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if trace is not None:
-            trace.close()
-        lines = demo.snapshot() if demo is not None else []
-        if demo is not None:
-            demo.stop()
-        children.stop_all()
-        log.close()
-        try:
-            run["daemon_stderr"] = err_path.read_text(errors="replace").strip()
-        except OSError:
-            run["daemon_stderr"] = ""
-        if not args.keep and not (trace is not None and trace.mounted is not None):
-            shutil.rmtree(root, ignore_errors=True)
-        elif args.keep:
-            print(f"soak: kept {root}", file=sys.stderr)
-
-    run["ticks"] = sum(1 for _, t in lines if t == "run")
-    run["load_errors"] = [t for _, t in lines if t.startswith("reload:")]
-    run["cleaned"] = driver.cleaned
-    run["max_entries"] = driver.max_entries
-    events = [e for e in log.events if "cutoff" not in run or event_time(e) < run["cutoff"]]
-    result = analyse(driver.ops, initial, events, demo.pid if demo else 0, trace, lines,
+        say("soak", "note: not root; the daemon may lack access to the demo's map_files, and "
+            "ftrace is unavailable")
+    build_demo()
+    sigterm_as_interrupt()
+    with exits("soak"), scratch("inodewatch-soak-", "soak", keep=args.keep) as root:
+        soak = measure(args, root)
+    assert soak.demo is not None and soak.daemon is not None
+    run, ops = soak.run, soak.driver.ops
+    events = [e for e in soak.daemon.log.events
+              if "cutoff" not in run or event_time(e) < run["cutoff"]]
+    result = analyse(ops, soak.initial, events, soak.demo.pid, soak.trace, soak.lines,
                      run["max_watches"])
     if args.details:
-        with open(args.details, "w") as f:
-            for op in driver.ops:
-                record = {k: v for k, v in op.__dict__.items() if k != "flags"}
-                record["flags"] = sorted(op.flags)
-                f.write(json.dumps(record) + "\n")
-        if trace is not None:
-            with open(args.details + ".trace.json", "w") as f:
-                json.dump({**trace.dump(), "looks": [(lk.start, lk.end) for lk in result["looks"]],
-                           "demo_lines": lines}, f)
-    return report(args, run, driver.ops, result, events, trace)
+        write_details(args.details, ops, soak.trace, result, soak.lines)
+    return report(args, run, ops, result, events, soak.trace)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import REPO
+
+sys.path.insert(0, str(REPO))  # the checkout's package, installed or not
 
 from inodewatch.diff import TargetHistory  # noqa: E402
 from inodewatch.model import FileId, MappedFile, find_divergence  # noqa: E402
@@ -76,12 +79,59 @@ def hostile_rss(directory: Path) -> dict[str, tuple[float, bool]]:
     for name, raw in shapes.items():
         path = directory / "hostile.json"
         path.write_bytes(raw)
-        probe = subprocess.run([sys.executable, "-c", HOSTILE_PROBE, str(path),
-                                str(Path(__file__).resolve().parent.parent)],
+        probe = subprocess.run([sys.executable, "-c", HOSTILE_PROBE, str(path), str(REPO)],
                                capture_output=True, text=True, check=True)
         before, after, refused = probe.stdout.split()
         out[name] = ((int(after) - int(before)) / 1024, refused == "True")
     return out
+
+
+class Measured(NamedTuple):
+    unchanged_ms: float
+    changed_ms: float
+    cold_ms: float
+    size: int
+    load_ms: float
+    hostile: dict[str, tuple[float, bool]]
+
+
+def measure(targets: int, files: int, rounds: int) -> Measured:
+    """The daemon's own saves and load on a real file, then the hostile files' cost."""
+    entries = fleet(targets, files)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        path = directory / "state.json"
+        state = StateFile(str(path), "boot")
+        state.save(entries)
+        unchanged = median_ms(lambda: state.save(entries), rounds)
+
+        def one_change() -> None:
+            entries[0][1].revision += 1  # one target changed: only it is encoded again
+            state.save(entries)
+        changed = median_ms(one_change, rounds)
+
+        def all_new() -> None:
+            fresh = StateFile(str(path), "boot")
+            fresh.save(entries)
+        cold = median_ms(all_new, max(3, rounds // 4))
+        size = os.path.getsize(path)
+        load = median_ms(lambda: StateFile(str(path), "boot").load(), max(3, rounds // 4))
+        assert len(StateFile(str(path), "boot").load().targets) == targets
+        return Measured(unchanged, changed, cold, size, load, hostile_rss(directory))
+
+
+def report(args: argparse.Namespace, m: Measured) -> str:
+    lines = [f"{args.targets} targets x {args.files} files, medians of {args.rounds}:",
+             f"  check, nothing changed (once a second): {m.unchanged_ms:.2f} ms",
+             f"  one target changed: encode it + write the file (fsync): {m.changed_ms:.2f} ms",
+             f"  every target encoded + written (the first save): {m.cold_ms:.1f} ms",
+             f"  file size: {m.size / 1e6:.2f} MB; load at start: {m.load_ms:.1f} ms"]
+    for name, (mb, refused) in m.hostile.items():
+        lines.append(f"  hostile file just under {MAX_BYTES >> 20} MiB ({name}): peak RSS "
+                     f"+{mb:.0f} MB, {'refused' if refused else 'ACCEPTED'}")
+    lines.append(f"  (this process: "
+                 f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -90,36 +140,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=21)
     args = parser.parse_args()
-    entries = fleet(args.targets, args.files)
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        path = directory / "state.json"
-        state = StateFile(str(path), "boot")
-        state.save(entries)
-        unchanged = median_ms(lambda: state.save(entries), args.rounds)
-
-        def one_change() -> None:
-            entries[0][1].revision += 1  # one target changed: only it is encoded again
-            state.save(entries)
-        changed = median_ms(one_change, args.rounds)
-
-        def all_new() -> None:
-            fresh = StateFile(str(path), "boot")
-            fresh.save(entries)
-        cold = median_ms(all_new, max(3, args.rounds // 4))
-        size = os.path.getsize(path)
-        load = median_ms(lambda: StateFile(str(path), "boot").load(), max(3, args.rounds // 4))
-        assert len(StateFile(str(path), "boot").load().targets) == args.targets
-        rss = hostile_rss(directory)
-    print(f"{args.targets} targets x {args.files} files, medians of {args.rounds}:")
-    print(f"  check, nothing changed (once a second): {unchanged:.2f} ms")
-    print(f"  one target changed: encode it + write the file (fsync): {changed:.2f} ms")
-    print(f"  every target encoded + written (the first save): {cold:.1f} ms")
-    print(f"  file size: {size / 1e6:.2f} MB; load at start: {load:.1f} ms")
-    for name, (mb, refused) in rss.items():
-        print(f"  hostile file just under {MAX_BYTES >> 20} MiB ({name}): peak RSS +{mb:.0f} MB, "
-              f"{'refused' if refused else 'ACCEPTED'}")
-    print(f"  (this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB peak)")
+    print(report(args, measure(args.targets, args.files, args.rounds)))
 
 
 if __name__ == "__main__":

@@ -16,29 +16,33 @@ import os
 import select
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pyinotify
 
+from harness.daemon import CHECKOUT, Daemon
+from harness.demo import SO1, build_demo, demo_args
+from harness.procfs import Meter
+from harness.procs import BenchError, Children, exits, scratch, wait_until
 from inodewatch.watch import FileWatcher
 
-REPO = Path(__file__).resolve().parent.parent
 PREFIX = os.environ.get("WATCHSET_PREFIX", "").split()
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+class Measured(NamedTuple):
+    libc: bytes
+    elapsed: float
+    file_events: int
+    dir_events: int
+    daemon_cpu: float
 
 
 def libc_of(pid: int) -> bytes:
     for line in Path(f"/proc/{pid}/maps").read_bytes().splitlines():
         if b"/libc.so" in line or b"/libc-" in line:
             return line.split(None, 5)[5]
-    sys.exit("watchset: the target maps no libc")
+    raise BenchError("the target maps no libc")
 
 
 def drain(watcher: FileWatcher) -> int:
@@ -48,53 +52,57 @@ def drain(watcher: FileWatcher) -> int:
     return count
 
 
+def naive_watchers(libc: bytes) -> tuple[FileWatcher, FileWatcher]:
+    """What a naive watch set would be woken by: libc itself, and IN_OPEN on its directory."""
+    naive = FileWatcher()
+    naive.watch_file(libc, pyinotify.IN_OPEN | pyinotify.IN_ACCESS
+                     | pyinotify.IN_CLOSE_NOWRITE | pyinotify.IN_MODIFY)
+    naive_dir = FileWatcher()
+    naive_dir.watch_directory(os.path.dirname(libc))
+    naive_dir._wm.add_watch(f"/proc/self/fd/{os.open(os.path.dirname(libc), os.O_PATH)}",
+                            pyinotify.IN_OPEN | pyinotify.IN_ONLYDIR)
+    return naive, naive_dir
+
+
+def measure(children: Children, work: Path, execs: int) -> Measured:
+    (work / "so.so").write_bytes(SO1.read_bytes())
+    demo = children.spawn(demo_args(work / "so.so", "hold", 100), stdout=subprocess.DEVNULL)
+    daemon = Daemon(children, ["--pid", str(demo.pid), "--interval", "3600"],
+                    work / "events.json", Path.cwd(), command=[*PREFIX, *CHECKOUT])
+    if not wait_until(lambda: demo.pid in daemon.attached(), 20, every=0.02):
+        raise BenchError("the daemon did not attach")
+    libc = libc_of(demo.pid)
+    naive, naive_dir = naive_watchers(libc)
+    drain(naive), drain(naive_dir)
+    meter = Meter(daemon.pid)
+    for _ in range(execs):
+        subprocess.run(["true"])
+        with open(libc, "rb") as f:
+            f.read(4096)
+    elapsed = meter.wall()
+    # let the daemon finish whatever it was woken for
+    meter.sleep_until(meter.t0 + elapsed + 0.5, every=0.5)
+    return Measured(libc, elapsed, drain(naive), drain(naive_dir), meter.cpu())
+
+
+def report(execs: int, m: Measured) -> str:
+    return "\n".join([
+        f"{execs} execs of true + {execs} reads of {m.libc.decode()} in {m.elapsed:.1f} s",
+        f"  naive watch on libc itself (IN_OPEN|IN_ACCESS|IN_CLOSE_NOWRITE): {m.file_events} events",
+        f"  naive IN_OPEN watch on its directory: {m.dir_events} events",
+        f"  inodewatch (mapped file: writes + link count; directory: create/move only): "
+        f"{m.daemon_cpu * 1000:.0f} ms CPU over {m.elapsed:.1f} s "
+        f"({100 * m.daemon_cpu / m.elapsed:.2f} % of one core)"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--execs", type=int, default=1000)
     args = parser.parse_args()
-    subprocess.run(["make", "-s", "-C", str(REPO / "csrc")], check=True)
-    work = Path(tempfile.mkdtemp(prefix="watchset."))
-    (work / "so.so").write_bytes((REPO / "csrc/so1.so").read_bytes())
-    demo = subprocess.Popen([str(REPO / "csrc/reload"), "--mode", "hold", "--interval-ms", "100",
-                             "--lib", str(work / "so.so")], stdout=subprocess.DEVNULL)
-    log = work / "events.json"
-    daemon = subprocess.Popen([*PREFIX, sys.executable, "-m", "inodewatch", "--pid", str(demo.pid),
-                               "--log-file", str(log), "--interval", "3600"])
-    try:
-        deadline = time.monotonic() + 20
-        while b"target.attached" not in (log.read_bytes() if log.exists() else b""):
-            if time.monotonic() > deadline:
-                sys.exit("watchset: the daemon did not attach")
-            time.sleep(0.02)
-        libc = libc_of(demo.pid)
-        naive = FileWatcher()
-        naive.watch_file(libc, pyinotify.IN_OPEN | pyinotify.IN_ACCESS
-                         | pyinotify.IN_CLOSE_NOWRITE | pyinotify.IN_MODIFY)
-        naive_dir = FileWatcher()
-        naive_dir.watch_directory(os.path.dirname(libc))
-        naive_dir._wm.add_watch(f"/proc/self/fd/{os.open(os.path.dirname(libc), os.O_PATH)}",
-                                pyinotify.IN_OPEN | pyinotify.IN_ONLYDIR)
-        drain(naive), drain(naive_dir)
-        before = cpu_seconds(daemon.pid)
-        start = time.monotonic()
-        for _ in range(args.execs):
-            subprocess.run(["true"])
-            with open(libc, "rb") as f:
-                f.read(4096)
-        elapsed = time.monotonic() - start
-        time.sleep(0.5)  # let the daemon finish whatever it was woken for
-        spent = cpu_seconds(daemon.pid) - before
-        file_events, dir_events = drain(naive), drain(naive_dir)
-    finally:
-        for proc in (daemon, demo):
-            proc.terminate()
-            proc.wait()
-    print(f"{args.execs} execs of true + {args.execs} reads of {libc.decode()} in {elapsed:.1f} s")
-    print(f"  naive watch on libc itself (IN_OPEN|IN_ACCESS|IN_CLOSE_NOWRITE): {file_events} events")
-    print(f"  naive IN_OPEN watch on its directory: {dir_events} events")
-    print(f"  inodewatch (mapped file: writes + link count; directory: create/move only): "
-          f"{spent * 1000:.0f} ms CPU over {elapsed:.1f} s "
-          f"({100 * spent / elapsed:.2f} % of one core)")
+    build_demo()
+    with exits("watchset"), scratch("watchset.", "watchset") as work, Children() as children:
+        measured = measure(children, work, args.execs)
+    print(report(args.execs, measured))
     return 0
 
 
