@@ -116,19 +116,27 @@ _X32_SYSCALL_BIT = 0x40000000  # x32 processes' numbers on x86_64: the same call
 _CREAT_FLAGS = O_CREAT | O_WRONLY | O_TRUNC
 
 
+RUNNING = b"running"  # what /proc/TID/syscall reads while the thread is not asleep
+
+
 def syscall_number(text: bytes) -> int | None:
-    """The number of the system call in /proc/TID/syscall text, None when the text is not a
-    call ("running": read before the thread was asleep; -1: not in a call; garbage)."""
+    """The number of the system call in /proc/TID/syscall text, -1 when the thread is not in
+    one, None when the text is not in the kernel's format (RUNNING included)."""
     fields = text.split()
-    if len(fields) != 9:  # nr, six arguments, sp, pc (fs/proc/base.c, proc_pid_syscall)
+    # nr, six arguments, sp, pc; or -1, sp, pc (fs/proc/base.c, proc_pid_syscall)
+    if len(fields) not in (3, 9):
         return None
     try:
         number = int(fields[0])
         for field in fields[1:]:
+            if not field.startswith(b"0x"):
+                return None
             int(field, 16)
     except ValueError:
         return None
-    return number if number >= 0 else None
+    if (number < 0) != (len(fields) == 3) or number < -1:
+        return None
+    return number
 
 
 def parse_syscall(text: bytes, machine: str) -> int | OpenHowAt | None:
@@ -137,7 +145,7 @@ def parse_syscall(text: bytes, machine: str) -> int | OpenHowAt | None:
     is not an open we know (or the text is no call at all)."""
     table = SYSCALLS.get(machine)
     number = syscall_number(text)
-    if table is None or number is None:
+    if table is None or number is None or number < 0:
         return None
     if machine == "x86_64":
         number &= ~_X32_SYSCALL_BIT
@@ -524,10 +532,10 @@ class Guard:
                 text = _read_small(path)
             except OSError:
                 return None, None  # gone (killed while waiting), or not ours to read
-            number = syscall_number(text)
-            if number is None:
+            if text.startswith(RUNNING):
                 self._counts["retries"] += 1
-                continue  # "running": not asleep yet
+                continue  # not asleep yet
+            number = syscall_number(text)
             flags = parse_syscall(text, self.machine)
             if isinstance(flags, OpenHowAt):
                 flags = _open_how_flags(tid, flags.address)
