@@ -5,18 +5,19 @@ A benchmark run by hand, not a test.  As root, from a checkout with the package 
 
     python3 benchmarks/guard.py [--opens 20000] [--rate 10000] [--seconds 10]
 
-The guard runs in a process of its own (this script with --serve), as in the daemon: it
-guards file A, not file B, two files of the same size in a fresh temporary directory.
+The guard's owner runs in a process of its own (this script with --serve), as the daemon
+will; its Guard starts the helper process that answers.  It guards file A, not file B, two
+files of the same size in a fresh temporary directory.
 
 1. Latency: os.open(O_RDONLY) + os.close of A and of B, alternated A B A B, --opens of each,
    timed with perf_counter_ns around the pair of calls; p50 / p99 / max.  Before the guard
    starts, B alone the same number of times: an unguarded open must cost what it did.
-   The same again while the guard's main thread is busy (a pure-Python loop, as the daemon's
-   while it parses a big maps): the answering thread then waits for the GIL.
+   The same again while the owner's main thread is busy (a pure-Python loop that lets go of
+   the GIL only for an instant system call: the pattern that starved an answering thread of
+   the owner's for seconds, measured before the answers moved to a helper process).
 2. CPU: one process opens A --rate times a second for --seconds (paced on perf_counter,
-   no sleeping: it spins between opens); the guard process's CPU time (utime + stime, of
-   the whole process and of its answering thread alone) over that time, as a share of one
-   core, and the rate the opener reached.
+   no sleeping: it spins between opens); the CPU time (utime + stime) of the helper and of
+   the owner over that time, as a share of one core, and the rate the opener reached.
 
 Prints a markdown table.  Everything it made is removed at the end.
 """
@@ -36,14 +37,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def serve(path: str, busy: bool) -> None:
-    """The guard's process: guard `path`, print the answering thread's id, then wait for
-    stdin to close (spinning the main thread if `busy`)."""
+    """The owner's process: guard `path`, print the helper's pid, then wait for stdin to
+    close (spinning the main thread if `busy`)."""
     from inodewatch.guard import Guard
 
     guard = Guard()
     st = os.stat(path)
     assert guard.guard(os.fsencode(path), st.st_dev, st.st_ino)
-    print(guard._thread.native_id, flush=True)  # noqa: SLF001 -- for its CPU time alone
+    print(guard.helper_pid, flush=True)
     if busy:
         os.set_blocking(0, False)
         while True:
@@ -65,8 +66,8 @@ def start_guard(path: Path, busy: bool = False) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(path)] + (["--busy"] if busy else []),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    tid = int(proc.stdout.readline())
-    return proc, tid
+    helper = int(proc.stdout.readline())
+    return proc, helper
 
 
 def stop_guard(proc: subprocess.Popen) -> str:
@@ -138,7 +139,7 @@ def main() -> int:
                 times_a, times_b = open_times([a, b], args.opens)
             finally:
                 stats = stop_guard(proc)
-            what = "guard's main thread busy" if busy else "guard idle"
+            what = "owner's main thread busy" if busy else "owner idle"
             rows.append((f"A, guarded ({what})", quantiles(times_a)))
             rows.append((f"B, unguarded ({what})", quantiles(times_b)))
         print(f"Open + close of a 64 KB file, {args.opens} of each, alternated (µs):\n")
@@ -146,22 +147,21 @@ def main() -> int:
         for name, cells in rows:
             print(f"| {name} | {cells} |")
 
-        proc, tid = start_guard(guarded)
+        proc, helper = start_guard(guarded)
         try:
-            process = f"/proc/{proc.pid}/stat"
-            thread = f"/proc/{proc.pid}/task/{tid}/stat"
-            cpu0, thread0, wall0 = cpu_seconds(process), cpu_seconds(thread), time.monotonic()
+            owner, helper_stat = f"/proc/{proc.pid}/stat", f"/proc/{helper}/stat"
+            owner0, helper0, wall0 = cpu_seconds(owner), cpu_seconds(helper_stat), time.monotonic()
             opener = subprocess.run([sys.executable, "-c", PACED, guarded, str(args.rate), str(args.seconds)],
                                     capture_output=True, text=True, check=True)
-            cpu1, thread1, wall1 = cpu_seconds(process), cpu_seconds(thread), time.monotonic()
+            owner1, helper1, wall1 = cpu_seconds(owner), cpu_seconds(helper_stat), time.monotonic()
         finally:
             stats = stop_guard(proc)
         wall = wall1 - wall0
         print(f"\nOne process opening A at {args.rate:.0f}/s for {args.seconds:.0f} s "
               f"(reached {float(opener.stdout):.0f}/s):\n")
         print("| CPU of | share of one core |\n| --- | --- |")
-        print(f"| the guard's process | {100 * (cpu1 - cpu0) / wall:.1f} % |")
-        print(f"| its answering thread | {100 * (thread1 - thread0) / wall:.1f} % |")
+        print(f"| the helper (answers) | {100 * (helper1 - helper0) / wall:.1f} % |")
+        print(f"| the owner (the daemon's side) | {100 * (owner1 - owner0) / wall:.1f} % |")
         print(f"\nguard stats: {stats}")
     return 0
 

@@ -4,19 +4,22 @@
 `mv`/`install` replace the inode and are harmless.  The guard puts a fanotify permission mark
 (FAN_OPEN_PERM) on each inode it is asked to guard and answers every open of it: an open for
 writing is refused, any other open allowed.  fanotify does not say how a file is being
-opened, so the answering thread reads the blocked opener's /proc/TID/syscall (and, for
-openat2, the flags in its struct open_how through /proc/TID/mem).
+opened, so the answer is made from the blocked opener's /proc/TID/syscall (and, for openat2,
+the flags in its struct open_how, through /proc/TID/mem).
 
-Pure core: `parse_syscall`, `is_write`, `decide`, `guardable`.  Shell: `Guard`.
+Pure core: `parse_syscall`, `is_write`, `decide`, `guardable`.  Shell: `Guard`, the daemon's
+handle on a helper process (`_serve`, `_Responder`) that owns the fanotify group and answers.
 
-Why a thread of its own, not the daemon's poll loop: every open of a guarded file waits for
-the answer, the daemon's own opens included (content identity, /proc/PID/map_files), and a
-loop waiting on itself would never answer; a slow turn of the loop (1-2 s) would freeze every
-opener of every guarded file.  The thread needs only the GIL, which CPython releases around
-open(2) and poll(2).  It never logs and never blocks on anything but its own fds and /proc
-reads of the blocked opener: each refusal (or opener whose flags could not be read) becomes
-a `Refusal` in a bounded deque, and one byte on a self-pipe whose read end (`fileno()`) the
-daemon polls; `drain()` hands them over.
+Why not the daemon's poll loop: every open of a guarded file waits for the answer, the
+daemon's own opens included (content identity, /proc/PID/map_files), and a loop waiting on
+itself would never answer; a slow turn of the loop (1-2 s) would freeze every opener of every
+guarded file.  Why not a thread of the daemon's either: it needs the GIL, and a busy main
+thread that lets go of it only for short system calls keeps it from the waiting thread for
+long (measured: 9.6 s, benchmarks/guard.py, and CPython's take_gil restarts its 5 ms wait
+each time the holder lets go, so the holder is never asked to switch).  The helper does
+nothing else.  It never logs and never waits for the daemon: each refusal (or opener whose
+flags could not be read) is one datagram on a socket the daemon polls (`fileno()`), dropped
+and counted when the daemon lets it fill up; `drain()` hands them over.
 
 Measured on Linux 6.18 (tests/test_guard.py, benchmarks/guard.py):
 - A FAN_CLASS_PRE_CONTENT group may answer with the opener's errno: the writer gets ETXTBSY
@@ -40,18 +43,22 @@ whatever the operator widens.
 
 Once per writer and file: a writer (a process, by pid and start time) refused (or unknown)
 on one file is recorded once; its retries are counted (`GuardStats.repeats`), not recorded.
-The thread dedupes, not the consumer, so that a writer retrying in a loop cannot fill the
-bounded deque and push out the others.
+The helper dedupes, not the daemon, so that a writer retrying in a loop cannot fill the
+socket and push out the others.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import marshal
 import os
 import re
 import select
+import signal
+import socket
+import subprocess
 import sys
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -212,18 +219,18 @@ def guardable(path: bytes, widen: Iterable[bytes] = (),
     return True
 
 
-# --- the shell ---------------------------------------------------------------------------------
+# --- the shell: a helper process answers, the daemon holds a Guard ---------------------------
 
 class GuardUnavailable(Exception):
-    """The guard cannot run here; str() is one line saying why (e.g. naming CAP_SYS_ADMIN)."""
+    """The guard cannot run (any more); str() is one line saying why (e.g. naming CAP_SYS_ADMIN)."""
 
 
 class Refusal(NamedTuple):
     """An open of a guarded file the guard refused, or could not judge and allowed."""
 
     outcome: str  # REFUSED or UNKNOWN
-    pid: int  # the writer process (its thread group); the tid when it could not be read
-    tid: int  # the thread blocked in the open
+    pid: int  # the writer process (its thread group); the tid when that could not be read
+    tid: int  # the thread blocked in the open (0: outside the guard's pid namespace)
     comm: bytes | None  # the process's comm, e.g. b"cp"; None once it is gone
     exe: bytes | None  # readlink of /proc/PID/exe
     cmdline: list[bytes] | None  # at most procfs.CMDLINE_LIMIT bytes of it
@@ -231,25 +238,25 @@ class Refusal(NamedTuple):
     file: FileId
     path: bytes  # the file's name now (readlink of the event's fd), " (deleted)" and all
     flags: int | None  # the open's flags; None for UNKNOWN
-    syscall: int | None  # the call the thread was blocked in, None when unreadable
+    syscall: int | None  # the call the thread was blocked in (-1: none), None when unreadable
     time: float  # time.time() when the open was answered
 
 
 class Drained(NamedTuple):
     records: list[Refusal]
-    dropped: int  # records lost since the last drain: the deque was full
+    dropped: int  # records lost since the last drain (a full queue on the way)
 
 
 class GuardStats(NamedTuple):
-    """Counters since the guard opened (the thread's, read without a lock: a snapshot)."""
+    """The helper's counters since the guard opened."""
 
     events: int  # permission events answered
-    allowed: int  # of guarded files (the opens of other inodes on a shared mark are not counted)
+    allowed: int  # opens of guarded files allowed (reads, execs)
     refused: int
     unknown: int  # flags unreadable: allowed
     retries: int  # reads of /proc/TID/syscall that found the opener not asleep yet
     repeats: int  # refusals and unknowns of a writer and file already recorded
-    dropped: int  # records lost to a full deque
+    dropped: int  # records lost (the daemon did not drain, the queue was full)
     errors: int  # events whose handling failed: allowed
     stale_marks: int  # marks unguard could not remove (the path names another file now)
 
@@ -257,8 +264,11 @@ class GuardStats(NamedTuple):
 # /proc/TID/syscall reads "running" until the opener is asleep in fanotify's wait: retried
 # after these pauses (seconds, ~20 ms in all), then the open is allowed.
 RETRY_PAUSES = (0.0, 0.0, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
-MAX_RECORDS = 1024  # records kept for drain(); beyond, the oldest go (counted in dropped)
+MAX_RECORDS = 1024  # records held for drain() in the daemon; beyond, the oldest go (dropped)
 RECORDED_WRITERS = 4096  # (writer, file) pairs remembered for the once-per-writer rule
+START_TIMEOUT = 10.0  # seconds for the helper to start (an interpreter and ~70 ms of imports)
+REPLY_TIMEOUT = 5.0  # seconds for it to answer a request; then it is taken for hung, and killed
+_MESSAGE_MAX = 1 << 16  # a record: cmdline, exe and path of at most 4 KB each, and small fields
 _INIT_LADDER = (
     # (flags, whether the group may choose the errno): the first this kernel accepts
     (fanotify.FAN_CLASS_PRE_CONTENT | fanotify.FAN_REPORT_TID, True),
@@ -286,6 +296,445 @@ def _open_group() -> tuple[int, int, bool]:
                            "(CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")
 
 
+class Guard:
+    """The daemon's handle on the guard: a helper process that owns the fanotify group, places
+    the marks and answers every open of a guarded file.
+
+    Why a process, not a thread of the daemon's: a thread answering needs the GIL, and a
+    busy main thread that gives it up only for short system calls (a /proc read between
+    two parses) keeps it from the waiting thread for a long time: benchmarks/guard.py
+    measured a guarded open waiting up to 9.6 s behind a busy main thread.  The helper has
+    nothing else to do.  It owns the group alone: when it dies, the kernel allows every
+    open still waiting; it dies with the daemon (PR_SET_PDEATHSIG: create the Guard from the
+    thread that lives as long as the daemon, its main thread) or when the daemon closes its
+    socket.  It never logs (stderr is /dev/null) and never blocks on the daemon: a record the
+    daemon does not take in time is dropped and counted.
+
+    Raises GuardUnavailable when it cannot run (no CAP_SYS_ADMIN, no fanotify, a machine
+    whose system calls it does not know), or no longer runs (`failure`).  For one thread.
+    """
+
+    def __init__(self, max_records: int = MAX_RECORDS) -> None:
+        machine = os.uname().machine
+        if machine not in SYSCALLS:
+            raise GuardUnavailable(f"the guard reads the system calls of {', '.join(SYSCALLS)}, "
+                                   f"not of {machine}")
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self._sock.setblocking(False)
+        self._records: deque[Refusal] = deque(maxlen=max_records)
+        self._replies: deque[object] = deque()
+        self._dropped = 0  # here: the deque was full
+        self._helper_dropped = self._dropped_told = 0
+        self._failure: str | None = None
+        self._guarded: set[FileId] = set()
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _HELPER, package, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        hello = self._reply(START_TIMEOUT, "to start")
+        assert isinstance(hello, tuple)
+        if hello[0] == "unavailable":
+            self.close()
+            raise GuardUnavailable(hello[1])
+        _, self.deny_errno, self.group_flags = hello
+        self.deny_errno: int  # what a refused writer gets: ETXTBSY where the kernel lets us choose, else EPERM
+        self.group_flags: int  # the fanotify_init flags the group was made with
+
+    @property
+    def failure(self) -> str | None:
+        """Why the guard stopped guarding (its helper died or hung), None while it works."""
+        return self._failure
+
+    @property
+    def helper_pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def guarded(self) -> frozenset[FileId]:
+        return frozenset(self._guarded)
+
+    def fileno(self) -> int:
+        """Readable when drain() has something to hand over, or the helper ended."""
+        return self._sock.fileno()
+
+    def guard(self, path: bytes, dev: int, ino: int) -> bool:
+        """Guard the inode (dev, ino), which `path` names.  False when the path names another
+        file now, or nothing: not guarded.  Raises OSError when the mark cannot be placed
+        (ENOSPC: /proc/sys/fs/fanotify/max_user_marks), GuardUnavailable when the guard no
+        longer runs.  The helper looks the path up: give it only paths on mounts the daemon
+        trusts (a hung FUSE server would hang the helper, and so every open of a guarded
+        file, until REPLY_TIMEOUT has the helper killed)."""
+        reply = self._request(("guard", path, dev, ino))
+        if isinstance(reply, tuple):  # (errno, message): the mark was refused
+            raise OSError(reply[0], reply[1], path)
+        if reply:
+            self._guarded.add(FileId(dev, ino))
+        return bool(reply)
+
+    def unguard(self, dev: int, ino: int) -> None:
+        """Stop guarding (dev, ino): its opens are allowed at once.  The mark is removed when
+        the path it was guarded by still names the inode; else it stays on the inode, which
+        that path no longer reaches, until the kernel frees it (counted in stale_marks; an
+        open of it then costs the opener one round trip, allowed)."""
+        self._guarded.discard(FileId(dev, ino))
+        self._request(("unguard", dev, ino))
+
+    def stats(self) -> GuardStats:
+        counts = self._request(("stats",))
+        assert isinstance(counts, dict)
+        counts["dropped"] += self._dropped
+        return GuardStats(**counts)
+
+    def drain(self) -> Drained:
+        """The records since the last drain, oldest first, and how many were lost."""
+        self._receive()
+        records = list(self._records)
+        self._records.clear()
+        dropped = self._dropped + self._helper_dropped
+        lost, self._dropped_told = dropped - self._dropped_told, dropped
+        return Drained(records, lost)
+
+    def close(self) -> None:
+        """End the helper: the kernel allows every open still waiting, and the marks go."""
+        if self._sock.fileno() < 0:
+            return
+        self._sock.close()  # the helper reads the end of its socket and exits
+        try:
+            self._proc.wait(timeout=REPLY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- talking to the helper --
+
+    def _request(self, message: tuple) -> object:
+        if self._failure is not None:
+            raise GuardUnavailable(self._failure)
+        try:
+            self._sock.send(marshal.dumps(message))
+        except BlockingIOError:
+            self._fail("the guard's helper reads no requests")  # its queue is full: hung
+        except OSError:
+            self._receive()  # it ended: say why
+            self._fail("the guard's helper is gone")
+        return self._reply(REPLY_TIMEOUT, "to answer")
+
+    def _reply(self, timeout: float, what: str) -> object:
+        deadline = time.monotonic() + timeout
+        while not self._replies:
+            if self._failure is not None:
+                raise GuardUnavailable(self._failure)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                self._fail(f"the guard's helper took more than {timeout:.0f} s {what}")
+            else:
+                self._receive()
+        return self._replies.popleft()
+
+    def _receive(self) -> None:
+        """Take in every message waiting: records, replies, the helper's end."""
+        while self._failure is None:
+            try:
+                data = self._sock.recv(_MESSAGE_MAX)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                data, error = b"", exc
+            else:
+                error = None
+            if not data:
+                self._fail(f"the guard's helper ended ({self._helper_status(error)})")
+                return
+            kind, *rest = marshal.loads(data)
+            if kind == "record":
+                fields, self._helper_dropped = rest
+                if len(self._records) == self._records.maxlen:
+                    self._dropped += 1
+                fields[7] = FileId(*fields[7])
+                self._records.append(Refusal(*fields))
+            elif kind == "failure":
+                self._fail(rest[0])
+            else:
+                self._replies.append(rest[0] if kind == "reply" else (kind, *rest))
+
+    def _helper_status(self, error: OSError | None) -> str:
+        try:
+            code = self._proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return f"its socket: {error}" if error else "its socket closed"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def _fail(self, reason: str) -> None:
+        """The helper is gone or useless: make sure it is gone (the kernel then allows every
+        open waiting for it); every request from now on raises GuardUnavailable."""
+        if self._failure is None:
+            self._failure = reason
+            if self._proc.poll() is None:
+                self._proc.kill()
+
+
+# The helper's program: the package's directory on a path of its own (-I -S: no site, no
+# PYTHON* variables, nothing but the standard library and this package), then _serve.
+_HELPER = "import sys; sys.path.insert(0, sys.argv[1]); from inodewatch.guard import _serve; sys.exit(_serve(sys.argv[2:]))"
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _serve(argv: list[str]) -> int:
+    """The helper: make the group, then answer requests and events until the daemon is gone."""
+    sock_fd, parent = int(argv[0]), int(argv[1])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        return 0  # the daemon died before the line above
+    libc.prctl(PR_SET_NAME, b"inodewatch-grd", 0, 0, 0)
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        fd, flags, errno_allowed = _open_group()
+    except GuardUnavailable as exc:
+        sock.send(marshal.dumps(("unavailable", str(exc))))
+        return 2
+    responder = _Responder(fd, errno_allowed, os.uname().machine, sock)
+    sock.send(marshal.dumps(("hello", responder.deny_errno, flags)))
+    sock.setblocking(False)
+    try:
+        return responder.serve()
+    except BaseException as exc:  # noqa: BLE001 -- said to the daemon, then the group closes
+        responder.tell(("failure", f"the guard's helper failed: {type(exc).__name__}: {exc}"))
+        return 1
+
+
+class _Responder:
+    """The helper's state and loop: the group, the guarded inodes, the writers recorded."""
+
+    def __init__(self, fd: int, errno_allowed: bool, machine: str, sock: socket.socket) -> None:
+        self.fd, self.machine, self.sock = fd, machine, sock
+        # what a refused writer gets; plain FAN_DENY for good once the kernel refuses the choice
+        self.deny = fanotify.deny(errno.ETXTBSY) if errno_allowed else fanotify.deny()
+        self.guarded: dict[FileId, bytes] = {}  # the path each was guarded by
+        self.recorded: OrderedDict[tuple[int, int, FileId, str], None] = OrderedDict()
+        self.counts = dict.fromkeys(GuardStats._fields, 0)
+
+    @property
+    def deny_errno(self) -> int:
+        return (self.deny >> 24) or errno.EPERM
+
+    def serve(self) -> int:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self.sock.fileno(), select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.fd:
+                    self.answer_all()
+                elif not self.requests():
+                    return 0  # the daemon closed its end, or died
+
+    def answer_all(self) -> None:
+        try:
+            events = fanotify.read_events(self.fd)
+        except OSError:
+            # EMFILE: the kernel could not open the file for us, and denied that open
+            # itself.  Nothing else is expected of a read.
+            self.counts["errors"] += 1
+            return
+        for event in events:
+            self.answer(event)
+
+    # -- requests --
+
+    def requests(self) -> bool:
+        """Serve the daemon's requests waiting; False once it is gone."""
+        while True:
+            try:
+                data = self.sock.recv(_MESSAGE_MAX)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            kind, *args = marshal.loads(data)
+            if kind == "guard":
+                try:
+                    reply: object = self.guard(*args)
+                except OSError as exc:
+                    reply = (exc.errno, exc.strerror)
+            elif kind == "unguard":
+                reply = self.unguard(*args)
+            else:
+                reply = dict(self.counts)
+            self.reply(reply)
+
+    def guard(self, path: bytes, dev: int, ino: int) -> bool:
+        file = FileId(dev, ino)
+        fd = _open_path(path)
+        if fd is None:
+            return False
+        try:
+            st = os.fstat(fd)
+            if FileId(st.st_dev, st.st_ino) != file:
+                return False
+            self.guarded[file] = path  # before the mark: its first open is judged
+            try:
+                # Through the O_PATH fd's /proc link: the inode marked is the one checked,
+                # even if the path is replaced meanwhile.
+                fanotify.mark(self.fd, fanotify.FAN_MARK_ADD, fanotify.FAN_OPEN_PERM, _fd_link(fd))
+            except OSError:
+                del self.guarded[file]
+                raise
+        finally:
+            os.close(fd)
+        return True
+
+    def unguard(self, dev: int, ino: int) -> bool:
+        """Whether the mark was removed."""
+        file = FileId(dev, ino)
+        path = self.guarded.pop(file, None)
+        if path is None:
+            return False
+        fd = _open_path(path)
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                if FileId(st.st_dev, st.st_ino) == file:
+                    fanotify.mark(self.fd, fanotify.FAN_MARK_REMOVE, fanotify.FAN_OPEN_PERM, _fd_link(fd))
+                    return True
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self.counts["stale_marks"] += 1
+        return False
+
+    def reply(self, value: object) -> None:
+        """A reply, which the daemon waits for (and reads meanwhile): sent even if its queue
+        is full of records for a moment, but not waited for longer than REPLY_TIMEOUT."""
+        data = marshal.dumps(("reply", value))
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while True:
+            try:
+                self.sock.send(data)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                select.select([], [self.sock], [], left)
+
+    def tell(self, message: tuple) -> bool:
+        """Send without waiting; False when it could not be sent."""
+        try:
+            self.sock.send(marshal.dumps(message))
+            return True
+        except OSError:
+            return False
+
+    # -- events: never raises, answers every one, fails open --
+
+    def answer(self, event: fanotify.Event) -> None:
+        if event.fd < 0:
+            return  # an overflow: no file, nothing waits (and the queue is unlimited)
+        try:
+            if event.is_permission:
+                self.counts["events"] += 1
+                self.judge(event)
+        finally:
+            os.close(event.fd)
+
+    def judge(self, event: fanotify.Event) -> None:
+        answered = False
+        try:
+            st = os.fstat(event.fd)
+            file = FileId(st.st_dev, st.st_ino)
+            if file not in self.guarded:
+                answered = self.respond(event.fd, fanotify.FAN_ALLOW)
+                return
+            flags, syscall = self.opener_flags(event.pid)
+            verdict = decide(self.guarded.keys(), file, flags)
+            self.counts[verdict] += 1
+            if verdict == ALLOWED:
+                answered = self.respond(event.fd, fanotify.FAN_ALLOW)
+                return
+            writer = _writer(event.pid)
+            answered = self.respond(event.fd, self.deny if verdict == REFUSED else fanotify.FAN_ALLOW)
+            self.record(verdict, event, writer, file, flags, syscall)
+        except Exception:  # noqa: BLE001 -- whatever failed, the opener gets its answer
+            self.counts["errors"] += 1
+            if not answered:
+                self.respond(event.fd, fanotify.FAN_ALLOW)
+
+    def respond(self, event_fd: int, answer: int) -> bool:
+        """Write the answer; True once the event is answered (or no longer waits)."""
+        try:
+            fanotify.respond(self.fd, event_fd, answer)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return True  # the opener was killed while it waited
+            if answer == self.deny and answer != fanotify.FAN_DENY:
+                self.deny = fanotify.deny()  # a kernel before FAN_DENY_ERRNO (Linux 6.14)
+                return self.respond(event_fd, self.deny)
+            if answer != fanotify.FAN_ALLOW:
+                return self.respond(event_fd, fanotify.FAN_ALLOW)
+            raise
+
+    def opener_flags(self, tid: int) -> tuple[int | None, int | None]:
+        """(open flags, syscall number) of the thread blocked in the open; None when unknown."""
+        if tid <= 0:
+            return None, None  # outside our pid namespace
+        path = b"/proc/%d/syscall" % tid
+        for pause in RETRY_PAUSES:
+            if pause:
+                time.sleep(pause)
+            try:
+                text = _read_small(path)
+            except OSError:
+                return None, None  # gone (killed while waiting), or not ours to read
+            if text.startswith(RUNNING):
+                self.counts["retries"] += 1
+                continue  # not asleep yet
+            flags = parse_syscall(text, self.machine)
+            if isinstance(flags, OpenHowAt):
+                flags = _open_how_flags(tid, flags.address)
+            return flags, syscall_number(text)
+        return None, None
+
+    def record(self, verdict: str, event: fanotify.Event, writer: _Writer, file: FileId,
+               flags: int | None, syscall: int | None) -> None:
+        key = (writer.pid, writer.start_time, file, verdict)
+        if key in self.recorded:
+            self.counts["repeats"] += 1
+            return
+        self.recorded[key] = None
+        if len(self.recorded) > RECORDED_WRITERS:
+            self.recorded.popitem(last=False)
+        try:
+            path = os.readlink(_fd_link(event.fd))
+        except OSError:
+            path = b""
+        cmdline: list[bytes] | None
+        try:
+            cmdline, truncated = read_cmdline(writer.pid, CMDLINE_LIMIT)
+        except ProcError:
+            cmdline, truncated = None, False
+        fields = [verdict, writer.pid, event.pid, writer.comm, writer.exe, cmdline, truncated, tuple(file),
+                  path, flags, syscall, time.time()]
+        if not self.tell(("record", fields, self.counts["dropped"])):
+            self.counts["dropped"] += 1
+
+
 def _read_small(path: bytes, size: int = 4096) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -301,280 +750,12 @@ def _tgid(status: bytes) -> int | None:
     return None
 
 
-class Guard:
-    """fanotify permission marks on the guarded inodes and the thread that answers them.
-
-    Raises GuardUnavailable when it cannot run (no CAP_SYS_ADMIN, no fanotify, a machine
-    whose system calls it does not know).  guard/unguard/drain/stats/close are for one
-    thread (the daemon's loop); the answering thread is the guard's own.
-    """
-
-    def __init__(self, max_records: int = MAX_RECORDS) -> None:
-        self.machine = os.uname().machine
-        if self.machine not in SYSCALLS:
-            raise GuardUnavailable(f"the guard reads the system calls of {', '.join(SYSCALLS)}, "
-                                   f"not of {self.machine}")
-        self._fd, self.group_flags, errno_allowed = _open_group()
-        # what a refused writer gets; plain FAN_DENY for good once the kernel refuses the choice
-        self._deny = fanotify.deny(errno.ETXTBSY) if errno_allowed else fanotify.deny()
-        self._guarded: frozenset[FileId] = frozenset()  # replaced whole: the thread reads it
-        self._paths: dict[FileId, bytes] = {}
-        self._records: deque[Refusal] = deque(maxlen=max_records)
-        self._recorded: OrderedDict[tuple[int, int, FileId, str], None] = OrderedDict()
-        self._counts = dict.fromkeys(GuardStats._fields, 0)
-        self._dropped_seen = 0
-        self._failure: str | None = None
-        self._lock = threading.Lock()  # the group fd's life: marks vs the thread's emergency close
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, name="inodewatch-guard", daemon=True)
-        self._thread.start()
-
-    # -- the daemon's side --
-
-    @property
-    def deny_errno(self) -> int:
-        """The errno a refused writer gets: ETXTBSY where the kernel lets us choose, else EPERM."""
-        return (self._deny >> 24) or errno.EPERM
-
-    @property
-    def failure(self) -> str | None:
-        """Why the guard stopped guarding (its thread failed), None while it works."""
-        return self._failure
-
-    def fileno(self) -> int:
-        """Readable when drain() has something to hand over (or the guard failed)."""
-        return self._wake_r
-
-    @property
-    def guarded(self) -> frozenset[FileId]:
-        return self._guarded
-
-    def guard(self, path: bytes, dev: int, ino: int) -> bool:
-        """Guard the inode (dev, ino), which `path` names.  False when the path names another
-        file now, or nothing: not guarded.  Raises OSError when the mark cannot be placed
-        (ENOSPC: fanotify's limit, /proc/sys/fs/fanotify/max_user_marks), GuardUnavailable
-        once the guard failed.  It looks the path up: give it only paths on mounts the
-        daemon trusts (a hung FUSE server would hang the caller here, and the answering
-        thread at every open of the file)."""
-        file = FileId(dev, ino)
-        fd = _open_path(path)
-        if fd is None:
-            return False
-        try:
-            st = os.fstat(fd)
-            if FileId(st.st_dev, st.st_ino) != file:
-                return False
-            with self._lock:
-                if self._failure is not None:
-                    raise GuardUnavailable(self._failure)
-                # Through the O_PATH fd's /proc link: the inode marked is the one checked,
-                # even if the path is replaced meanwhile.
-                fanotify.mark(self._fd, fanotify.FAN_MARK_ADD, fanotify.FAN_OPEN_PERM, _fd_link(fd))
-        finally:
-            os.close(fd)
-        self._paths[file] = path
-        self._guarded = self._guarded | {file}
-        return True
-
-    def unguard(self, dev: int, ino: int) -> None:
-        """Stop guarding (dev, ino): its opens are allowed at once.  The mark is removed when
-        the path it was guarded by still names the inode; else it stays on the inode, which
-        that path no longer reaches, until the kernel frees it (counted in stale_marks; an
-        open of it then costs the opener one allowed round trip)."""
-        file = FileId(dev, ino)
-        path = self._paths.pop(file, None)
-        if path is None:
-            return
-        self._guarded = self._guarded - {file}
-        fd = _open_path(path)
-        removed = False
-        if fd is not None:
-            try:
-                st = os.fstat(fd)
-                with self._lock:
-                    if FileId(st.st_dev, st.st_ino) == file and self._failure is None:
-                        fanotify.mark(self._fd, fanotify.FAN_MARK_REMOVE, fanotify.FAN_OPEN_PERM,
-                                      _fd_link(fd))
-                        removed = True
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        if not removed:
-            self._counts["stale_marks"] += 1
-
-    def drain(self) -> Drained:
-        """The records since the last drain, oldest first, and how many were lost."""
-        try:
-            while os.read(self._wake_r, 4096):  # the wake-ups first, then the records: none missed
-                pass
-        except BlockingIOError:
-            pass
-        records = []
-        while self._records:
-            records.append(self._records.popleft())
-        dropped = self._counts["dropped"]
-        lost, self._dropped_seen = dropped - self._dropped_seen, dropped
-        return Drained(records, lost)
-
-    def stats(self) -> GuardStats:
-        return GuardStats(**self._counts)
-
-    def close(self) -> None:
-        """Stop the thread and close the group: the kernel allows every open still waiting,
-        and the marks go with the group."""
-        if self._stop_w < 0:
-            return
-        os.write(self._stop_w, b"x")
-        self._thread.join()
-        self._close_group()
-        for fd in (self._stop_r, self._stop_w, self._wake_r, self._wake_w):
-            os.close(fd)
-        self._stop_w = -1
-
-    def __enter__(self) -> Guard:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _close_group(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-
-    # -- the answering thread: never logs, answers every event, fails open --
-
-    def _run(self) -> None:
-        try:
-            poller = select.poll()
-            poller.register(self._fd, select.POLLIN)
-            poller.register(self._stop_r, select.POLLIN)
-            while True:
-                ready = {fd for fd, _ in poller.poll()}
-                if self._stop_r in ready:
-                    return
-                try:
-                    events = fanotify.read_events(self._fd)
-                except OSError:
-                    # EMFILE: the kernel could not open the file for us, and denied that
-                    # open itself.  Nothing else is expected of a read.
-                    self._counts["errors"] += 1
-                    continue
-                for event in events:
-                    self._answer(event)
-        except BaseException as exc:  # noqa: BLE001 -- e.g. a format we cannot read
-            # Nothing can be answered any more: closing the group allows every open waiting
-            # now and stops the marks, rather than leave openers hung until the daemon exits.
-            self._failure = f"the guard stopped: {type(exc).__name__}: {exc}"
-            self._close_group()
-            self._wake()
-
-    def _answer(self, event: fanotify.Event) -> None:
-        if event.fd < 0:
-            return  # an overflow: no file, nothing waits (and the queue is unlimited)
-        try:
-            if event.is_permission:
-                self._counts["events"] += 1
-                self._judge(event)
-        finally:
-            os.close(event.fd)
-
-    def _judge(self, event: fanotify.Event) -> None:
-        answered = False
-        try:
-            st = os.fstat(event.fd)
-            file = FileId(st.st_dev, st.st_ino)
-            guarded = self._guarded
-            if file not in guarded:
-                answered = self._respond(event.fd, fanotify.FAN_ALLOW)
-                return
-            flags, syscall = self._opener_flags(event.pid)
-            verdict = decide(guarded, file, flags)
-            self._counts[verdict] += 1
-            if verdict == ALLOWED:
-                answered = self._respond(event.fd, fanotify.FAN_ALLOW)
-                return
-            writer = _writer(event.pid)
-            answered = self._respond(event.fd, self._deny if verdict == REFUSED else fanotify.FAN_ALLOW)
-            self._record(verdict, event, writer, file, flags, syscall)
-        except Exception:  # noqa: BLE001 -- whatever failed, the opener gets its answer
-            self._counts["errors"] += 1
-            if not answered:
-                self._respond(event.fd, fanotify.FAN_ALLOW)
-
-    def _respond(self, event_fd: int, answer: int) -> bool:
-        """Write the answer; True once the event is answered (or no longer waits)."""
-        try:
-            fanotify.respond(self._fd, event_fd, answer)
-            return True
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return True  # the opener was killed while it waited
-            if answer == self._deny and answer != fanotify.FAN_DENY:
-                self._deny = fanotify.deny()  # a kernel before FAN_DENY_ERRNO (Linux 6.14)
-                return self._respond(event_fd, self._deny)
-            if answer != fanotify.FAN_ALLOW:
-                return self._respond(event_fd, fanotify.FAN_ALLOW)
-            raise
-
-    def _opener_flags(self, tid: int) -> tuple[int | None, int | None]:
-        """(open flags, syscall number) of the thread blocked in the open; None when unknown."""
-        if tid <= 0:
-            return None, None  # outside our pid namespace
-        path = b"/proc/%d/syscall" % tid
-        for pause in RETRY_PAUSES:
-            if pause:
-                time.sleep(pause)
-            try:
-                text = _read_small(path)
-            except OSError:
-                return None, None  # gone (killed while waiting), or not ours to read
-            if text.startswith(RUNNING):
-                self._counts["retries"] += 1
-                continue  # not asleep yet
-            number = syscall_number(text)
-            flags = parse_syscall(text, self.machine)
-            if isinstance(flags, OpenHowAt):
-                flags = _open_how_flags(tid, flags.address)
-            return flags, number
-        return None, None
-
-    def _record(self, verdict: str, event: fanotify.Event, writer: _Writer, file: FileId,
-                flags: int | None, syscall: int | None) -> None:
-        key = (writer.pid, writer.start_time, file, verdict)
-        if key in self._recorded:
-            self._counts["repeats"] += 1
-            return
-        self._recorded[key] = None
-        if len(self._recorded) > RECORDED_WRITERS:
-            self._recorded.popitem(last=False)
-        try:
-            path = os.readlink(_fd_link(event.fd))
-        except OSError:
-            path = b""
-        cmdline: list[bytes] | None
-        try:
-            cmdline, truncated = read_cmdline(writer.pid, CMDLINE_LIMIT)
-        except ProcError:
-            cmdline, truncated = None, False
-        if len(self._records) == self._records.maxlen:
-            self._counts["dropped"] += 1
-        self._records.append(Refusal(verdict, writer.pid, event.pid, writer.comm, writer.exe, cmdline,
-                                     truncated, file, path, flags, syscall, time.time()))
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already
-
-
 def _fd_link(fd: int) -> bytes:
     return b"/proc/self/fd/%d" % fd
+
+
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP, errno.ENAMETOOLONG,
+                        errno.ESTALE})
 
 
 def _open_path(path: bytes) -> int | None:
@@ -585,10 +766,6 @@ def _open_path(path: bytes) -> int | None:
         if exc.errno in _NOT_THERE:
             return None
         raise
-
-
-_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP, errno.ENAMETOOLONG,
-                        errno.ESTALE})
 
 
 def _open_how_flags(tid: int, address: int) -> int | None:

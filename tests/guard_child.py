@@ -2,8 +2,8 @@
 benchmarks/guard.py): the guard must live in another process than the writers a test runs, so
 that `kill -9` of it can be shown to release them.
 
-It prints `ready ERRNO` once the guard is open (ERRNO: what a refused writer gets), or
-`unavailable: REASON` and exits 2.  Then one JSON command per line on stdin, one JSON answer
+It prints `ready ERRNO HELPER` once the guard is open (ERRNO: what a refused writer gets;
+HELPER: the pid of the guard's helper process), or `unavailable: REASON` and exits 2.  Then one JSON command per line on stdin, one JSON answer
 per line on stdout:
 
     {"cmd": "guard", "path": P}        -> {"guarded": bool, "dev": D, "ino": I}
@@ -11,7 +11,7 @@ per line on stdout:
     {"cmd": "drain"}                   -> {"records": [...], "dropped": N}
     {"cmd": "stats"}                   -> {field: count, ...}
     {"cmd": "wait", "count": N}        -> like drain, once N records are there (or 20 s passed)
-    {"cmd": "fdinfo"}                  -> {"fdinfo": text of the group fd's /proc/self/fdinfo}
+    {"cmd": "fdinfo"}                  -> {"fdinfo": the helper's fanotify fd's fdinfo (its marks)}
 
 Paths are str as os.fsdecode makes them (surrogateescape); bytes in records likewise.
 """
@@ -40,13 +40,21 @@ def _record(record) -> dict:
     return out
 
 
+def fanotify_fdinfo(pid: int) -> str:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[fanotify]":
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                return f.read()
+    return ""
+
+
 def main() -> int:
     try:
         guard = Guard()
     except GuardUnavailable as exc:
         print(f"unavailable: {exc}", flush=True)
         return 2
-    print(f"ready {guard.deny_errno}", flush=True)
+    print(f"ready {guard.deny_errno} {guard.helper_pid}", flush=True)
     files: dict[str, tuple[int, int]] = {}
     pending: list = []
     for line in sys.stdin:
@@ -76,8 +84,7 @@ def main() -> int:
         elif cmd == "stats":
             answer = guard.stats()._asdict()
         elif cmd == "fdinfo":
-            with open(f"/proc/self/fdinfo/{guard._fd}") as f:
-                answer = {"fdinfo": f.read()}
+            answer = {"fdinfo": fanotify_fdinfo(guard.helper_pid)}
         else:
             answer = {"error": f"unknown command {cmd!r}"}
         print(json.dumps(answer), flush=True)

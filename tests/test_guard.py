@@ -3,8 +3,9 @@ input, then the real thing -- fanotify marks on real files, real writers (cp, sh
 truncate, python, openat2 and open_by_handle_at through ctypes), the real C demo mapping the
 guarded library, a guard process killed with SIGKILL, one without CAP_SYS_ADMIN.
 
-The guard runs in a child process (tests/guard_child.py) driven through its stdin and stdout,
-except where the test process itself must be the guard's owner (its own opens, close()).
+The guard's owner (the daemon, later) runs in a child process (tests/guard_child.py) driven
+through its stdin and stdout, except where the test process itself must be the owner (its own
+opens, close()).  The owner's Guard starts the helper process that answers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import queue
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -496,26 +498,53 @@ def test_the_demo_survives_a_refused_cp(guard_child, start_demo):
     assert refused["comm"] == "cp" and refused["path"] == os.fsdecode(demo.lib)
 
 
+def blocked_in_open(pid: int) -> bool:
+    syscall = Path(f"/proc/{pid}/syscall").read_text().split()
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # asleep in openat: fanotify's wait is killable, so it shows as D
+    return syscall[:1] == ["257"] and stat.rsplit(")", 1)[1].split()[0] in ("D", "S")
+
+
+def helper_of(child: GuardChild) -> int:
+    return int(child.first.split()[2])
+
+
 @needs_root
 @pytest.mark.integration
-def test_kill_9_of_the_guard_lets_a_waiting_writer_through(guard_child, files):
-    """A guard that does not answer (stopped) holds the writer in open(2); SIGKILL of the
-    guard's process closes its group, and the kernel lets the writer through."""
+def test_kill_9_of_the_owner_lets_a_waiting_writer_through(guard_child, files):
+    """A helper that does not answer (stopped) holds the writer in open(2); SIGKILL of the
+    guard's owner (the daemon) kills the helper too, the group closes, the kernel lets the
+    writer through."""
     marked, other, _ = files
     guard_child.guard(marked)
-    guard_child.proc.send_signal(signal.SIGSTOP)
+    helper = helper_of(guard_child)
+    os.kill(helper, signal.SIGSTOP)
     cp = subprocess.Popen(["cp", str(other), str(marked)], stderr=subprocess.PIPE)
-
-    def waiting_in_open() -> bool:
-        syscall = Path(f"/proc/{cp.pid}/syscall").read_text().split()
-        stat = Path(f"/proc/{cp.pid}/stat").read_text()
-        # asleep in openat: fanotify's wait is killable, so it shows as D
-        return syscall[:1] == ["257"] and stat.rsplit(")", 1)[1].split()[0] in ("D", "S")
-    wait_for(waiting_in_open, what="cp blocked in openat")
+    wait_for(lambda: blocked_in_open(cp.pid), what="cp blocked in openat")
     guard_child.proc.kill()
     _, err = cp.communicate(timeout=TIMEOUT)
     assert cp.returncode == 0, err
     assert marked.read_bytes() == other.read_bytes()
+    wait_for(lambda: not Path(f"/proc/{helper}").exists(), what="the helper gone")
+
+
+@needs_root
+@pytest.mark.integration
+def test_a_dead_helper_is_a_failure_and_blocks_nothing(files):
+    marked, other, _ = files
+    guard = Guard()
+    try:
+        st = marked.stat()
+        guard.guard(os.fsencode(marked), st.st_dev, st.st_ino)
+        os.kill(guard.helper_pid, signal.SIGKILL)
+        assert select.select([guard.fileno()], [], [], TIMEOUT)[0]
+        guard.drain()
+        assert guard.failure == "the guard's helper ended (killed by signal 9)"
+        with pytest.raises(GuardUnavailable):
+            guard.guard(os.fsencode(other), st.st_dev, st.st_ino)
+        assert run("cp", other, marked).returncode == 0
+    finally:
+        guard.close()
 
 
 @needs_root
@@ -595,19 +624,30 @@ def test_a_full_deque_counts_what_it_dropped(files):
 
 @needs_root
 @pytest.mark.integration
-def test_a_group_that_may_not_choose_the_errno_refuses_with_eperm(files, monkeypatch):
+def test_a_group_that_may_not_choose_the_errno_refuses_with_eperm(files):
     """A FAN_CLASS_CONTENT group's FAN_DENY_ERRNO answer is refused by the kernel (EINVAL):
-    the guard answers plain FAN_DENY then and from then on."""
-    from inodewatch import guard as guard_module
-    monkeypatch.setattr(guard_module, "_INIT_LADDER", ((fanotify.FAN_CLASS_CONTENT | fanotify.FAN_REPORT_TID, True),))
+    the helper answers plain FAN_DENY then and from then on.  Its loop runs here, in a
+    thread, on such a group it is told may choose."""
+    from inodewatch.guard import _Responder
     marked, _, content = files
-    with Guard() as guard:
-        assert guard.deny_errno == errno.ETXTBSY
-        st = marked.stat()
-        guard.guard(os.fsencode(marked), st.st_dev, st.st_ino)
-        with pytest.raises(PermissionError):
-            open(marked, "wb")
-        assert guard.deny_errno == errno.EPERM
-        assert guard.stats().errors == 0
+    group = fanotify.init(fanotify.FAN_CLASS_CONTENT | fanotify.FAN_REPORT_TID | fanotify.FAN_CLOEXEC
+                          | fanotify.FAN_NONBLOCK)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+    responder = _Responder(group, True, os.uname().machine, theirs)
+    assert responder.deny_errno == errno.ETXTBSY
+    st = marked.stat()
+    assert responder.guard(os.fsencode(marked), st.st_dev, st.st_ino)
+    loop = threading.Thread(target=responder.serve)
+    loop.start()
+    try:
+        result = python("import sys\ntry: open(sys.argv[1], 'wb')\nexcept OSError as e: print(e.errno)", marked)
+        assert result.stdout == b"%d\n" % errno.EPERM
+        assert responder.deny_errno == errno.EPERM
+        assert responder.counts["refused"] == 1 and responder.counts["errors"] == 0
+    finally:
+        ours.close()  # the loop ends with its socket
+        loop.join(TIMEOUT)
+        theirs.close()
+        os.close(group)
     assert marked.read_bytes() == content
-
