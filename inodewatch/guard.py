@@ -126,33 +126,34 @@ _CREAT_FLAGS = O_CREAT | O_WRONLY | O_TRUNC
 RUNNING = b"running"  # what /proc/TID/syscall reads while the thread is not asleep
 
 
-def syscall_number(text: bytes) -> int | None:
-    """The number of the system call in /proc/TID/syscall text, -1 when the thread is not in
-    one, None when the text is not in the kernel's format (RUNNING included)."""
-    fields = text.split()
-    # nr, six arguments, sp, pc; or -1, sp, pc (fs/proc/base.c, proc_pid_syscall)
-    if len(fields) not in (3, 9):
-        return None
-    try:
-        number = int(fields[0])
-        for field in fields[1:]:
-            if not field.startswith(b"0x"):
-                return None
-            int(field, 16)
-    except ValueError:
-        return None
-    if (number < 0) != (len(fields) == 3) or number < -1:
-        return None
-    return number
+# nr, six arguments, sp, pc; or -1, sp, pc (fs/proc/base.c, proc_pid_syscall: "%d 0x%lx ...")
+_SYSCALL_TEXT = re.compile(rb"([0-9]+)((?: 0x[0-9a-f]+){8})\n?|-1(?: 0x[0-9a-f]+){2}\n?")
 
 
-def parse_syscall(text: bytes, machine: str) -> int | OpenHowAt | None:
-    """The open flags of the call in /proc/TID/syscall text on `machine` (os.uname().machine),
-    OpenHowAt for openat2, whose flags must be read from the opener's memory; None when it
-    is not an open we know (or the text is no call at all)."""
+class Syscall(NamedTuple):
+    """The call a thread is in, from /proc/TID/syscall: number -1 when it is in none."""
+
+    number: int
+    args: tuple[int, ...]  # the six arguments ((): none)
+
+
+def read_syscall(text: bytes) -> Syscall | None:
+    """/proc/TID/syscall text as a Syscall; None when the text is not in the kernel's format
+    (RUNNING included: read before the thread was asleep)."""
+    match = _SYSCALL_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    if match[1] is None:
+        return Syscall(-1, ())
+    return Syscall(int(match[1]), tuple(int(field, 16) for field in match[2].split()[:6]))
+
+
+def open_flags(call: Syscall, machine: str) -> int | OpenHowAt | None:
+    """The open flags of `call` on `machine` (os.uname().machine); OpenHowAt for openat2,
+    whose flags must be read from the opener's memory; None when it is not an open we know."""
     table = SYSCALLS.get(machine)
-    number = syscall_number(text)
-    if table is None or number is None or number < 0:
+    number = call.number
+    if table is None or number < 0:
         return None
     if machine == "x86_64":
         number &= ~_X32_SYSCALL_BIT
@@ -163,11 +164,17 @@ def parse_syscall(text: bytes, machine: str) -> int | OpenHowAt | None:
         return _CREAT_FLAGS
     if where == _EXEC:
         return O_RDONLY
-    args = [int(field, 16) for field in text.split()[1:7]]
     if where == _HOW:
-        return OpenHowAt(args[2])
+        return OpenHowAt(call.args[2])
     assert isinstance(where, int)
-    return args[where] & 0xFFFFFFFF  # an int argument: the upper half is not the caller's
+    return call.args[where] & 0xFFFFFFFF  # an int argument: the upper half is not the caller's
+
+
+def parse_syscall(text: bytes, machine: str) -> int | OpenHowAt | None:
+    """The open flags in /proc/TID/syscall text on `machine` (see open_flags); None when the
+    text is no call, or not an open."""
+    call = read_syscall(text)
+    return None if call is None else open_flags(call, machine)
 
 
 # --- which files may be guarded --------------------------------------------------------------
@@ -705,10 +712,13 @@ class _Responder:
             if text.startswith(RUNNING):
                 self.counts["retries"] += 1
                 continue  # not asleep yet
-            flags = parse_syscall(text, self.machine)
+            call = read_syscall(text)
+            if call is None:
+                return None, None
+            flags = open_flags(call, self.machine)
             if isinstance(flags, OpenHowAt):
                 flags = _open_how_flags(tid, flags.address)
-            return flags, syscall_number(text)
+            return flags, call.number
         return None, None
 
     def record(self, verdict: str, event: fanotify.Event, writer: _Writer, file: FileId,

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from inodewatch import fanotify
 from inodewatch.guard import (ALLOWED, REFUSED, UNKNOWN, Guard, GuardUnavailable, OpenHowAt, decide,
-                              guardable, is_write, parse_syscall, syscall_number)
+                              guardable, is_write, parse_syscall, read_syscall)
 from inodewatch.model import FileId
 
 CHILD = REPO / "tests" / "guard_child.py"
@@ -105,10 +105,10 @@ def test_a_machine_we_do_not_know():
     assert parse_syscall(CP, "riscv64") is None
 
 
-def test_syscall_number():
-    assert syscall_number(CP) == 257
-    assert syscall_number(NOT_IN_CALL) == -1
-    assert syscall_number(b"running\n") is None
+def test_read_syscall():
+    assert read_syscall(CP) == (257, (0xffffff9c, 0x7ffd6c8a3f0e, 0x201, 0, 0, 0))
+    assert read_syscall(NOT_IN_CALL) == (-1, ())
+    assert read_syscall(b"running\n") is None
 
 
 @given(st.binary(max_size=300))
