@@ -53,12 +53,14 @@ import ctypes
 import errno
 import marshal
 import os
+import queue
 import re
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -273,6 +275,7 @@ class GuardStats(NamedTuple):
 RETRY_PAUSES = (0.0, 0.0, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
 MAX_RECORDS = 1024  # records held for drain() in the daemon; beyond, the oldest go (dropped)
 RECORDED_WRITERS = 4096  # (writer, file) pairs remembered for the once-per-writer rule
+CMDLINE_WAIT = 0.05  # seconds a refused writer's cmdline is waited for (its mm lock)
 START_TIMEOUT = 10.0  # seconds for the helper to start (an interpreter and ~70 ms of imports)
 REPLY_TIMEOUT = 5.0  # seconds for it to answer a request; then it is taken for hung, and killed
 _MESSAGE_MAX = 1 << 16  # a record: cmdline, exe and path of at most 4 KB each, and small fields
@@ -491,8 +494,11 @@ class Guard:
 
 
 # The helper's program: the package's directory on a path of its own (-I -S: no site, no
-# PYTHON* variables, nothing but the standard library and this package), then _serve.
-_HELPER = "import sys; sys.path.insert(0, sys.argv[1]); from inodewatch.guard import _serve; sys.exit(_serve(sys.argv[2:]))"
+# PYTHON* variables, nothing but the standard library and this package), then _serve, and
+# os._exit: an exit that waited for a thread stuck on a writer (_Cmdlines) would keep the
+# group, and every opener waiting on it, alive.
+_HELPER = ("import os, sys; sys.path.insert(0, sys.argv[1]); from inodewatch.guard import _serve; "
+           "os._exit(_serve(sys.argv[2:]))")
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -532,6 +538,7 @@ class _Responder:
         self.guarded: dict[FileId, bytes] = {}  # the path each was guarded by
         self.recorded: OrderedDict[tuple[int, int, FileId, str], None] = OrderedDict()
         self.counts = dict.fromkeys(GuardStats._fields, 0)
+        self.cmdlines = _Cmdlines()
 
     @property
     def deny_errno(self) -> int:
@@ -675,8 +682,12 @@ class _Responder:
                 answered = self.respond(event.fd, fanotify.FAN_ALLOW)
                 return
             writer = _writer(event.pid)
+            first = self.first_time(writer, file, verdict)
+            # Who it is, read before the answer: a refused cp prints its error and exits
+            cmdline = self.cmdlines.read(writer.pid) if first else (None, False)
             answered = self.respond(event.fd, self.deny if verdict == REFUSED else fanotify.FAN_ALLOW)
-            self.record(verdict, event, writer, file, flags, syscall)
+            if first:
+                self.record(verdict, event, writer, cmdline, file, flags, syscall)
         except Exception:  # noqa: BLE001 -- whatever failed, the opener gets its answer
             self.counts["errors"] += 1
             if not answered:
@@ -721,28 +732,67 @@ class _Responder:
             return flags, call.number
         return None, None
 
-    def record(self, verdict: str, event: fanotify.Event, writer: _Writer, file: FileId,
-               flags: int | None, syscall: int | None) -> None:
+    def first_time(self, writer: _Writer, file: FileId, verdict: str) -> bool:
+        """Whether this writer (process) meets this verdict on this file for the first time."""
         key = (writer.pid, writer.start_time, file, verdict)
         if key in self.recorded:
             self.counts["repeats"] += 1
-            return
+            return False
         self.recorded[key] = None
         if len(self.recorded) > RECORDED_WRITERS:
             self.recorded.popitem(last=False)
+        return True
+
+    def record(self, verdict: str, event: fanotify.Event, writer: _Writer,
+               cmdline: tuple[list[bytes] | None, bool], file: FileId, flags: int | None,
+               syscall: int | None) -> None:
         try:
             path = os.readlink(_fd_link(event.fd))
         except OSError:
             path = b""
-        cmdline: list[bytes] | None
-        try:
-            cmdline, truncated = read_cmdline(writer.pid, CMDLINE_LIMIT)
-        except ProcError:
-            cmdline, truncated = None, False
-        fields = [verdict, writer.pid, event.pid, writer.comm, writer.exe, cmdline, truncated, tuple(file),
+        fields = [verdict, writer.pid, event.pid, writer.comm, writer.exe, *cmdline, tuple(file),
                   path, flags, syscall, time.time()]
         if not self.tell(("record", fields, self.counts["dropped"])):
             self.counts["dropped"] += 1
+
+
+class _Cmdlines:
+    """Writers' command lines, read by a thread of the helper's and waited for CMDLINE_WAIT
+    at most.  Reading /proc/PID/cmdline takes the writer's mm lock, which a writer can keep
+    taken (a thread faulting on a hung FUSE mapping, another waiting to mmap): the helper
+    must not wait on that with every guarded open behind it.  While the thread is stuck on
+    one writer, the others' command lines are not read (None)."""
+
+    def __init__(self) -> None:
+        self.requests: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[tuple[list[bytes] | None, bool]] = queue.SimpleQueue()
+        self.busy = False
+        threading.Thread(target=self._run, name="cmdlines", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            pid = self.requests.get()
+            try:
+                self.results.put(read_cmdline(pid, CMDLINE_LIMIT))
+            except ProcError:
+                self.results.put((None, False))
+
+    def read(self, pid: int) -> tuple[list[bytes] | None, bool]:
+        """(arguments, whether some were cut off); (None, False) when unread."""
+        if self.busy:  # still on a writer it gave up waiting for
+            try:
+                self.results.get_nowait()
+            except queue.Empty:
+                return None, False
+            self.busy = False
+        self.requests.put(pid)
+        self.busy = True
+        try:
+            result = self.results.get(timeout=CMDLINE_WAIT)
+        except queue.Empty:
+            return None, False
+        self.busy = False
+        return result
 
 
 def _read_small(path: bytes, size: int = 4096) -> bytes:
@@ -769,9 +819,12 @@ _NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ELOOP, 
 
 
 def _open_path(path: bytes) -> int | None:
-    """An O_PATH fd of what `path` names now; None when it names nothing we may reach."""
+    """An O_PATH fd of what `path` names now; None when it names nothing we may reach (a
+    NUL in it included: no file has one)."""
     try:
         return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except ValueError:
+        return None
     except OSError as exc:
         if exc.errno in _NOT_THERE:
             return None
@@ -801,9 +854,8 @@ class _Writer(NamedTuple):
 
 
 def _writer(tid: int) -> _Writer:
-    """Who the blocked thread's process is, read before the answer (a refused writer may exit
-    at once after it).  None of these reads takes the writer's mm lock; its cmdline, which
-    does, is read after the answer."""
+    """Who the blocked thread's process is.  None of these reads takes the writer's mm lock
+    (its cmdline does: _Cmdlines)."""
     pid, start, comm, exe = tid, 0, None, None
     try:
         pid = _tgid(_read_small(b"/proc/%d/status" % tid)) or tid

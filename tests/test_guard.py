@@ -439,6 +439,8 @@ def test_mv_over_and_rm_work(guard_child, files, tmp_path):
     assert run("mv", new, marked).returncode == 0
     assert marked.read_bytes() == b"new version\n"
     assert run("cp", other, marked).returncode == 0  # the new inode is not guarded
+    guard_child.ask("unguard", path=os.fsdecode(marked))  # the old one: its path is the new one's
+    assert guard_child.ask("stats")["stale_marks"] == 1
     guard_child.guard(marked)
     assert run("rm", marked).returncode == 0
     assert guard_child.records() == []
@@ -478,6 +480,10 @@ def test_a_path_that_names_another_file_is_not_guarded(files):
         st = other.stat()
         assert not guard.guard(os.fsencode(marked), st.st_dev, st.st_ino)
         assert not guard.guard(os.fsencode(marked) + b".gone", st.st_dev, st.st_ino)
+        assert not guard.guard(b"/tmp/a\0b", st.st_dev, st.st_ino)  # and the helper lives on
+        assert guard.guard(os.fsencode(other), st.st_dev, st.st_ino)
+        assert guard.guarded == frozenset({FileId(st.st_dev, st.st_ino)})
+        guard.unguard(st.st_dev, st.st_ino)
         assert guard.guarded == frozenset()
 
 
@@ -651,3 +657,21 @@ def test_a_group_that_may_not_choose_the_errno_refuses_with_eperm(files):
         theirs.close()
         os.close(group)
     assert marked.read_bytes() == content
+
+
+def test_a_cmdline_stuck_on_one_writer_is_not_waited_for_again(monkeypatch):
+    """_Cmdlines gives up on a read after CMDLINE_WAIT, and reads no other while that one is
+    stuck (a writer's mm lock held: read_cmdline made to block here)."""
+    from inodewatch import guard as guard_module
+    release = threading.Event()
+
+    def read_cmdline(pid: int, limit: int) -> tuple[list[bytes], bool]:
+        if pid == 1:
+            release.wait()
+        return [b"pid%d" % pid], False
+    monkeypatch.setattr(guard_module, "read_cmdline", read_cmdline)
+    cmdlines = guard_module._Cmdlines()
+    assert cmdlines.read(1) == (None, False)  # stuck: given up
+    assert cmdlines.read(2) == (None, False)  # not even asked
+    release.set()
+    assert wait_for(lambda: cmdlines.read(3) == ([b"pid3"], False), what="the reader free again")
