@@ -29,12 +29,17 @@ Measured on Linux 6.18 (tests/test_guard.py, benchmarks/guard.py):
 - /proc/TID/syscall reads "running" when it is read before the opener is asleep: retried
   for up to ~20 ms, then the open is allowed (fail open: a caller is never hung) and
   recorded as "unknown".
-- Not seen by an open, so not refused: truncate(2) by path (os.truncate, but not coreutils'
-  `truncate`, which opens O_WRONLY), writes through an fd opened before the mark, writes
-  through a shared writable mapping made before it, io_uring's IORING_OP_OPENAT (its opener
-  is an io-wq worker or io_uring_enter: "unknown", allowed).
-- A 32-bit (i386) writer on x86_64: its syscall numbers are not x86_64's, it reads as
-  "unknown" and is allowed (openat2, 437 on every ABI, is read right).
+- Not seen by an open, so not refused: truncate(2) by path (os.truncate; coreutils'
+  `truncate` opens O_WRONLY and is refused), writes through an fd opened before the mark.
+  A FAN_PRE_ACCESS mark would see truncate(2) (the event comes with the opener in syscall
+  76), but also every read(2) and mmap(2) of the file, and tmpfs refuses it (EOPNOTSUPP).
+- A writer waiting for the answer sleeps in D state (fanotify's wait is killable).
+- A guard in a pid namespace of its own gets pid 0 for writers outside it: "unknown".
+Not measured, from the kernel's code: a write through a shared writable mapping made before
+the mark is not seen either; io_uring's IORING_OP_OPENAT opens from an io-wq worker or in
+io_uring_enter, whose /proc/TID/syscall tells no flags ("unknown", allowed); a 32-bit (i386)
+writer on x86_64 has other syscall numbers ("unknown", allowed; openat2, 437 on every ABI,
+is read right).
 
 Which files: `guardable` says no to the directories the dynamic loader searches (every
 process start maps what is there: a listener that stalls would stall them all), yes to
@@ -307,18 +312,14 @@ def _open_group() -> tuple[int, int, bool]:
 
 
 class Guard:
-    """The daemon's handle on the guard: a helper process that owns the fanotify group, places
-    the marks and answers every open of a guarded file.
+    """The daemon's handle on the guard: a helper process (why: the module's docstring) that
+    owns the fanotify group, places the marks and answers every open of a guarded file.
 
-    Why a process, not a thread of the daemon's: a thread answering needs the GIL, and a
-    busy main thread that gives it up only for short system calls (a /proc read between
-    two parses) keeps it from the waiting thread for a long time: benchmarks/guard.py
-    measured a guarded open waiting up to 9.6 s behind a busy main thread.  The helper has
-    nothing else to do.  It owns the group alone: when it dies, the kernel allows every
-    open still waiting; it dies with the daemon (PR_SET_PDEATHSIG: create the Guard from the
-    thread that lives as long as the daemon, its main thread) or when the daemon closes its
-    socket.  It never logs (stderr is /dev/null) and never blocks on the daemon: a record the
-    daemon does not take in time is dropped and counted.
+    The helper owns the group alone: when it dies, the kernel allows every open still
+    waiting.  It dies with the daemon (PR_SET_PDEATHSIG, which follows the thread that
+    started it: create the Guard from the daemon's main thread), when the daemon closes its
+    socket, and when it does not answer a request within REPLY_TIMEOUT (killed).  Its stderr
+    is /dev/null; a record the daemon does not take in time is dropped and counted.
 
     Raises GuardUnavailable when it cannot run (no CAP_SYS_ADMIN, no fanotify, a machine
     whose system calls it does not know), or no longer runs (`failure`).  For one thread.
