@@ -602,7 +602,7 @@ class Daemon:
         target.pace.take(now - started, now, self.look_rate(target))
         return events
 
-    def rescan(self, target: Target) -> None:
+    def look_now(self, target: Target) -> None:
         """Look at the target now, whatever its pace."""
         for event in self.paced_look(target):
             self.emit(event, target.pid)
@@ -619,7 +619,7 @@ class Daemon:
                 del self.pending_looks[pid]
             elif target.reading is None and target.pace.allows(time.monotonic(), self.look_rate(target)):
                 del self.pending_looks[pid]
-                self.rescan(target)
+                self.look_now(target)
 
     def looks_due(self, now: float) -> float | None:
         """When the first look asked for may be done."""
@@ -760,7 +760,7 @@ class Daemon:
             # file's size and mtime, so the write is told then, not lost.
             target.history.unseen_writes = True
             return
-        self.rescan(target)  # the map we hold may be older than a reload: does it still map it?
+        self.look_now(target)  # the map we hold may be older than a reload: does it still map it?
         if watched not in target.mapped or target.mapped[watched].deleted:
             return
         event = target.history.write_began(target.mapped[watched], self.size_at(target, path, watched))
@@ -804,9 +804,9 @@ class Daemon:
                                    namespace=f"mnt:[{known}]".encode() if known else None)
             for event in target.history.stamp_check(target.mapped.values(), disk.look):
                 self.emit(event, target.pid)
-            self.rescan(target)
+            self.look_now(target)
 
-    def reread_some(self) -> None:
+    def look_in_turn(self) -> None:
         """The periodic re-read, the safety net for what inotify cannot see: targets in turn,
         for at most a small share of this tick.  With few targets each is re-read every
         tick; with hundreds, in turn over several ticks, so the daemon stays near idle and
@@ -820,7 +820,7 @@ class Daemon:
             target = self.targets.get(pid)
             # A target whose looks are in debt (flooded, or huge) waits for a later round.
             if target is not None and target.pace.allows(time.monotonic(), self.look_rate(target)):
-                self.rescan(target)
+                self.look_now(target)
                 if time.monotonic() >= stop_at:
                     break
 
@@ -1131,7 +1131,7 @@ class Daemon:
         """Every --interval: watches refused before, the periodic re-read, the cgroups'
         new processes, the metrics, the log's health and systemd's status line."""
         self.watches.retry()
-        self.reread_some()
+        self.look_in_turn()
         self.walk_cgroups()
         self.write_metrics()
         self.sink.check()
