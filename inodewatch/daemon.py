@@ -169,6 +169,8 @@ class Target:
     # Named by the operator (--pid, --unit, --cgroup; matchers.operator_named), not matched
     # by a selector anyone can match: first for watches, and paced apart.
     operator: bool = True
+    # The watch set's move count after this target's last look (WatchSet.covered_since)
+    watch_moves: int = 0
 
     @property
     def pid(self) -> int:
@@ -687,8 +689,9 @@ class Daemon:
         history.learn(mapped, [(f.file, f.path) for f in open_files])
         findings = find_divergence(mapped, open_files, disk, history.first_paths)
 
-        def write_watched(m: MappedFile) -> bool:
-            return self.watches.covers(disk.root + history.first_path(m), m.file, WRITE_EVENTS)
+        def write_watched(m: MappedFile) -> bool:  # since this target's last look
+            return self.watches.covered_since(disk.root + history.first_path(m), m.file,
+                                              WRITE_EVENTS, target.watch_moves)
 
         judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
 
@@ -708,6 +711,7 @@ class Daemon:
         target.recently_mapped = {p: t for p, t in target.recently_mapped.items() if now - t < LINGER}
         target.recently_mapped.update((history.first_path(m), now) for m in mapped)
         self.sync_watches(target, self.wanted_watches(target, disk))
+        target.watch_moves = self.watches.moves
         return events
 
     def on_file_events(self, events: list[FileEvent]) -> None:

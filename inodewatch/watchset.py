@@ -79,6 +79,10 @@ class WatchSet:
         self.names: dict[bytes, set[bytes]] = {}
         self.state: dict[bytes, tuple[FileId, int]] = {}  # path -> (inode, mask) watched
         self.muted: dict[bytes, int] = {}  # path -> events left out of its watch for now (mute)
+        # Watches that followed their path to a new file, counted; and per path the inode the
+        # last one left, its mask and that count (`covered_since`)
+        self.moves = 0
+        self.left: dict[bytes, tuple[FileId, int, int]] = {}
         self._unwatched = 0  # sum of self.denied
 
     # --- the budget ---------------------------------------------------------------------
@@ -180,6 +184,17 @@ class WatchSet:
         current = self.state.get(path)
         return current is not None and current[0] == inode and bool(current[1] & events)
 
+    def covered_since(self, path: bytes, inode: FileId, events: int, moves: int) -> bool:
+        """Whether `inode`, at `path`, has been watched for any of `events` since the set
+        had made `moves` moves: watched now, or until a move made after that.  Targets that
+        share a file are looked at one after the other: the first look after an upgrade
+        moves the watch to the new file, and the old inode was watched all along for the
+        others too (an mtime a touch moved meanwhile is not an unwatched write)."""
+        if self.covers(path, inode, events):
+            return True
+        left = self.left.get(path)
+        return left is not None and left[0] == inode and bool(left[1] & events) and left[2] > moves
+
     def watched_inode(self, path: bytes) -> FileId | None:
         return self.state[path][0] if path in self.state else None
 
@@ -221,6 +236,7 @@ class WatchSet:
             return
         del self.users[path]
         self.state.pop(path, None)
+        self.left.pop(path, None)
         self.muted.pop(path, None)
         self.refused.discard(path)
         self.watcher.unwatch(path)
@@ -269,6 +285,8 @@ class WatchSet:
             self.refused.add(path)  # the kernel is full: do not ask again until retry()
             return FULL
         if current is not None and current[0] != on_disk:
+            self.moves += 1
+            self.left[path] = (*current, self.moves)
             self.state.pop(path)
             self.watcher.unwatch(path)  # a new file at the path: watch it instead
         done = self._add(self.watcher.watch_file, path, mask, on_disk.ino)

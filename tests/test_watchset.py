@@ -163,3 +163,21 @@ def test_a_flooded_kind_is_muted_until_a_target_is_synced_again():
     assert ws.covers(P, B, WRITE_EVENTS)  # writes are still watched
     assert ws.sync(1, wanted) is True  # opens back: one may have been the reload
     assert rec.calls[-1] == ("file", P, MAPPED | OPEN_EVENTS)
+
+
+def test_a_watch_that_moved_on_covers_its_old_inode_for_the_targets_not_looked_at_since():
+    """Two targets map A at P; an upgrade puts B there.  The first target's look moves the
+    watch to B; the second, looked at next, held A watched all along since its own look."""
+    ws = WatchSet(Recorder(), budget=100)
+    ws.sync(1, {P: (MAPPED, A)})
+    ws.sync(2, {P: (MAPPED, A)})
+    second_looked = ws.moves
+    ws.sync(1, {P: (MAPPED, B)})  # the first target's look after the upgrade
+    assert not ws.covers(P, A, WRITE_EVENTS) and ws.covers(P, B, WRITE_EVENTS)
+    assert ws.covered_since(P, A, WRITE_EVENTS, second_looked)
+    ws.sync(2, {P: (MAPPED, B)})
+    assert not ws.covered_since(P, A, WRITE_EVENTS, ws.moves)  # a later look: A unwatched
+    assert not ws.covered_since(P, A, OPEN_EVENTS, second_looked)  # never watched for opens
+    ws.sync(1, {})
+    ws.sync(2, {})
+    assert ws.left == {}  # nothing kept for a path nobody holds
