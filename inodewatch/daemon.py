@@ -9,7 +9,9 @@ be added), the walk of /proc, the watchdog ping, and each target's follow-up loo
 reload.  A handler that raises is logged (daemon.error) and the daemon carries on.
 
 Every inotify event only says "look again": the truth always comes from re-reading the
-target's /proc and the disk, compared by the pure core (model, diff).
+target's /proc and the disk, compared by the pure core (model, diff).  What each target makes
+of it -- events, the watches it needs, follow-up looks -- is decided by its state machine
+(inodewatch.target); the daemon does the reads, feeds the answers in and acts on the result.
 
 Anyone can make it look again (issue 13, item 11): open a file watched for opens, make
 names beside a plugin in a mode-1777 directory, run a matching process that maps 65,000
@@ -41,7 +43,7 @@ from inodewatch.announce import ANNOUNCE_DELAY, Announcements
 from inodewatch.caps import effective_capabilities, missing_features
 from inodewatch.cgroups import read_placement
 from inodewatch.contentpass import ContentPass
-from inodewatch.diff import Event, TargetHistory
+from inodewatch.diff import Event
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.guard import Guard, GuardUnavailable
 from inodewatch.guardmarks import GuardMarks, refusal_events, wanted_marks
@@ -56,36 +58,22 @@ from inodewatch.exits import (
     ProcessExit,
     ProcessFork,
 )
-from inodewatch.model import FileId, MappedFile, OpenFile, find_divergence
+from inodewatch.model import FileId, MappedFile, OpenFile
 from inodewatch.notify import Notifier
 from inodewatch.pacing import Bucket
 from inodewatch.pidns import own_connector_deafness
 from inodewatch.reactor import LoopFailed, Reactor, Timer, format_traceback, one_line
 from inodewatch.matchers import Selector, operator_named, read_facts, term_text
 from inodewatch.state import SAVE_EVERY, SAVE_SHARE, Loaded, StateFile
+from inodewatch.target import Target, with_status
 from inodewatch.text import safe_text
 from inodewatch.unitstatus import UnitQuery
-from inodewatch.watch import (
-    KIND_EVENTS,
-    NAME_EVENTS,
-    OPEN_EVENTS,
-    WRITE_EVENTS,
-    FileEvent,
-    FileWatcher,
-    max_user_watches,
-)
+from inodewatch.watch import KIND_EVENTS, WRITE_EVENTS, FileEvent, FileWatcher, max_user_watches
 from inodewatch.watchset import Wanted, WatchSet, default_budget
 
-# After a watched file is opened (dlopen in progress) the mapping appears a moment later:
-# look again at these delays so a reload is seen in milliseconds, not at the next tick.
-RELOAD_FOLLOW_UP = (0.002, 0.010, 0.030, 0.100)
 # With a working proc connector, new processes announce themselves; the /proc walk that finds
 # them otherwise is then only a rare safety net.
 DISCOVERY_WITH_CONNECTOR = 60.0
-
-# How long a file the target stopped mapping stays watched (a plugin host reloading it maps
-# nothing between its dlclose and its dlopen).
-LINGER = 10.0
 
 # The share of each --interval the periodic re-read may take: 0.3 % of a core, or 5 % when
 # inotify is degraded and the re-read is all there is.
@@ -105,9 +93,6 @@ EXITS_PER_WAKE = 32
 HASH_PER_FILE = 2 * 1024 * 1024
 HASH_PER_LOOK = 4 * 1024 * 1024
 
-# A new file at a diverged path being opened, then closed once mapped: the dlopen.
-RELOAD_KINDS = {"opened", "closed"}
-
 # /proc/PID/maps is read this many chunks (procfs.MAPS_CHUNK, 128 KB) in one go: nearly every
 # process's whole maps is one chunk.  A bigger one (a user can make it 265 MB, which the kernel
 # takes ~3 s to print) is read on, MAPS_CHUNKS_PER_TURN at each turn of the loop, between the
@@ -117,13 +102,13 @@ INLINE_MAPS_CHUNKS = 8
 MAPS_CHUNKS_PER_TURN = 2
 MAX_READINGS = 8
 
-# Looks a user can cause are paced (inodewatch.pacing): each target may spend LOOK_BURST s on
-# looks at once, refilled at LOOK_SHARE / (targets of its kind) of a core: a demo's look (~1
+# Looks a user can cause are paced (inodewatch.pacing): each target may spend LOOK_BURST s
+# (inodewatch.target) on looks at once, refilled at LOOK_SHARE / (targets of its kind) of a
+# core: a demo's look (~1
 # ms) is done at once 50 times in a row, a flooded target is looked at every ~10-20 ms, a
 # process mapping 65,000 files (~1 s a look) every 10-20 s or less often.  Operator-named
 # targets (--pid, --unit, --cgroup) and the ones anyone can match (--name, --exe) have
 # separate shares, so an attacker's processes cannot slow the operator's own targets.
-LOOK_BURST = 0.05
 LOOK_SHARE = {True: 0.10, False: 0.05}  # by Target.operator
 # Attaches of targets anyone can match may take ATTACH_BURST s of looks at once (2,000 demo
 # hosts at ~1 ms each), then LOOK_SHARE[False] of a core.
@@ -155,31 +140,14 @@ class Options:
 
 
 @dataclass
-class Target:
-    ident: procfs.ProcessId
-    pidwatch: PidWatch
-    history: TargetHistory = field(default_factory=TargetHistory)
-    mapped: dict[FileId, MappedFile] = field(default_factory=dict)
-    open_files: list[OpenFile] = field(default_factory=list)
-    follow_ups: list[Timer] = field(default_factory=list)  # looks soon after a reload
-    term: tuple[str, bytes] | None = None  # the selector term it matched, if any
-    recently_mapped: dict[bytes, float] = field(default_factory=dict)  # path -> last seen mapped
-    # uid and mount namespace, on every event about it: a user's own namespace can put her
-    # file at a path that means another file on the host (report tells them apart); and its
-    # unit and container, the operator's name for it
-    owner: dict[str, Any] = field(default_factory=dict)
-    pace: Bucket = field(default_factory=lambda: Bucket(LOOK_BURST, time.monotonic()))
-    # A huge maps read over many turns of the loop (see INLINE_MAPS_CHUNKS)
-    reading: procfs.MapsReading | None = None
-    # Named by the operator (--pid, --unit, --cgroup; matchers.operator_named), not matched
-    # by a selector anyone can match: first for watches, and paced apart.
-    operator: bool = True
-    # The watch set's move count after this target's last look (WatchSet.covered_since)
-    watch_moves: int = 0
+class Held:
+    """What the daemon holds for one target beside its state (inodewatch.target.Target)."""
 
-    @property
-    def pid(self) -> int:
-        return self.ident.pid
+    pidwatch: PidWatch
+    reading: procfs.MapsReading | None = None  # a huge maps read over many turns of the loop
+    follow_ups: list[Timer] = field(default_factory=list)  # looks soon after a reload
+    # The watch set's move count after the target's last look (WatchSet.covered_since)
+    watch_moves: int = 0
 
 
 class AttachError(Exception):
@@ -233,6 +201,7 @@ class Daemon:
         self.sink = sink
         self.options = options
         self.targets: dict[int, Target] = {}
+        self.held: dict[int, Held] = {}  # by pid: each target's fds and timers (and prepared ones')
         self.watcher = FileWatcher()
         self.watches = WatchSet(self.watcher, options.max_watches
                                 or default_budget(max_user_watches()))
@@ -254,7 +223,7 @@ class Daemon:
         self.reactor = Reactor(on_error=self.on_error, on_gap=self.on_gap)
         # --unit targets' exits that the kernel did not explain, asked of systemd (unitstatus):
         # by pid, the query and the target.exited it completes
-        self.unit_queries: dict[int, tuple[UnitQuery, Target, dict[str, Any]]] = {}
+        self.unit_queries: dict[int, tuple[UnitQuery, Target, Event]] = {}
         self.stop_reason: str | None = None
         self.reread_queue: deque[int] = deque()  # targets still to re-read in this round
         self.selector = options.selector
@@ -311,8 +280,7 @@ class Daemon:
     def live_divergences(self) -> Counter[tuple[str, str]]:
         live: Counter[tuple[str, str]] = Counter()
         for target in self.targets.values():
-            live.update((f.subject, f.kind) for f in target.history.live.values())
-            live[("mapping", "overwritten")] += len(target.history.overwritten)
+            live.update(target.live_divergences())
         return live
 
     def status_line(self) -> str:
@@ -348,7 +316,8 @@ class Daemon:
         except OSError as exc:  # EMFILE, ENFILE: pidfd_open's own errors
             raise NoFdLeft(f"cannot watch pid {pid}: {exc.strerror} (RLIMIT_NOFILE "
                            f"{self.fds.limit}); raise LimitNOFILE= or ulimit -n") from None
-        return Target(ident, pidwatch)
+        self.held[pid] = Held(pidwatch)
+        return Target.new(ident, time.monotonic(), self.options.watch_paths)
 
     def attach(self, target: Target, born: bool = False) -> None:
         """Start watching a prepared target; report divergence that already exists.  A
@@ -365,7 +334,8 @@ class Daemon:
             info["restored"] = True
         self.targets[target.pid] = target
         self.operator_count += target.operator
-        self.reactor.register(target.pidwatch.fileno(), partial(self.on_pidfd, target.pid))
+        self.reactor.register(self.held[target.pid].pidwatch.fileno(),
+                              partial(self.on_pidfd, target.pid))
         # Watches first: from the moment target.attached is logged, an in-place write is
         # seen -- an operator (or a test) may act on that line at once.
         events = self.paced_look(target)
@@ -523,24 +493,11 @@ class Daemon:
 
     # --- watches ----------------------------------------------------------------------
 
-    def wanted_watches(self, target: Target, disk: procfs.DiskView) -> Wanted:
-        """Watch path -> (inotify events this target needs there, the inode now there).
-
-        A watch path is the file's path as the target sees it: under /proc/PID/root when the
-        target lives in another mount namespace, so the watch lands on its file, not ours.
-        """
-        history = target.history
-        masks: dict[bytes, int] = {}
-        for f in target.open_files:
-            masks[history.first_path(f)] = NAME_EVENTS
-        for m in target.mapped.values():
-            masks[history.first_path(m)] = NAME_EVENTS | WRITE_EVENTS
-        for path in history.awaiting_reload:  # its next open is the reload
-            masks[path] = masks.get(path, NAME_EVENTS) | OPEN_EVENTS
-        for path in target.recently_mapped:  # unloaded a moment ago: its reopen is the reload
-            masks.setdefault(path, NAME_EVENTS | OPEN_EVENTS)
-        if self.options.watch_paths is not None:
-            masks = {p: m for p, m in masks.items() if p in self.options.watch_paths}
+    @staticmethod
+    def watches_at(disk: procfs.DiskView, masks: dict[bytes, int]) -> Wanted:
+        """A target's watches (Target.wanted_watches) as the watch set takes them: under the
+        target's root (/proc/PID/root when it lives in another mount namespace, so the watch
+        lands on its file, not ours), with the inode now there."""
         # never a watch on a FUSE or network mount: adding it walks the path there
         return {disk.root + path: (mask, disk(path)) for path, mask in masks.items()
                 if disk.trusts(path)}
@@ -587,9 +544,7 @@ class Daemon:
             held = {}
             for pid in self.marks.holders(refusal.file):
                 target = self.targets.get(pid)
-                m = None if target is None else next(
-                    (m for m in target.mapped.values() if m.file.ino == refusal.file.ino), None)
-                held[pid] = None if m is None else m._replace(path=target.history.first_path(m))
+                held[pid] = None if target is None else target.holding(refusal.file.ino)
             for pid, event in refusal_events(refusal, held, self.guard.deny_errno):
                 self.emit(event, pid or None)
         if drained.dropped:
@@ -651,10 +606,6 @@ class Daemon:
         # A dying process's maps read empty: a snapshot taken across the exit is no news.
         if after.start_time != target.ident.start_time or after.is_exiting:
             return None
-        if self.options.watch_paths is not None:
-            keep = self.options.watch_paths
-            mapped = [m for m in mapped if target.history.first_path(m) in keep]
-            open_files = [f for f in open_files if target.history.first_path(f) in keep]
         return mapped, open_files
 
     def look_rate(self, target: Target) -> float:
@@ -685,14 +636,16 @@ class Daemon:
             target = self.targets.get(pid)
             if target is None:
                 del self.pending_looks[pid]
-            elif target.reading is None and target.pace.allows(time.monotonic(), self.look_rate(target)):
+            elif (self.held[pid].reading is None
+                  and target.pace.allows(time.monotonic(), self.look_rate(target))):
                 del self.pending_looks[pid]
                 self.look_now(target)
 
     def looks_due(self, now: float) -> float | None:
         """When the first look asked for may be done."""
         due = [t.pace.ready_at(now, self.look_rate(t))
-               for t in map(self.targets.get, self.pending_looks) if t is not None and t.reading is None]
+               for t in map(self.targets.get, self.pending_looks)
+               if t is not None and self.held[t.pid].reading is None]
         return min(due) if due else None
 
     def look(self, target: Target) -> list[Event]:
@@ -700,38 +653,41 @@ class Daemon:
         A huge maps is read on in later turns of the loop (read_huge_maps): then the events
         come from there, and a look asked for meanwhile is made once that read is done and
         the target's pace allows (its reads are charged to it like any look)."""
-        if target.reading is not None:
+        held = self.held[target.pid]
+        if held.reading is not None:
             self.want_look(target)
             return []
         try:
-            target.reading = procfs.MapsReading(target.pid)
+            held.reading = procfs.MapsReading(target.pid)
         except procfs.ProcError:
             return []  # exiting: its pidfd tells
         events = self.read_on(target, INLINE_MAPS_CHUNKS)
-        if target.reading is not None and len(self.readings) > MAX_READINGS:
+        if held.reading is not None and len(self.readings) > MAX_READINGS:
             self.stop_reading(target)  # too many under way: this one starts again later
             self.want_look(target)
         return events
 
     def read_on(self, target: Target, chunks: int) -> list[Event]:
         """Read `chunks` more of the target's maps; once it is whole, the look's events."""
-        assert target.reading is not None
+        held = self.held[target.pid]
+        assert held.reading is not None
         try:
-            maps = target.reading.advance(chunks)
+            maps = held.reading.advance(chunks)
         except procfs.ProcError:
             maps = None  # exiting: its pidfd tells
             self.stop_reading(target)
         if maps is None:
-            if target.reading is not None:
+            if held.reading is not None:
                 self.readings.add(target.pid)
             return []
         self.stop_reading(target)
         return self.finish_look(target, maps)
 
     def stop_reading(self, target: Target) -> None:
-        if target.reading is not None:
-            target.reading.close()
-            target.reading = None
+        held = self.held[target.pid]
+        if held.reading is not None:
+            held.reading.close()
+            held.reading = None
         self.readings.discard(target.pid)
 
     def read_huge_maps(self) -> None:
@@ -746,38 +702,24 @@ class Daemon:
                 self.emit(event, pid)
 
     def finish_look(self, target: Target, maps: procfs.MapsRead) -> list[Event]:
+        """Feed the target its snapshot and the disk's answers; bring its watches (and the
+        guard's marks) up to what it needs now."""
         disk = procfs.DiskView(target.pid)
         snapshot = self.read_snapshot(target, disk, maps)
         if snapshot is None:
             return []
-        mapped, open_files = snapshot
-        history = target.history
-        history.learn(mapped, [(f.file, f.path) for f in open_files])
-        findings = find_divergence(mapped, open_files, disk, history.first_paths)
+        held = self.held[target.pid]
 
-        def write_watched(m: MappedFile) -> bool:  # since this target's last look
-            return self.watches.covered_since(disk.root + history.first_path(m), m.file,
-                                              WRITE_EVENTS, target.watch_moves)
+        def write_watched(path: bytes, file: FileId) -> bool:  # since this target's last look
+            return self.watches.covered_since(disk.root + path, file, WRITE_EVENTS,
+                                              held.watch_moves)
 
         judge = ContentPass(HASH_PER_FILE, HASH_PER_LOOK)  # one pass: this look
-
-        def stamp_at(path: bytes) -> tuple[int, int, int] | None:
-            found = disk.look(path)  # stat'ed already by find_divergence: a cache hit
-            return None if found is None else (found.stat.st_ino, found.stat.st_size,
-                                               found.stat.st_mtime_ns)
-
-        events = history.update(mapped, findings, write_watched,
-                                lambda f: judge.judge(target.pid, f, disk.root, disk.mounts),
-                                stamp_at)
-        target.mapped = {m.file: m for m in mapped}
-        target.open_files = open_files
-        # A plugin host between its dlclose and its dlopen maps nothing: keep watching what
-        # it mapped a moment ago, or the next replacement goes unseen until the re-read.
-        now = time.monotonic()
-        target.recently_mapped = {p: t for p, t in target.recently_mapped.items() if now - t < LINGER}
-        target.recently_mapped.update((history.first_path(m), now) for m in mapped)
-        self.sync_watches(target, self.wanted_watches(target, disk))
-        target.watch_moves = self.watches.moves
+        events, masks = target.look(*snapshot, time.monotonic(), disk.look,
+                                    lambda f: judge.judge(target.pid, f, disk.root, disk.mounts),
+                                    write_watched)
+        self.sync_watches(target, self.watches_at(disk, masks))
+        held.watch_moves = self.watches.moves
         self.sync_marks(target, disk)
         return events
 
@@ -790,13 +732,20 @@ class Daemon:
                 self.watches.forget(ev.path)
             elif ev.records >= MUTE_AFTER and ev.name is None:
                 flooded[ev.path] = flooded.get(ev.path, 0) | KIND_EVENTS.get(ev.kind, 0)
-            for pid in self.watches.users.get(ev.path, ()):
+            for pid in self.watches.holders(ev.path):
                 target = self.targets[pid]
-                if ev.kind == "modified":  # a write or truncation of the data itself
-                    self.overwritten(target, ev.path)
-                elif ev.kind == "written":  # a close after writing: a touch, or the end of one
-                    self.write_closed(target, ev.path)
-                if ev.kind in RELOAD_KINDS:
+                watched = self.watches.watched_inode(ev.path)
+                stat = partial(self.stat_watched, pid, ev.path)
+                reaction = target.on_file_event(ev.kind, watched, time.monotonic(),
+                                                self.look_rate(target), stat)
+                events_out = reaction.events
+                if reaction.look_first:
+                    assert watched is not None
+                    self.look_now(target)
+                    events_out = target.write_began(watched, stat)
+                for event in events_out:
+                    self.emit(event, pid)
+                if reaction.reload:
                     reloading.add(pid)
                 touched.add(pid)
         for path, kinds in flooded.items():
@@ -808,72 +757,44 @@ class Daemon:
         self.run_looks()
 
     def follow_up(self, target: Target) -> None:
-        """Look at the target again at each of RELOAD_FOLLOW_UP's delays from now."""
-        for timer in target.follow_ups:
+        """Look at the target again at the times it asks for (Target.follow_ups), in place
+        of those it asked for before."""
+        held = self.held[target.pid]
+        for timer in held.follow_ups:
             timer.cancel()
-        now = time.monotonic()
-        target.follow_ups = [self.reactor.call_at(now + d, partial(self.followed_up, target.pid))
-                             for d in RELOAD_FOLLOW_UP]
+        held.follow_ups = [self.reactor.call_at(at, partial(self.followed_up, target.pid))
+                           for at in target.follow_ups(time.monotonic())]
 
     def followed_up(self, pid: int, _now: float) -> None:
         if (target := self.targets.get(pid)) is not None:
             self.want_look(target)
 
-    def overwritten(self, target: Target, path: bytes) -> None:
-        """A watched file's data was written (IN_MODIFY).  If it is the very inode the
-        target maps, that is the in-place overwrite that crashes it: log it now, before the
-        crash can."""
-        watched = self.watches.watched_inode(path)
-        if watched is None or watched not in target.mapped or watched in target.history.overwritten:
-            return  # not its file, or told already: the caller's re-read of the target follows
-        if not target.pace.allows(time.monotonic(), self.look_rate(target)):
-            # Flooded (a user writing her own mapped files): its paced look compares every
-            # file's size and mtime, so the write is told then, not lost.
-            target.history.unseen_writes = True
-            return
-        self.look_now(target)  # the map we hold may be older than a reload: does it still map it?
-        if watched not in target.mapped or target.mapped[watched].deleted:
-            return
-        event = target.history.write_began(target.mapped[watched], self.size_at(target, path, watched))
-        if event is not None:
-            self.emit(event, target.pid)
-
-    def write_closed(self, target: Target, path: bytes) -> None:
-        """A watched file was closed after writing: the size an overwrite left, if one began."""
-        watched = self.watches.watched_inode(path)
-        if watched is not None and watched in target.history.writing:
-            event = target.history.write_closed(watched, self.size_at(target, path, watched))
-            if event is not None:
-                self.emit(event, target.pid)
-
     @staticmethod
-    def size_at(target: Target, path: bytes, file: FileId) -> int | None:
-        """The size of `file` at the watch path `path`, if that is still where it is."""
-        disk = procfs.DiskView(target.pid)
+    def stat_watched(pid: int, path: bytes) -> os.stat_result | None:
+        """What the watch path `path` of target `pid` names now, if it may still be stat'ed
+        (it resolves as the target sees it)."""
+        disk = procfs.DiskView(pid)
         if not (path.startswith(disk.root) and disk.trusts(path[len(disk.root):])):  # mounted since?
             return None
         try:
-            st = os.stat(path)  # a watch path resolves as the target sees it
+            return os.stat(path)
         except OSError:
             return None
-        return st.st_size if FileId.of(st).ino == file.ino else None
 
     def recheck(self) -> None:
         """Inotify may have missed events (its queue overflowed, or the loop did not run):
         look for in-place writes by size and mtime in every target, including one that
-        has died meanwhile (what it mapped is remembered), then re-read every target.  A
-        target anyone can match whose pace does not allow it now is looked at when it does,
-        every file's stamp compared then."""
+        has died meanwhile (what it mapped is remembered), then re-read every target (a
+        target anyone can match whose pace does not allow it now: when it does)."""
         now = time.monotonic()
         for target in list(self.targets.values()):
-            if not target.operator and not target.pace.allows(now, self.look_rate(target)):
-                target.history.unseen_writes = True
+            if not target.checks_now(now, self.look_rate(target)):
                 self.want_look(target)
                 continue
             known = target.owner.get("mnt_ns")
             disk = procfs.DiskView(target.pid,
                                    namespace=f"mnt:[{known}]".encode() if known else None)
-            for event in target.history.stamp_check(target.mapped.values(), disk.look):
+            for event in target.missed_writes(disk.look):
                 self.emit(event, target.pid)
             self.look_now(target)
 
@@ -917,9 +838,9 @@ class Daemon:
     def on_pidfd(self, pid: int, now: float) -> None:
         """The target's pidfd says it exited: its status is on its way (or lost); the fd is
         not needed any more."""
-        target = self.targets[pid]
-        self.reactor.unregister(target.pidwatch.fileno())
-        target.pidwatch.close()
+        pidwatch = self.held[pid].pidwatch
+        self.reactor.unregister(pidwatch.fileno())
+        pidwatch.close()
         self.exits.exited(pid, now)
 
     def settle_exits(self, now: float) -> None:
@@ -948,20 +869,17 @@ class Daemon:
         target = self.targets.pop(report.pid)
         self.announce(target)
         self.stop_reading(target)
-        for timer in target.follow_ups:
+        for timer in self.held.pop(report.pid).follow_ups:
             timer.cancel()
         self.operator_count -= target.operator
-        status = report.status
-        fields = {"exit_code": status.exit_code, "signal": status.signal,
-                  "core_dumped": status.core_dumped, "status_source": status.source,
-                  "stale": target.history.stale()}
-        if status.source == "pidfd" and target.term is not None and target.term[0] == "unit":
+        exited = target.exited(report.status)
+        if target.asks_systemd(report.status):
+            assert target.term is not None
             self.unit_queries[target.pid] = (UnitQuery(target.pid, target.term[1],
                                                        time.monotonic()),
-                                             target, fields)
+                                             target, exited)
         else:
-            self.emit(Event("warning" if status.signal else "info", "target.exited", fields),
-                      target=target)
+            self.emit(exited, target=target)
         if target.term is not None:
             self.gone_terms.add(target.term)
         self.sync_watches(target, {})
@@ -970,7 +888,7 @@ class Daemon:
     def ask_units(self, now: float) -> None:
         """Start the systemd queries that are due; log the exits whose query gave up with the
         status the kernel gave (none)."""
-        for pid, (query, target, fields) in list(self.unit_queries.items()):
+        for pid, (query, _target, _exited) in list(self.unit_queries.items()):
             if query.given_up(now):
                 self.unit_answered(pid, None)
             elif query.retry_at is not None and query.retry_at <= now:
@@ -989,16 +907,12 @@ class Daemon:
 
     def unit_answered(self, pid: int, status: ExitStatus | None) -> None:
         """Log the exit, with systemd's status when it gave one."""
-        query, target, fields = self.unit_queries.pop(pid)
+        query, target, exited = self.unit_queries.pop(pid)
         if query.child is not None:
             assert query.child.stdout is not None
             self.reactor.unregister(query.child.stdout.fileno())
             query.finish()
-        if status is not None:
-            fields = {**fields, "exit_code": status.exit_code, "signal": status.signal,
-                      "core_dumped": status.core_dumped, "status_source": status.source}
-        level = "warning" if fields["signal"] else "info"
-        self.emit(Event(level, "target.exited", fields), target=target)
+        self.emit(exited if status is None else with_status(exited, status), target=target)
 
     # --- the state file ---------------------------------------------------------------
 
@@ -1131,8 +1045,9 @@ class Daemon:
         """Release every fd the daemon holds (run() leaves them to the process's end)."""
         for target in self.targets.values():
             self.stop_reading(target)
-            target.pidwatch.close()
-        for query, _target, _fields in self.unit_queries.values():
+        for held in self.held.values():
+            held.pidwatch.close()
+        for query, _target, _exited in self.unit_queries.values():
             query.finish()
         if self.connector is not None:
             self.connector.close()

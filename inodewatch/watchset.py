@@ -195,6 +195,10 @@ class WatchSet:
         left = self.left.get(path)
         return left is not None and left[0] == inode and bool(left[1] & events) and left[2] > moves
 
+    def holders(self, path: bytes) -> list[int]:
+        """The targets `path` is watched for."""
+        return list(self.users.get(path, ()))
+
     def watched_inode(self, path: bytes) -> FileId | None:
         return self.state[path][0] if path in self.state else None
 
