@@ -234,7 +234,7 @@ class Host:
 
 class Fleet:
     def __init__(self, n: int, divergent: float, interval_ms: int, life_s: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, healthy_mode: str = "hold") -> None:
         self.n = n
         self.interval_ms = interval_ms
         self.ticks = max(2, math.ceil(life_s * 1000 / interval_ms))
@@ -243,7 +243,7 @@ class Fleet:
         width = max(3, len(str(n - 1)))
         n_div = round(n * divergent)
         div = set(rng.sample(range(n), n_div))
-        self.hosts = [Host(i, ROOT / f"host{i:0{width}d}", "leak" if i in div else "hold")
+        self.hosts = [Host(i, ROOT / f"host{i:0{width}d}", "leak" if i in div else healthy_mode)
                       for i in range(n)]
         # one third each, in a shuffled order
         kinds = ["deleted", "replaced", "renamed"]
@@ -808,7 +808,8 @@ class Bench:
         self.rng = random.Random(args.seed)
         self.children = Children()
         life = 3600 + args.idle + args.churn + args.rounds * 120
-        self.fleet = Fleet(args.hosts, args.divergent, args.interval_ms, life, self.rng)
+        self.fleet = Fleet(args.hosts, args.divergent, args.interval_ms, life, self.rng,
+                           getattr(args, "healthy_mode", "hold"))
         self.churn_dir: Path | None = None
         self.md: list[str] = []
         self.verdicts: list[str] = []
@@ -1156,15 +1157,36 @@ class Bench:
             shutil.rmtree(ROOT, ignore_errors=True)
 
 
+def sizes(text: str) -> list[int]:
+    """--hosts: one N, or several (500,1500,5000) for a sweep (fleetsweep.py)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a list of numbers: {text!r}") from None
+    if not values or min(values) < 10:
+        raise argparse.ArgumentTypeError("--hosts: each N >= 10")
+    return values
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=500, help="plugin hosts (default 500)")
-    p.add_argument("--rounds", type=int, default=9,
-                   help="scan rounds (default 9: on a noisy machine, 5 pairs left a ratio to chance)")
-    p.add_argument("--idle", type=float, default=60, help="idle window, s (default 60)")
-    p.add_argument("--churn", type=float, default=60, help="churn window, s (default 60)")
-    p.add_argument("--reps", type=int, default=100,
-                   help="rm; cp operations for latency at scale (default 100)")
+    p.add_argument("--hosts", type=sizes, default=[500],
+                   help="plugin hosts (default 500); several, e.g. 500,1500,5000: a sweep "
+                        "(fleetsweep.py: the daemon's and the scan's cost against N)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="scan rounds (default 9: on a noisy machine, 5 pairs left a ratio to "
+                        "chance; a sweep: 5)")
+    p.add_argument("--idle", type=float, default=None, help="idle window, s (default 60; a sweep: 30)")
+    p.add_argument("--churn", type=float, default=None,
+                   help="churn window, s (default 60; a sweep: 30 s of execs)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="rm; cp operations for latency at scale (default 100; a sweep: 20)")
+    p.add_argument("--first", type=float, default=None,
+                   help="a sweep: the window right after attach, s (default 30)")
+    p.add_argument("--exec-rate", type=int, default=1000,
+                   help="a sweep: /bin/true spawned a second during the churn (default 1000)")
+    p.add_argument("--quick", action="store_true",
+                   help="a sweep: a fast check (2 rounds, 5 s windows, 5 rm+cp)")
     p.add_argument("--divergent", type=float, default=0.10,
                    help="fraction of hosts made divergent (default 0.10)")
     p.add_argument("--interval-ms", type=int, default=5000, help="hold hosts' tick (default 5000)")
@@ -1187,15 +1209,25 @@ def main() -> int:
     p.add_argument("--setup-only", action="store_true",
                    help="build the fleet, print its pids and wait for Ctrl-C (for profiling)")
     a = p.parse_args()
-    if a.hosts < 10 or a.rounds < 1 or a.idle <= 0 or a.churn <= 0:
-        p.error("--hosts >= 10, --rounds >= 1, --idle and --churn > 0")
+    if a.rounds is not None and a.rounds < 1 or any(
+            v is not None and v <= 0 for v in (a.idle, a.churn, a.first)):
+        p.error("--rounds >= 1; --idle, --churn and --first > 0")
+    if os.geteuid() != 0:
+        p.error("run as root (apt-get, /srv, other processes' /proc)")
+    sigterm_as_interrupt()
+    if len(a.hosts) > 1 or a.quick:
+        import fleetsweep
+        a.sizes = a.hosts
+        with exits("fleet", f"interrupted; stopping every process started and removing {ROOT}"):
+            fleetsweep.main(a)
+        return 0
+    a.hosts = a.hosts[0]
+    for key, value in (("rounds", 9), ("idle", 60.0), ("churn", 60.0), ("reps", 100)):
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.reps + 5 > a.hosts - round(a.hosts * a.divergent):
         a.reps = a.hosts - round(a.hosts * a.divergent) - 5
         say(f"--reps lowered to {a.reps} (distinct healthy hosts)")
-    if os.geteuid() != 0:
-        p.error("run as root (apt-get, /srv, other processes' /proc)")
-
-    sigterm_as_interrupt()
 
     bench = Bench(a)
     try:
