@@ -567,18 +567,18 @@ ROUTINE = {"daemon.started", "target.attached", "mapping.deleted", "mapping.repl
 class Watch:
     """The watch daemon on every host: attach, idle, churn, latency at scale."""
 
-    def __init__(self, bench: Bench) -> None:
+    def __init__(self, bench: Bench, command: str = INODEWATCH, logdir: Path = ROOT / "daemon"
+                 ) -> None:
         self.bench = bench
         self.args = bench.args
         self.fleet = bench.fleet
         self.pids = self.fleet.by_pid()
         self.unexpected: Counter[str] = Counter()
-        logdir = ROOT / "daemon"
         logdir.mkdir()
         self.t0 = time.monotonic()
         self.daemon = Daemon(bench.children, ["--exe", str(self.fleet.binary)],
                              logdir / "events.json", ROOT, err=logdir / "stderr",
-                             command=[INODEWATCH], env=RUN_ENV)
+                             command=[command], env=RUN_ENV)
         say(f"daemon: {' '.join(self.daemon.args)}")
         self.log = self.daemon.log
         self.dpid = self.daemon.pid
@@ -809,7 +809,7 @@ class Bench:
         self.children = Children()
         life = 3600 + args.idle + args.churn + args.rounds * 120
         self.fleet = Fleet(args.hosts, args.divergent, args.interval_ms, life, self.rng,
-                           getattr(args, "healthy_mode", "hold"))
+                           args.healthy_mode)
         self.churn_dir: Path | None = None
         self.md: list[str] = []
         self.verdicts: list[str] = []
@@ -824,13 +824,7 @@ class Bench:
         """inodewatch as an operator has it: a non-editable install in a fresh venv (and
         the --baseline commit beside it, the same way)."""
         say(f"installing inodewatch into {VENV} (venv + pip install of a copy of the checkout)")
-        src = ROOT / "src"
-        # a copy: pip's in-tree build would write build/ and *.egg-info into the checkout,
-        # and a stale build/ there could be packaged
-        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-            ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
-            ".pytest_cache", "benchmarks", "tests", "csrc"))
-        self.install_into(src, VENV)
+        self.install_tree(REPO, ROOT / "src", VENV)
         if self.args.baseline:
             say(f"installing {self.args.baseline} into {BASE_VENV} (git archive + pip install)")
             base = ROOT / "src-base"
@@ -839,6 +833,15 @@ class Bench:
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
             self.install_into(base, BASE_VENV)
+
+    def install_tree(self, tree: Path, src: Path, venv: Path) -> None:
+        """A copy of checkout `tree` at `src`, installed into `venv`: pip's in-tree build
+        would write build/ and *.egg-info into the checkout, and a stale build/ there could
+        be packaged."""
+        shutil.copytree(tree, src, ignore=shutil.ignore_patterns(
+            ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
+            ".pytest_cache", "benchmarks", "tests", "csrc"))
+        self.install_into(src, venv)
 
     def install_into(self, src: Path, venv: Path) -> None:
         for cmd in ([self.args.python, "-m", "venv", str(venv)],
@@ -1190,6 +1193,9 @@ def main() -> int:
     p.add_argument("--divergent", type=float, default=0.10,
                    help="fraction of hosts made divergent (default 0.10)")
     p.add_argument("--interval-ms", type=int, default=5000, help="hold hosts' tick (default 5000)")
+    p.add_argument("--healthy-mode", choices=("hold", "leak"), default="hold",
+                   help="the mode of the hosts not made divergent (default hold; a sweep: "
+                        "leak, tick 60 s)")
     p.add_argument("--tmp-rate", type=int, default=10000, help="/tmp files per s (default 10000)")
     p.add_argument("--lib-rate", type=int, default=2000, help="library opens per s (default 2000)")
     p.add_argument("--startup-reps", type=int, default=20, help="start-up runs each (default 20)")
@@ -1208,6 +1214,9 @@ def main() -> int:
                    help="pairs of scans against --baseline, alternating (default 30)")
     p.add_argument("--setup-only", action="store_true",
                    help="build the fleet, print its pids and wait for Ctrl-C (for profiling)")
+    p.add_argument("--peers", metavar="TREE,TREE",
+                   help="only the daemon's idle and churn, of each checkout TREE in turn, on "
+                        "one fleet (fleetpeers.py)")
     a = p.parse_args()
     if a.rounds is not None and a.rounds < 1 or any(
             v is not None and v <= 0 for v in (a.idle, a.churn, a.first)):
@@ -1215,6 +1224,11 @@ def main() -> int:
     if os.geteuid() != 0:
         p.error("run as root (apt-get, /srv, other processes' /proc)")
     sigterm_as_interrupt()
+    if a.peers:
+        import fleetpeers
+        with exits("fleet", f"interrupted; stopping every process started and removing {ROOT}"):
+            fleetpeers.main(a)
+        return 0
     if len(a.hosts) > 1 or a.quick:
         import fleetsweep
         a.sizes = a.hosts
