@@ -8,6 +8,7 @@ and exit 2."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, run_cli, wait_for
 from test_guard import needs_root
 
 pytestmark = [pytest.mark.integration, needs_root]
@@ -53,6 +54,12 @@ def test_cp_over_the_mapped_library_is_refused_and_the_demo_lives(start_demo, st
                           and e["pid"] == demo.pid]) == 2 or None,
              what="a second mapping.write_refused")
     assert not watcher.log.find("mapping.overwritten")
+    watcher.stop()
+    report = run_cli("report", str(watcher.log.path), "--pid", str(demo.pid), "--json")
+    verdict = json.loads(report.stdout.splitlines()[0])
+    assert verdict["outcome"] == "running", verdict
+    assert verdict["verdict"].endswith(f"; the guard refused 2 writes that would have crashed it, "
+                                       f"to {os.fsdecode(demo.lib)} (the last by cp)")
 
 
 def test_reads_dlopen_and_mv_over_are_untouched(start_demo, start_watcher, tmp_path):
