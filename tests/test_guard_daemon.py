@@ -128,3 +128,17 @@ def test_without_cap_sys_admin_guard_is_one_line_and_exit_2(start_demo):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "CAP_SYS_ADMIN" in done.stderr, done.stderr
     assert done.stderr.startswith("inodewatch: --guard: ")
+
+
+def test_when_the_target_exits_its_file_is_written_freely_again(start_demo, start_watcher):
+    """Marks go with the last target mapping the file: the daemon (watching a second demo,
+    so it keeps running) lets the cp through once the first demo has exited."""
+    demo, other = start_demo("leak"), start_demo("leak")
+    watcher = start_watcher(demo.pid, other.pid, extra=["--guard"])
+    watcher.log.wait("guard.started")
+    assert cp(demo.dir / "so2.so", demo.lib).returncode == 1
+    demo.proc.kill()
+    watcher.log.wait("target.exited", pid=demo.pid)
+    done = cp(demo.dir / "so2.so", demo.lib)
+    assert done.returncode == 0, done.stderr
+    assert cp(other.dir / "so2.so", other.lib).returncode == 1  # the other one still guarded
