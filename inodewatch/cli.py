@@ -32,6 +32,7 @@ the target died.
 
   inodewatch --pid 38314                 watch until the target exits
   inodewatch --exe /usr/sbin/nginx       watch every nginx, re-attach when it restarts
+  inodewatch --exe /usr/sbin/nginx --guard   ... and refuse a cp over a module nginx maps
   inodewatch scan --pid 38314            one pass: what diverges now (exit 1 if a restart is needed)
   inodewatch scan --all --json           the same for every process, as JSON lines
   inodewatch report events.json*         post-mortem: per target a timeline and a verdict
@@ -148,6 +149,14 @@ def build_parser(argv: Sequence[str] = ()) -> Parser:
                        help="keep what is known of each target here (written atomically when it "
                             "changes), so a restarted daemon reports what happened while it was "
                             "down; default: none")
+    watch.add_argument("--guard", action="store_true", default=None,
+                       help="refuse an open for writing of any file a target maps (cp over a "
+                            "live plugin: the writer gets 'Text file busy', the target lives); "
+                            "needs CAP_SYS_ADMIN; files the loader finds in the system library "
+                            "directories are never guarded (README: the guard)")
+    watch.add_argument("--guard-also", type=os.fsencode, action="append", metavar="PATH",
+                       help="with --guard: guard this file, or the files under this directory, "
+                            "even in a system library directory (never ld.so or libc)")
     watch.add_argument("--config", metavar="FILE",
                        help="settings as TOML, the same keys as these flags (default: "
                             "/etc/inodewatch/inodewatch.toml if it exists); flags win")
@@ -278,7 +287,9 @@ def run_watch(args: argparse.Namespace) -> int:
     options = Options(pids=args.pid or [], interval=args.interval,
                       watch_paths=set(map(os.path.realpath, args.watch)) if args.watch else None,
                       selector=selector,
-                      state_file=args.state_file, max_watches=args.max_watches)
+                      state_file=args.state_file, max_watches=args.max_watches,
+                      guard=args.guard,
+                      guard_also=tuple(map(os.path.realpath, args.guard_also or ())))
     try:
         return Daemon(log, sink, options, metrics).run()
     except AttachError as exc:

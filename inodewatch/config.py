@@ -23,6 +23,8 @@ log_format = "json"                 # --log-format: auto, json or console
 metrics_file = "/var/lib/inodewatch/inodewatch.prom"  # --metrics-file (the unit's StateDirectory)
 state_file = "/var/lib/inodewatch/state.json"  # --state-file: history across restarts; default none
 max_watches = 50000                 # --max-watches: inotify watches; default half of max_user_watches
+guard = true                        # --guard: refuse cp over a mapped file; needs CAP_SYS_ADMIN
+guard_also = ["/usr/lib/x86_64-linux-gnu/libapp.so.1"]  # --guard-also
 ```
 
 How a given flag is told from a default: the command line gives every one of these flags the
@@ -42,7 +44,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 DEFAULT_CONFIG = "/etc/inodewatch/inodewatch.toml"
-DEFAULTS: dict[str, Any] = {"interval": 1.0, "log_format": "auto"}
+DEFAULTS: dict[str, Any] = {"interval": 1.0, "log_format": "auto", "guard": False}
 LOG_FORMATS = ("auto", "json", "console")
 
 
@@ -66,6 +68,8 @@ class Config:
     metrics_file: str | None = None
     state_file: str | None = None
     max_watches: int | None = None
+    guard: bool | None = None
+    guard_also: tuple[bytes, ...] = ()
 
 
 def _is_text(value: Any) -> bool:
@@ -83,6 +87,10 @@ def _is_pid(value: Any) -> bool:
 
 def _is_count(value: Any) -> bool:
     return type(value) is int and value >= 1
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
 
 
 def _is_interval(value: Any) -> bool:
@@ -124,6 +132,8 @@ SETTINGS: dict[str, _Setting] = {
     "metrics_file": _Setting("an absolute path", _is_absolute),
     "state_file": _Setting("an absolute path", _is_absolute),
     "max_watches": _Setting("an integer >= 1", _is_count),
+    "guard": _Setting("true or false", _is_bool),
+    "guard_also": _Setting("an absolute path", _is_absolute, os.fsencode, many=True),
 }
 
 

@@ -97,6 +97,13 @@ def _attached(e: Mapping[str, Any]) -> str:
     return f"{how} {command}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
+def _writer(e: Mapping[str, Any]) -> str:
+    cmdline = e.get("writer_cmdline")
+    command = (" ".join(map(_text, cmdline)) if isinstance(cmdline, list) and cmdline
+               else _text(e.get("writer_comm") or e.get("writer_exe") or "?"))
+    return f"pid {_text(e.get('writer_pid', '?'))} ({command})"
+
+
 def _divergence(kind: str, e: Mapping[str, Any]) -> str | None:
     f = _file(e)
     held = f"inode {_text(e.get('mapped_ino', '?'))}"
@@ -118,6 +125,10 @@ def _divergence(kind: str, e: Mapping[str, Any]) -> str | None:
             f", {_text(after)} after" if after is not None else ", being written")
         return (f"{f} ({held}) was overwritten in place ({sizes}"
                 f"{', truncated first' if e.get('truncated') else ''}): the process may crash")
+    if kind == "write_refused":
+        return (f"the guard refused {_writer(e)} writing {f} ({held}, "
+                f"{_text(e.get('flags', '?'))}: {_text(e.get('errno', '?'))}): it would have crashed "
+                "the process; replace the file with mv or install instead")
     if kind == "overwrite_closed":
         return (f"the writer of {f} closed it: {_text(e.get('size_before', '?'))} -> "
                 f"{_text(e.get('size_after', '?'))} bytes"
@@ -142,6 +153,14 @@ def _daemon(name: str, e: Mapping[str, Any]) -> str | None:
     if name == "daemon.error":  # the traceback stays in the JSON log and the journal
         return (f"a bug in {_text(e.get('handler', '?'))}: {_text(e.get('error', '?'))}; still "
                 "watching (please report it, with the traceback its JSON line carries)")
+    if name == "guard.started":
+        return (f"guarding the targets' mapped files (helper pid {_text(e.get('helper_pid', '?'))}; "
+                f"a refused writer gets {_text(e.get('errno', '?'))})")
+    if name == "guard.unjudged":
+        return (f"allowed {_writer(e)} to open {_text(e.get('path', '?'))} unjudged: "
+                + _text(e.get("detail", "")))
+    if name in ("guard.dropped", "guard.stopped"):
+        return _text(e.get("detail", ""))
     if name == "watch.gap":
         return _text(e.get("detail", f"the daemon did not run for {_text(e.get('gap_s'))} s"))
     if name in ("watch.overflow", "watch.degraded", "watch.recovered"):

@@ -23,6 +23,7 @@ long run.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -42,6 +43,8 @@ from inodewatch.cgroups import read_placement
 from inodewatch.contentpass import ContentPass
 from inodewatch.diff import Event, TargetHistory
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
+from inodewatch.guard import Guard, GuardUnavailable
+from inodewatch.guardmarks import GuardMarks, refusal_events, wanted_marks
 from inodewatch.exits import (
     ConnectorUnavailable,
     ExitReport,
@@ -156,6 +159,8 @@ class Options:
     selector: Selector = field(default_factory=Selector)  # --exe, --name, --unit, --cgroup
     state_file: str | None = None  # --state-file: the targets' history across restarts
     max_watches: int | None = None  # --max-watches; None: half of fs.inotify.max_user_watches
+    guard: bool = False  # --guard: refuse opens for writing of the targets' mapped files
+    guard_also: tuple[bytes, ...] = ()  # --guard-also: guardable even in a library directory
 
 
 @dataclass
@@ -284,6 +289,9 @@ class Daemon:
         self.cgroup_walk: cgroupwalk.CgroupWalk | None = None  # births, without the connector
         self.announcements = Announcements()  # target.attached of processes met at birth
         self.execs: set[int] = set()  # targets that exec'd: announced again with their label
+        self.guard: Guard | None = None  # under --guard, while it runs
+        self.marks: GuardMarks | None = None
+        self.own_pids = {os.getpid()}  # never targets: the daemon, the guard's helper
 
     # --- events out -------------------------------------------------------------------
 
@@ -437,7 +445,7 @@ class Daemon:
         match wait in `deferred` when the attaches' pace or this turn's slice is spent."""
         matched: dict[int, Match] = {}
         for pid in pids:
-            if pid in self.targets or pid in self.deferred or pid == os.getpid():
+            if pid in self.targets or pid in self.deferred or pid in self.own_pids:
                 continue
             try:
                 facts = read_facts(pid, self.selector)
@@ -578,6 +586,64 @@ class Daemon:
             # The target may have opened the new file before its watch existed: look again
             # shortly, or a reload done in that gap would wait for the next tick.
             self.follow_up(target)
+
+    # --- the guard (--guard) ---------------------------------------------------------------
+
+    def start_guard(self) -> None:
+        try:
+            self.guard = Guard()  # from the main thread: its helper dies with it (PDEATHSIG)
+        except GuardUnavailable as exc:
+            raise AttachError(f"--guard: {exc}") from None
+        self.marks = GuardMarks(self.guard)
+        self.own_pids.add(self.guard.helper_pid)
+
+    def sync_marks(self, target: Target, disk: procfs.DiskView | None) -> None:
+        """Guard what `target` maps now (none: it is gone)."""
+        if self.marks is None:
+            return
+        wanted = {} if disk is None else wanted_marks(
+            target.mapped.values(), disk.root, disk, disk.trusts, self.options.guard_also,
+            self.options.watch_paths)
+        try:
+            refused = self.marks.sync(target.pid, wanted)
+        except GuardUnavailable as exc:  # its helper died or hung
+            self.guard_failed(exc)
+            return
+        if refused:
+            path, error = refused[0]
+            self.degraded("fanotify_marks", f"{len(refused)} mapped file(s) of pid {target.pid} "
+                          f"not guarded, e.g. {safe_text(path)}: {error.strerror} (raise "
+                          "fs.fanotify.max_user_marks); tried again at its next look")
+
+    def on_guard(self, _now: float) -> None:
+        """The guard's records: each refusal told to every target it protected."""
+        assert self.guard is not None and self.marks is not None
+        drained = self.guard.drain()
+        for refusal in drained.records:
+            held = {}
+            for pid in self.marks.holders(refusal.file):
+                target = self.targets.get(pid)
+                m = None if target is None else next(
+                    (m for m in target.mapped.values() if m.file.ino == refusal.file.ino), None)
+                held[pid] = None if m is None else m._replace(path=target.history.first_path(m))
+            for pid, event in refusal_events(refusal, held, self.guard.deny_errno):
+                self.emit(event, pid or None)
+        if drained.dropped:
+            self.say("warning", "guard.dropped", dropped=drained.dropped,
+                     detail=f"{drained.dropped} records of refused writers lost on their way to "
+                            "the log (every open was answered)")
+        if self.guard.failure is not None:
+            self.guard_failed(self.guard.failure)
+
+    def guard_failed(self, reason: object) -> None:
+        """The guard stopped: say so, and watch on without it."""
+        assert self.guard is not None
+        self.reactor.unregister(self.guard.fileno())
+        self.guard.close()
+        self.guard = self.marks = None
+        self.say("error", "guard.stopped", reason=str(reason),
+                 detail="the guard no longer runs: opens for writing of mapped files are allowed "
+                        "again; the daemon goes on watching (restart it to guard again)")
 
     def check_watch_room(self) -> None:
         """watch.degraded once when paths go unwatched for lack of watches, watch.recovered
@@ -748,6 +814,7 @@ class Daemon:
         target.recently_mapped.update((history.first_path(m), now) for m in mapped)
         self.sync_watches(target, self.wanted_watches(target, disk))
         target.watch_moves = self.watches.moves
+        self.sync_marks(target, disk)
         return events
 
     def on_file_events(self, events: list[FileEvent]) -> None:
@@ -957,6 +1024,7 @@ class Daemon:
         if target.term is not None:
             self.gone_terms.add(target.term)
         self.sync_watches(target, {})
+        self.sync_marks(target, None)
 
     def ask_units(self, now: float) -> None:
         """Start the systemd queries that are due; log the exits whose query gave up with the
@@ -1047,9 +1115,11 @@ class Daemon:
         return 1 if failed else 0
 
     def start(self) -> None:
-        """Everything before the loop: the exit source, the named targets, the signals, the
-        first looks and discovery; then the loop's handlers, timers and steps."""
+        """Everything before the loop: the guard, the exit source, the named targets, the
+        signals, the first looks and discovery; then the loop's handlers, timers and steps."""
         self.fds.limit = raise_fd_limit()
+        if self.options.guard:
+            self.start_guard()
         # Subscribe before taking the targets: an exit right after is then still told.
         unavailable = self.open_exit_source()
         prepared = [self.prepare(pid) for pid in self.options.pids]
@@ -1058,6 +1128,12 @@ class Daemon:
                  **({"selectors": [term_text(t) for t in self.selector.terms()]}
                     if self.selector else {}),
                  mnt_ns=self.own_mnt_ns)
+        if self.guard is not None:
+            self.say("info", "guard.started", errno=errno.errorcode[self.guard.deny_errno],
+                     helper_pid=self.guard.helper_pid)
+            # First: an opener of a guarded file waits for the helper, not for the loop, but
+            # the records of refusals are the most urgent lines there are.
+            self.reactor.register(self.guard.fileno(), self.on_guard, order=0)
         if unavailable:
             self.say("warning", "watch.degraded", detail=unavailable)
         self.load_state()
@@ -1119,6 +1195,8 @@ class Daemon:
             query.finish()
         if self.connector is not None:
             self.connector.close()
+        if self.guard is not None:
+            self.guard.close()
         self.watcher.close()
         self.reactor.close()
 

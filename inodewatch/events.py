@@ -113,9 +113,16 @@ INODES = (
     _f("old_ino", "the older inode"),
     _f("new_ino", "the inode at the path now"),
 )
+WRITER = (
+    _f("writer_pid", "the process that opened the file (0: outside the daemon's pid namespace)"),
+    _f("writer_comm", "its comm (`cp`), `null` once it is gone"),
+    _f("writer_exe", "its executable, `null` when unreadable"),
+    _f("writer_cmdline", "its arguments (at most 4 KiB of them), `null` when unreadable"),
+    _opt("writer_cmdline_truncated", "`true` when `writer_cmdline` was cut"),
+)
 STALE = _f("stale", "what was diverged then: a list of `{\"event\": NAME, ...its fields}`")
 RESOURCE = _opt("resource", "`inotify_watches`, `file_descriptors`, `exit_status`, `state_file`, "
-                            "`untrusted_mount`; none for a missing capability or proc connector")
+                            "`untrusted_mount`, `fanotify_marks`; none for a missing capability or proc connector")
 DETAIL = _f("detail", "a sentence for the operator")
 
 SUBJECTS = ("mapping", "fd")
@@ -210,6 +217,14 @@ EVENTS = (
               "first write (IN_MODIFY), before the crash can come; a `touch`, `: >>` or any open for "
               "writing that changes no byte is not one", DAEMON,
               (PATH, *MAPPED, _f("perms", PERMS.meaning), *SIZES), True),
+    EventSpec("mapping.write_refused", ("critical",), "",
+              "`--guard` refused an open for writing of the held inode (it would have crashed the "
+              "target: `cp` over a mapped file); the file is unchanged.  Once per writer process "
+              "and file, on every target mapping it", DAEMON,
+              (PATH, *MAPPED, *WRITER,
+               _f("errno", "what the writer's open got: `ETXTBSY` (\"Text file busy\") or `EPERM`"),
+               _f("flags", "the open's flags, e.g. `O_WRONLY|O_CREAT|O_TRUNC`"),
+               DETAIL), True),
     EventSpec("mapping.overwrite_closed", ("warning",), "",
               "the writer of an overwrite closed the file (IN_CLOSE_WRITE)", DAEMON,
               (PATH, *MAPPED, *SIZES), True),
@@ -239,6 +254,27 @@ EVENTS = (
     EventSpec("watch.recovered", ("info",), "", "that `resource` is no longer short (`inotify_watches`: every path wanted is watched "
               "again)", DAEMON,
               (_f("resource", RESOURCE.meaning), DETAIL), False),
+    EventSpec("guard.started", ("info",), "",
+              "`--guard`: the guard runs; opens for writing of the targets' mapped files are refused "
+              "from now on", DAEMON, (
+        _f("errno", "what a refused writer gets: `ETXTBSY` where the kernel lets the guard choose "
+                    "(Linux 6.14), else `EPERM`"),
+        _f("helper_pid", "the guard's helper process, which answers the opens"),
+    ), False),
+    EventSpec("guard.unjudged", ("warning",), "",
+              "an open of a guarded file whose flags could not be read (the opener was not asleep "
+              "yet after ~20 ms, is in another pid namespace, or opened through io_uring): allowed, "
+              "never hung; once per opener and file", DAEMON,
+              (_f("path", "the file's name now"), _f("pids", "the targets mapping it"), *WRITER,
+               DETAIL), False),
+    EventSpec("guard.dropped", ("warning",), "",
+              "records of refusals were lost on their way to the log (the loop fell behind a flood "
+              "of refused writers); the opens themselves were all answered", DAEMON,
+              (_f("dropped", "how many since the last line"), DETAIL), False),
+    EventSpec("guard.stopped", ("error",), "",
+              "the guard no longer runs (its helper died or hung, and was killed): every open is "
+              "allowed from now on; the daemon goes on watching", DAEMON,
+              (_f("reason", "why"), DETAIL), False),
     EventSpec("watch.gap", ("warning",), "",
               "the loop did not run for more than 2 s beyond the waits it asked for (the daemon was "
               "stopped, a frozen VM, an overloaded host); logged when it resumes, so the gap is "

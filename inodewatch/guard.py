@@ -107,6 +107,26 @@ def decide(guarded: frozenset[FileId] | set[FileId], file: FileId, flags: int | 
     return REFUSED if is_write(flags) else ALLOWED
 
 
+_FLAG_NAMES = ((0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o1000, "O_TRUNC"), (0o2000, "O_APPEND"),
+               (0o4000, "O_NONBLOCK"), (0o10000, "O_DSYNC"), (0o200000, "O_DIRECTORY"),
+               (0o400000, "O_NOFOLLOW"), (0o2000000, "O_CLOEXEC"))
+_ACCESS_NAMES = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")
+
+
+def flags_text(flags: int) -> str:
+    """open(2) flags as the operator knows them: "O_WRONLY|O_CREAT|O_TRUNC" (the bits not
+    named here as one octal number)."""
+    names = [_ACCESS_NAMES[flags & O_ACCMODE]]
+    rest = flags & ~O_ACCMODE
+    for bit, name in _FLAG_NAMES:
+        if rest & bit:
+            names.append(name)
+            rest &= ~bit
+    if rest:
+        names.append(f"0o{rest:o}")
+    return "|".join(names)
+
+
 # --- what a blocked thread is opening --------------------------------------------------------
 
 class OpenHowAt(NamedTuple):

@@ -37,6 +37,11 @@ SAMPLES = {
     "mapping.overwritten": dict(TARGET, **DIVERGENCE, size_before=15472, size_after=None, truncated=False),
     "mapping.overwrite_closed": dict(TARGET, **DIVERGENCE, size_before=15472, size_after=23696,
                                      truncated=False),
+    "mapping.write_refused": dict(TARGET, **DIVERGENCE, writer_pid=4242, writer_comm=b"cp",
+                                  writer_exe=b"/usr/bin/cp",
+                                  writer_cmdline=[b"cp", b"so2.so", b"/tmp/demo/B/so.so"],
+                                  errno="ETXTBSY", flags="O_WRONLY|O_TRUNC",
+                                  detail="replace the file instead"),
     "mapping.duplicated": dict(TARGET, path=b"/x.so", old_ino=12, new_ino=13, perms="r-xp"),
     "mapping.content": dict(TARGET, kind="replaced", **DIVERGENCE, content="identical"),
     "fd.content": dict(TARGET, kind="deleted", fd=4, **DIVERGENCE, content="different"),
@@ -49,6 +54,12 @@ SAMPLES = {
     "watch.degraded": dict(resource="inotify_watches", detail="12 paths of 2 targets are not watched",
                            unwatched=12, pids=[1, 2], max_watches=50),
     "watch.recovered": dict(resource="inotify_watches", detail="every path wanted is watched again"),
+    "guard.started": dict(errno="ETXTBSY", helper_pid=4000),
+    "guard.unjudged": dict(path=b"/tmp/demo/B/so.so", pids=[12098], writer_pid=0, writer_comm=None,
+                           writer_exe=None, writer_cmdline=None, detail="its flags could not be read"),
+    "guard.dropped": dict(dropped=3, detail="3 records lost"),
+    "guard.stopped": dict(reason="the guard's helper ended (killed by signal 9)",
+                          detail="the guard no longer runs"),
     "watch.gap": dict(gap_s=3.2, detail="the daemon did not run for 3.2 s"),
 }
 REPRS = re.compile(r"\bNone\b|\bFalse\b|\bTrue\b|\[\{'|\{'|b'|b\"")
@@ -87,6 +98,12 @@ def test_every_event_of_the_readme_has_a_sentence_and_no_repr():
     assert by_name["mapping.overwritten"].split()[1] == "critical"
     assert "(15472 bytes before, being written): the process may crash" in by_name["mapping.overwritten"]
     assert by_name["fd.replaced"].endswith("; identical content, no restart needed")
+    assert by_name["mapping.write_refused"].endswith(
+        "pid 12098 (nginx.service): the guard refused pid 4242 (cp so2.so /tmp/demo/B/so.so) "
+        "writing /tmp/demo/B/so.so (inode 2154597, O_WRONLY|O_TRUNC: ETXTBSY): it would have "
+        "crashed the process; replace the file with mv or install instead")
+    assert by_name["guard.unjudged"].endswith(
+        "allowed pid 0 (?) to open /tmp/demo/B/so.so unjudged: its flags could not be read")
     assert by_name["daemon.started"].endswith("inodewatch 0.1 started, watching exe=/usr/sbin/nginx")
     assert by_name["watch.degraded"].endswith("inotify_watches: 12 paths of 2 targets are not watched")
 

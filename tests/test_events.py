@@ -21,7 +21,7 @@ from inodewatch.model import FileId, Finding
 
 REPO = Path(__file__).resolve().parent.parent
 # a literal event name in the code: "mapping.overwritten", "watch.degraded", ...
-LITERAL = re.compile(r"""["']((?:daemon|target|mapping|fd|watch)\.[a-z_]+)["']""")
+LITERAL = re.compile(r"""["']((?:daemon|target|mapping|fd|watch|guard)\.[a-z_]+)["']""")
 
 
 def literal_names() -> dict[str, list[str]]:
