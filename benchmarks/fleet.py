@@ -7,6 +7,8 @@ A benchmark run by hand, not a test.  As root, from a checkout with the package 
 
     python3 benchmarks/fleet.py [--hosts 500] [--rounds 9] [--idle 60] [--churn 60]
     python3 benchmarks/fleet.py --hosts 50 --rounds 2 --idle 10 --churn 10 --results /tmp/q.md
+    python3 benchmarks/fleet.py --hosts 500,1500,5000   # a sweep: see fleetsweep.py
+    python3 benchmarks/fleet.py --hosts 500 --peers TREE,TREE   # daemons side by side: fleetpeers.py
 
 It installs what is missing (``apt-get install lsof needrestart debian-goodies``), builds
 ``csrc/`` (``make -s -C csrc``), runs everything below and writes the tables to
