@@ -40,6 +40,7 @@ def main(a: argparse.Namespace) -> None:
     trees = [Path(t).resolve() for t in a.peers.split(",")]
     names = [f"{commit_of(t)} ({t})" for t in trees]
     bench = Bench(a)
+    bench.versions = {}  # Watch notes the code version the daemon started with
     rounds: dict[str, list[Round]] = {name: [] for name in names}
     started, load0 = utc_stamp(), loadavg_text()
     try:
