@@ -7,6 +7,8 @@ A benchmark run by hand, not a test.  As root, from a checkout with the package 
 
     python3 benchmarks/fleet.py [--hosts 500] [--rounds 9] [--idle 60] [--churn 60]
     python3 benchmarks/fleet.py --hosts 50 --rounds 2 --idle 10 --churn 10 --results /tmp/q.md
+    python3 benchmarks/fleet.py --hosts 500,1500,5000   # a sweep: see fleetsweep.py
+    python3 benchmarks/fleet.py --hosts 500 --peers TREE,TREE   # daemons side by side: fleetpeers.py
 
 It installs what is missing (``apt-get install lsof needrestart debian-goodies``), builds
 ``csrc/`` (``make -s -C csrc``), runs everything below and writes the tables to
@@ -234,7 +236,7 @@ class Host:
 
 class Fleet:
     def __init__(self, n: int, divergent: float, interval_ms: int, life_s: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, healthy_mode: str = "hold") -> None:
         self.n = n
         self.interval_ms = interval_ms
         self.ticks = max(2, math.ceil(life_s * 1000 / interval_ms))
@@ -243,7 +245,7 @@ class Fleet:
         width = max(3, len(str(n - 1)))
         n_div = round(n * divergent)
         div = set(rng.sample(range(n), n_div))
-        self.hosts = [Host(i, ROOT / f"host{i:0{width}d}", "leak" if i in div else "hold")
+        self.hosts = [Host(i, ROOT / f"host{i:0{width}d}", "leak" if i in div else healthy_mode)
                       for i in range(n)]
         # one third each, in a shuffled order
         kinds = ["deleted", "replaced", "renamed"]
@@ -567,18 +569,18 @@ ROUTINE = {"daemon.started", "target.attached", "mapping.deleted", "mapping.repl
 class Watch:
     """The watch daemon on every host: attach, idle, churn, latency at scale."""
 
-    def __init__(self, bench: Bench) -> None:
+    def __init__(self, bench: Bench, command: str = INODEWATCH, logdir: Path = ROOT / "daemon"
+                 ) -> None:
         self.bench = bench
         self.args = bench.args
         self.fleet = bench.fleet
         self.pids = self.fleet.by_pid()
         self.unexpected: Counter[str] = Counter()
-        logdir = ROOT / "daemon"
         logdir.mkdir()
         self.t0 = time.monotonic()
         self.daemon = Daemon(bench.children, ["--exe", str(self.fleet.binary)],
                              logdir / "events.json", ROOT, err=logdir / "stderr",
-                             command=[INODEWATCH], env=RUN_ENV)
+                             command=[command], env=RUN_ENV)
         say(f"daemon: {' '.join(self.daemon.args)}")
         self.log = self.daemon.log
         self.dpid = self.daemon.pid
@@ -808,7 +810,8 @@ class Bench:
         self.rng = random.Random(args.seed)
         self.children = Children()
         life = 3600 + args.idle + args.churn + args.rounds * 120
-        self.fleet = Fleet(args.hosts, args.divergent, args.interval_ms, life, self.rng)
+        self.fleet = Fleet(args.hosts, args.divergent, args.interval_ms, life, self.rng,
+                           args.healthy_mode)
         self.churn_dir: Path | None = None
         self.md: list[str] = []
         self.verdicts: list[str] = []
@@ -823,13 +826,7 @@ class Bench:
         """inodewatch as an operator has it: a non-editable install in a fresh venv (and
         the --baseline commit beside it, the same way)."""
         say(f"installing inodewatch into {VENV} (venv + pip install of a copy of the checkout)")
-        src = ROOT / "src"
-        # a copy: pip's in-tree build would write build/ and *.egg-info into the checkout,
-        # and a stale build/ there could be packaged
-        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-            ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
-            ".pytest_cache", "benchmarks", "tests", "csrc"))
-        self.install_into(src, VENV)
+        self.install_tree(REPO, ROOT / "src", VENV)
         if self.args.baseline:
             say(f"installing {self.args.baseline} into {BASE_VENV} (git archive + pip install)")
             base = ROOT / "src-base"
@@ -838,6 +835,15 @@ class Bench:
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
             self.install_into(base, BASE_VENV)
+
+    def install_tree(self, tree: Path, src: Path, venv: Path) -> None:
+        """A copy of checkout `tree` at `src`, installed into `venv`: pip's in-tree build
+        would write build/ and *.egg-info into the checkout, and a stale build/ there could
+        be packaged."""
+        shutil.copytree(tree, src, ignore=shutil.ignore_patterns(
+            ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis",
+            ".pytest_cache", "benchmarks", "tests", "csrc"))
+        self.install_into(src, venv)
 
     def install_into(self, src: Path, venv: Path) -> None:
         for cmd in ([self.args.python, "-m", "venv", str(venv)],
@@ -1156,18 +1162,42 @@ class Bench:
             shutil.rmtree(ROOT, ignore_errors=True)
 
 
+def sizes(text: str) -> list[int]:
+    """--hosts: one N, or several (500,1500,5000) for a sweep (fleetsweep.py)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a list of numbers: {text!r}") from None
+    if not values or min(values) < 10:
+        raise argparse.ArgumentTypeError("--hosts: each N >= 10")
+    return values
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=500, help="plugin hosts (default 500)")
-    p.add_argument("--rounds", type=int, default=9,
-                   help="scan rounds (default 9: on a noisy machine, 5 pairs left a ratio to chance)")
-    p.add_argument("--idle", type=float, default=60, help="idle window, s (default 60)")
-    p.add_argument("--churn", type=float, default=60, help="churn window, s (default 60)")
-    p.add_argument("--reps", type=int, default=100,
-                   help="rm; cp operations for latency at scale (default 100)")
+    p.add_argument("--hosts", type=sizes, default=[500],
+                   help="plugin hosts (default 500); several, e.g. 500,1500,5000: a sweep "
+                        "(fleetsweep.py: the daemon's and the scan's cost against N)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="scan rounds (default 9: on a noisy machine, 5 pairs left a ratio to "
+                        "chance; a sweep: 5)")
+    p.add_argument("--idle", type=float, default=None, help="idle window, s (default 60; a sweep: 30)")
+    p.add_argument("--churn", type=float, default=None,
+                   help="churn window, s (default 60; a sweep: 30 s of execs)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="rm; cp operations for latency at scale (default 100; a sweep: 20)")
+    p.add_argument("--first", type=float, default=None,
+                   help="a sweep: the window right after attach, s (default 30)")
+    p.add_argument("--exec-rate", type=int, default=1000,
+                   help="a sweep: /bin/true spawned a second during the churn (default 1000)")
+    p.add_argument("--quick", action="store_true",
+                   help="a sweep: a fast check (2 rounds, 5 s windows, 5 rm+cp)")
     p.add_argument("--divergent", type=float, default=0.10,
                    help="fraction of hosts made divergent (default 0.10)")
     p.add_argument("--interval-ms", type=int, default=5000, help="hold hosts' tick (default 5000)")
+    p.add_argument("--healthy-mode", choices=("hold", "leak"), default="hold",
+                   help="the mode of the hosts not made divergent (default hold; a sweep: "
+                        "leak, tick 60 s)")
     p.add_argument("--tmp-rate", type=int, default=10000, help="/tmp files per s (default 10000)")
     p.add_argument("--lib-rate", type=int, default=2000, help="library opens per s (default 2000)")
     p.add_argument("--startup-reps", type=int, default=20, help="start-up runs each (default 20)")
@@ -1186,16 +1216,34 @@ def main() -> int:
                    help="pairs of scans against --baseline, alternating (default 30)")
     p.add_argument("--setup-only", action="store_true",
                    help="build the fleet, print its pids and wait for Ctrl-C (for profiling)")
+    p.add_argument("--peers", metavar="TREE,TREE",
+                   help="only the daemon's idle and churn, of each checkout TREE in turn, on "
+                        "one fleet (fleetpeers.py)")
     a = p.parse_args()
-    if a.hosts < 10 or a.rounds < 1 or a.idle <= 0 or a.churn <= 0:
-        p.error("--hosts >= 10, --rounds >= 1, --idle and --churn > 0")
+    if a.rounds is not None and a.rounds < 1 or any(
+            v is not None and v <= 0 for v in (a.idle, a.churn, a.first)):
+        p.error("--rounds >= 1; --idle, --churn and --first > 0")
+    if os.geteuid() != 0:
+        p.error("run as root (apt-get, /srv, other processes' /proc)")
+    sigterm_as_interrupt()
+    if a.peers:
+        import fleetpeers
+        with exits("fleet", f"interrupted; stopping every process started and removing {ROOT}"):
+            fleetpeers.main(a)
+        return 0
+    if len(a.hosts) > 1 or a.quick:
+        import fleetsweep
+        a.sizes = a.hosts
+        with exits("fleet", f"interrupted; stopping every process started and removing {ROOT}"):
+            fleetsweep.main(a)
+        return 0
+    a.hosts = a.hosts[0]
+    for key, value in (("rounds", 9), ("idle", 60.0), ("churn", 60.0), ("reps", 100)):
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.reps + 5 > a.hosts - round(a.hosts * a.divergent):
         a.reps = a.hosts - round(a.hosts * a.divergent) - 5
         say(f"--reps lowered to {a.reps} (distinct healthy hosts)")
-    if os.geteuid() != 0:
-        p.error("run as root (apt-get, /srv, other processes' /proc)")
-
-    sigterm_as_interrupt()
 
     bench = Bench(a)
     try:

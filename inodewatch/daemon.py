@@ -34,7 +34,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -110,15 +110,24 @@ MAX_READINGS = 8
 # targets (--pid, --unit, --cgroup) and the ones anyone can match (--name, --exe) have
 # separate shares, so an attacker's processes cannot slow the operator's own targets.
 LOOK_SHARE = {True: 0.10, False: 0.05}  # by Target.operator
-# Attaches of targets anyone can match may take ATTACH_BURST s of looks at once (2,000 demo
-# hosts at ~1 ms each), then LOOK_SHARE[False] of a core.
-ATTACH_BURST = 2.0
+# Attaches of targets anyone can match may take ATTACH_BURST s of looks at once (5,000 demo
+# hosts at ~0.8 ms each, with room to spare on a loaded machine), in slices of ATTACH_SLICE
+# between which the loop serves its fds, then LOOK_SHARE[False] of a core: an attacker who
+# starts thousands of matching processes gets at most that burst, then 5 % of a core.
+ATTACH_BURST = 6.0
+# One turn of the loop attaches targets anyone can match for at most ATTACH_SLICE s, then
+# serves its fds (the other targets' inotify events, exits) before it attaches the next ones.
+ATTACH_SLICE = 0.02
+DEFERRED_BATCH = 64  # deferred targets taken at a turn (their exits let through at once)
 # Reads of the inotify fd: READ_BURST at once, then at most READ_RATE a second, each taking the
 # whole queue, so a flood of events cannot keep the loop spinning on reads of a few records:
 # under a flood the loop wakes 100 times a second (each wake-up costs ~50 us of the kernel's
 # time in a VM, as much as the Python around it), and an event waits 10 ms at most.
 READ_BURST = 16
 READ_RATE = 100.0
+# The proc connector likewise: READ_BURST reads at once, then at most CONNECTOR_RATE a second
+# (a birth is matched within 50 ms; an exit's status is read at once, see settle).
+CONNECTOR_RATE = 20.0
 # A watched file with this many records in one read is flooded (an open loop on it): those
 # kinds are muted on it until one of its targets is looked at (WatchSet.mute).
 MUTE_AFTER = 8
@@ -148,6 +157,15 @@ class Held:
     follow_ups: list[Timer] = field(default_factory=list)  # looks soon after a reload
     # The watch set's move count after the target's last look (WatchSet.covered_since)
     watch_moves: int = 0
+
+
+class Match(NamedTuple):
+    """A process the selector matched, to attach (now or when the attaches' pace allows)."""
+
+    term: tuple[str, bytes]
+    operator: bool  # matchers.operator_named
+    start_time: int  # its ProcessId's: a pid reused before the attach is told apart
+    born: bool  # told by a fork or exec event (announced a moment later)
 
 
 class AttachError(Exception):
@@ -207,12 +225,13 @@ class Daemon:
                                 or default_budget(max_user_watches()))
         self.short: set[str] = set()  # resources short now: watch.degraded said, not recovered
         self.reads = Bucket(READ_BURST, time.monotonic())  # reads of the inotify fd
+        self.connector_reads = Bucket(READ_BURST, time.monotonic())  # and of the connector
         self.pending_looks: dict[int, None] = {}  # pids to look at when their pace allows
         # Attaching a target anyone can match (its first look) is paced too, for all of them
         # together: a process mapping 65,000 files that forks copies of itself would otherwise
         # cost a look of a second per child.
         self.attaches = Bucket(ATTACH_BURST, time.monotonic())
-        self.deferred: set[int] = set()  # matched, to attach when `attaches` allows
+        self.deferred: dict[int, Match] = {}  # matched, to attach when `attaches` allows
         self.operator_count = 0  # targets with Target.operator (the others: the rest)
         self.overflows = 0  # inotify overflows not told yet
         self.next_recheck = 0.0  # no overflow re-read before this
@@ -284,8 +303,8 @@ class Daemon:
         return live
 
     def status_line(self) -> str:
-        return (f"watching {len(self.targets)} targets, "
-                f"{sum(self.live_divergences().values())} divergences live")
+        live = sum(len(t.history.live) + len(t.history.overwritten) for t in self.targets.values())
+        return f"watching {len(self.targets)} targets, {live} divergences live"
 
     def write_metrics(self) -> None:
         if self.metrics is None:
@@ -392,42 +411,59 @@ class Daemon:
 
     def consider(self, pids: list[int], born: bool = False) -> None:
         """Attach to those of `pids` that the selector matches (and we can read), while the
-        fd budget lets us; `born`: they were told by fork or exec events."""
-        matched: dict[int, tuple[tuple[str, bytes], bool]] = {}
+        fd budget lets us; `born`: they were told by fork or exec events.  Targets anyone can
+        match wait in `deferred` when the attaches' pace or this turn's slice is spent."""
+        matched: dict[int, Match] = {}
         for pid in pids:
-            if pid in self.targets or pid in self.own_pids:
+            if pid in self.targets or pid in self.deferred or pid in self.own_pids:
                 continue
             try:
                 facts = read_facts(pid, self.selector)
                 term = self.selector.match(facts)
                 # A dying process has nothing left to watch (and its fd would be wasted).
-                if term is not None and not procfs.read_stat(pid).is_exiting:
-                    matched[pid] = (term, operator_named(term, facts.cgroups))
+                if term is not None and not (stat := procfs.read_stat(pid)).is_exiting:
+                    matched[pid] = Match(term, operator_named(term, facts.cgroups),
+                                         stat.start_time, born)
             except procfs.ProcError:
                 continue  # gone, a kernel thread, or not ours to read
         if not matched:
             return
         # Let their exits through before anyone can see them attached (and kill them).
         self.follow_exits([*self.targets, *matched])
-        for pid, (term, operator) in matched.items():
-            if not operator and not self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
-                self.deferred.add(pid)  # attached when the attaches' pace allows
-                continue
-            try:
-                if not self.fds.admits(len(self.targets)):
-                    raise NoFdLeft
-                target = self.prepare(pid)
-            except NoFdLeft:
-                self.degraded("file_descriptors",
-                              f"pid {pid} not watched: {self.fds.describe(len(self.targets))}")
-                continue
-            except AttachError:
-                continue  # gone, or not ours to read
-            target.term, target.operator = term, operator
-            started = time.monotonic()
-            self.attach(target, born)
-            if not operator:
-                self.attaches.take(time.monotonic() - started, time.monotonic(), LOOK_SHARE[False])
+        slice_ends = time.monotonic() + ATTACH_SLICE
+        for pid, match in matched.items():
+            if match.operator or self.may_attach(slice_ends):
+                self.attach_match(pid, match)
+            else:
+                self.deferred[pid] = match  # attached when the attaches' pace allows
+
+    def may_attach(self, slice_ends: float) -> bool:
+        """Whether a target anyone can match may be attached now: the attaches' pace allows,
+        and this turn's ATTACH_SLICE is not spent (then the loop serves its fds first)."""
+        now = time.monotonic()
+        return now < slice_ends and self.attaches.allows(now, LOOK_SHARE[False])
+
+    def attach_match(self, pid: int, match: Match) -> None:
+        """Attach a process the selector matched, if it can be watched (and is the same one)."""
+        started = time.monotonic()
+        try:
+            if not self.fds.admits(len(self.targets)):
+                raise NoFdLeft
+            target = self.prepare(pid)
+        except NoFdLeft:
+            self.degraded("file_descriptors",
+                          f"pid {pid} not watched: {self.fds.describe(len(self.targets))}")
+            return
+        except AttachError:
+            return  # gone, or not ours to read
+        if target.ident.start_time != match.start_time:  # another process has the pid now
+            target.pidwatch.close()
+            self.newborn.add(pid)  # matched again, from its own facts, at the next turn
+            return
+        target.term, target.operator = match.term, match.operator
+        self.attach(target, match.born)
+        if not match.operator:
+            self.attaches.take(time.monotonic() - started, time.monotonic(), LOOK_SHARE[False])
 
     def discover(self) -> None:
         self.consider(procfs.list_pids())
@@ -459,7 +495,7 @@ class Daemon:
             return (f"proc connector unavailable ({exc.reason}): exits are seen through "
                     "pidfds, without their status")
         # After the pidfds (and inotify): an exit's status trails its pidfd's wake-up.
-        self.reactor.register(self.connector.fileno(), self.read_connector, order=2)
+        self.reactor.register(self.connector.fileno(), self.on_connector, order=2)
         self.exits.connected = True
         return None
 
@@ -828,12 +864,35 @@ class Daemon:
                 self.execs.add(ev.tgid)
             elif isinstance(ev, ProcessExec) and self.selector:
                 self.newborn.add(ev.tgid)
-            elif isinstance(ev, ProcessFork) and ev.child_pid == ev.child_tgid and self.selector:
-                self.newborn.add(ev.child_pid)  # a worker forked by a host it matches
+            elif isinstance(ev, ProcessFork) and self.selector and (
+                    ev.parent_tgid in self.targets or ev.parent_tgid in self.newborn
+                    or ev.parent_tgid in self.deferred):
+                # A fork is a copy of its parent: it can match only if its parent did (a
+                # worker forked by a host it matches).  Anything else that comes to match
+                # does so by an exec, or is found by the walk of /proc.
+                self.newborn.add(ev.child_pid)
         if self.connector.overrun:  # the kernel dropped events: exits' statuses, births
             self.connector.overrun = False
             self.exits.overran(now)
             self.rediscover = bool(self.selector)
+
+    def on_connector(self, now: float) -> None:
+        """The connector's queue, read at most CONNECTOR_RATE times a second after a burst:
+        on a host that forks and execs a thousand processes a second, each wake-up for one
+        birth would cost more than the birth's own check.  Exits do not wait: while one is
+        pending (its pidfd told) the queue is read at every wake (settle)."""
+        self.connector_reads.take(1, now, CONNECTOR_RATE)
+        self.read_connector(now)
+        if not self.connector_reads.allows(now, CONNECTOR_RATE):
+            assert self.connector is not None
+            self.reactor.unregister(self.connector.fileno())
+            self.reactor.call_at(self.connector_reads.ready_at(now, CONNECTOR_RATE),
+                                 self.resume_connector)
+
+    def resume_connector(self, now: float) -> None:
+        assert self.connector is not None
+        self.reactor.register(self.connector.fileno(), self.on_connector, order=2)
+        self.on_connector(now)
 
     def on_pidfd(self, pid: int, now: float) -> None:
         """The target's pidfd says it exited: its status is on its way (or lost); the fd is
@@ -1054,6 +1113,7 @@ class Daemon:
         if self.guard is not None:
             self.guard.close()
         self.watcher.close()
+        self.reactor.close()
 
     # --- the loop's handlers, timers and steps ------------------------------------------
 
@@ -1106,9 +1166,18 @@ class Daemon:
             self.consider(newborn, born=True)
 
     def attach_deferred(self, _now: float) -> None:
-        if self.deferred and self.attaches.allows(time.monotonic(), LOOK_SHARE[False]):
-            deferred, self.deferred = self.deferred, set()
-            self.consider(sorted(deferred))
+        """The next of the targets waiting for the attaches' pace (matched already: their
+        facts are not read again; a pid reused meanwhile is told by its start time)."""
+        if not self.deferred or not self.may_attach(slice_ends := time.monotonic() + ATTACH_SLICE):
+            return
+        # the next few, their exits let through first (one filter for the batch)
+        batch = [self.deferred.popitem() for _ in range(min(DEFERRED_BATCH, len(self.deferred)))]
+        self.follow_exits([*self.targets, *(pid for pid, _ in batch)])
+        for i, (pid, match) in enumerate(batch):
+            if i and not self.may_attach(slice_ends):
+                self.deferred.update(batch[i:])
+                return
+            self.attach_match(pid, match)
 
     def announce_due(self, _now: float) -> None:
         for pid in self.announcements.due(time.monotonic()):
@@ -1132,7 +1201,8 @@ class Daemon:
         self.walk_cgroups()
         self.write_metrics()
         self.sink.check()
-        self.notifier.status(self.status_line())
+        if self.notifier.enabled:  # (a walk of every target: not for nobody)
+            self.notifier.status(self.status_line())
 
     def rediscover_if_asked(self, _now: float) -> None:
         if self.selector and self.rediscover:

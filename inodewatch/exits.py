@@ -293,6 +293,8 @@ def _control_message(op: int, port_id: int) -> bytes:
 _BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS: A = big-endian u32 at offset k
 _BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 _BPF_RET_K = 0x06  # BPF_RET | BPF_K
+_BPF_TAX = 0x07  # BPF_MISC | BPF_TAX: X = A
+_BPF_JEQ_X = 0x1D  # BPF_JMP | BPF_JEQ | BPF_X: compare A with X
 _SO_ATTACH_FILTER = 26
 _BPF_MAXINSNS = 4096
 _SOCK_FILTER = struct.Struct("=HBBI")  # code, jt, jf, k
@@ -307,19 +309,25 @@ def _as_loaded(value: int) -> int:
 
 
 def exit_filter(pids: Iterable[int], births: bool = False) -> list[tuple[int, int, int, int]]:
-    """A BPF program passing only the exits of `pids` (every exit if there are too many),
-    and, with `births`, every fork and exec (to find new processes to watch).
+    """A BPF program passing only the exits of `pids` (every process's exit if there are too
+    many), and, with `births`, every process's fork and exec (to find new processes to
+    watch); a thread's fork or exit never passes.
 
-    On a busy host the connector reports every fork, exec and exit of every process; reading
-    them all in Python costs a core's tenth at a thousand execs a second.  Filtered in the
-    kernel, the daemon wakes only for the deaths it reports.
+    On a busy host the connector reports every fork, exec and exit of every process and
+    thread; reading them all in Python costs a core's tenth at a thousand execs a second.
+    Filtered in the kernel, the daemon wakes only for what it may use.
     """
-    pids = sorted(set(pids))
+    pids = set(pids)
     program = [(_BPF_LD_W_ABS, 0, 0, _WHAT_OFFSET)]
     if births:
         program += [
-            (_BPF_JEQ_K, 0, 1, _as_loaded(PROC_EVENT_FORK)),
+            (_BPF_JEQ_K, 0, 6, _as_loaded(PROC_EVENT_FORK)),
+            # fork: child_pid (offset 8) == child_tgid (offset 12), else a thread's
+            (_BPF_LD_W_ABS, 0, 0, _PID_OFFSET + 12), (_BPF_TAX, 0, 0, 0),
+            (_BPF_LD_W_ABS, 0, 0, _PID_OFFSET + 8),
+            (_BPF_JEQ_X, 0, 1, 0),
             (_BPF_RET_K, 0, 0, _ACCEPT),
+            (_BPF_RET_K, 0, 0, _DROP),
             (_BPF_JEQ_K, 0, 1, _as_loaded(PROC_EVENT_EXEC)),
             (_BPF_RET_K, 0, 0, _ACCEPT),
         ]
@@ -328,9 +336,12 @@ def exit_filter(pids: Iterable[int], births: bool = False) -> list[tuple[int, in
         (_BPF_RET_K, 0, 0, _DROP),
     ]
     if len(program) + 2 * len(pids) + 2 > _BPF_MAXINSNS:
-        return program + [(_BPF_RET_K, 0, 0, _ACCEPT)]
+        # exit: process_pid (offset 0) == process_tgid (offset 4)
+        return program + [(_BPF_LD_W_ABS, 0, 0, _PID_OFFSET + 4), (_BPF_TAX, 0, 0, 0),
+                          (_BPF_LD_W_ABS, 0, 0, _PID_OFFSET), (_BPF_JEQ_X, 0, 1, 0),
+                          (_BPF_RET_K, 0, 0, _ACCEPT), (_BPF_RET_K, 0, 0, _DROP)]
     program.append((_BPF_LD_W_ABS, 0, 0, _PID_OFFSET))
-    for pid in pids:  # jumps of 0 or 1 only: the u8 jump offsets never overflow
+    for pid in sorted(pids):  # jumps of 0 or 1 only: the u8 jump offsets never overflow
         program += [(_BPF_JEQ_K, 0, 1, _as_loaded(pid)), (_BPF_RET_K, 0, 0, _ACCEPT)]
     return program + [(_BPF_RET_K, 0, 0, _DROP)]
 
@@ -397,6 +408,7 @@ class ProcConnector(_Closing):
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.overrun = False
+        self._program = b""  # the filter attached last
 
     @classmethod
     def open(cls) -> Self:
@@ -432,10 +444,13 @@ class ProcConnector(_Closing):
         """From now on, receive only the exits of `pids`, and forks and execs with `births`
         (see exit_filter)."""
         program = b"".join(_SOCK_FILTER.pack(*insn) for insn in exit_filter(pids, births))
+        if program == self._program:
+            return  # (with thousands of targets every exit passes: attaching more changes nothing)
         buffer = ctypes.create_string_buffer(program, len(program))
         # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
         fprog = struct.pack("HL", len(program) // _SOCK_FILTER.size, ctypes.addressof(buffer))
         self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+        self._program = program
 
     def read(self) -> list[ProcEvent]:
         """Drain the pending datagrams (at most about a full buffer) and return their

@@ -37,6 +37,9 @@ up to --until; --since only trims the timeline shown, so a file replaced before 
                   still running at the end of the log"
   running        "pid 7 (nginx) was still running at the end of the log; nothing diverged"
 
+Under --guard, any verdict ends with what the guard kept from happening (mapping.write_refused):
+"; the guard refused 2 writes that would have crashed it, to /x.so (the last by cp)".
+
 Intervals ("1.2 s after", a reload's "0.300 s after") are not computed across a pause of the
 daemon: when a watch.gap was logged after the first event and at or before the second, the
 sentence says "after ... (the interval is unknown: the daemon was paused 27.3 s in between)";
@@ -455,7 +458,7 @@ class Timeline:
     __slots__ = ("host", "pid", "seq", "budget", "daemon", "comm", "uid", "mnt_ns", "host_mnt_ns",
                  "start_time", "identity", "ended", "end",
                  "overwrite", "perms", "live", "first_diverged", "reloads", "shown", "last_time",
-                 "cut_at", "dropped", "active", "first_time", "diverged")
+                 "cut_at", "dropped", "active", "first_time", "diverged", "refusals", "refused")
 
     def __init__(self, host: str | None, pid: int, seq: int, keep: Keeping[Any], budget: Budget,
                  daemon: DaemonState) -> None:
@@ -483,6 +486,8 @@ class Timeline:
         self.last_time: datetime | None = None  # of its last judged event
         self.first_time: datetime | None = None  # of its first judged event
         self.diverged = False  # any divergence of it ever logged: never a brief life
+        self.refusals = 0  # mapping.write_refused: writes the guard kept from crashing it
+        self.refused: tuple[str, str | None] | None = None  # the last one: path, writer's comm
         self.cut_at: datetime | None = None  # the life went on past --until: judged at this time
         self.dropped = False  # judged before its end: the report's memory budget
         self.active: datetime | None = None  # the time of its latest event: least recently
@@ -529,6 +534,10 @@ class Timeline:
         if subject == "mapping" or subject == "fd":
             if kind == "reloaded" and subject == "mapping":
                 self._reloaded(f, when)
+            elif kind == "write_refused" and type(path := f.get("path")) is str:
+                self.refusals += 1
+                self.refused = (path, _str(f, "writer_comm"))
+                self.diverged = True  # never folded away as a brief life
             elif kind in DIVERGENCE_KINDS and type(path := f.get("path")) is str:
                 if kind == "duplicated":  # rare, and keyed by its old inode
                     d = divergence(name, f)
@@ -717,6 +726,12 @@ def verdict(t: Timeline) -> Verdict:
     """What happened to this target, in one terminal-safe sentence (see the module docstring);
     with a note when it ran in another mount namespace than the daemon."""
     judged = _verdict(t)
+    if t.refused is not None:
+        path, comm = t.refused
+        by = f" (the last by {escape_control(comm)})" if comm else ""
+        judged = Verdict(judged.outcome, f"{judged.text}; the guard refused "
+                         f"{_plural(t.refusals, 'write')} that would have crashed it, to "
+                         f"{escape_control(path)}{by}", judged.paths)
     if not t.foreign_namespace:
         return judged
     if len(judged.paths) == 1:
@@ -971,6 +986,10 @@ def describe(e: LogEvent) -> str:
                 + (", truncated first" if f.get("truncated") is True else ""))
     if kind == "renamed":
         return f"{path}: inode {_text(f.get('mapped_ino'))} now at {_text(f.get('new_path'))}"
+    if kind == "write_refused":
+        return (f"{path}: inode {_text(f.get('mapped_ino'))} write refused: pid "
+                f"{_text(f.get('writer_pid'))} ({_text(f.get('writer_comm'))}) got "
+                f"{_text(f.get('errno'))}")
     if kind == "duplicated":
         return (f"{path}: inode {_text(f.get('old_ino'))} and inode {_text(f.get('new_ino'))} "
                 f"both mapped [{_text(f.get('perms'))}]")

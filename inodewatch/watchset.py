@@ -46,6 +46,38 @@ PER_TARGET_MIN = 256
 ADDED, FULL, GONE = "added", "full", "gone"
 
 
+class _Users(dict[int, int]):
+    """pid -> the events it needs on one path, with the union of them all kept up to date: a
+    library every target maps has thousands of users, and each attach syncs it."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[int] = Counter()  # events -> how many users need exactly those
+
+    def __setitem__(self, pid: int, mask: int) -> None:
+        if (old := self.get(pid)) is not None:
+            self._drop(old)
+        super().__setitem__(pid, mask)
+        self.counts[mask] += 1
+
+    def __delitem__(self, pid: int) -> None:
+        self._drop(self[pid])
+        super().__delitem__(pid)
+
+    def _drop(self, mask: int) -> None:
+        self.counts[mask] -= 1
+        if not self.counts[mask]:
+            del self.counts[mask]
+
+    def union(self) -> int:
+        mask = 0
+        for events in self.counts:
+            mask |= events
+        return mask
+
+
 def default_budget(max_user_watches: int) -> int:
     """Half of fs.inotify.max_user_watches: the rest is left to the other processes of the
     same user (as root, every root daemon)."""
@@ -72,7 +104,7 @@ class WatchSet:
         self.operator: dict[int, bool] = {}  # pid -> named by the operator
         self.denied: dict[int, int] = {}  # pid -> paths it wants that got no room
         self.refused: set[bytes] = set()  # granted paths whose new watch the kernel refused
-        self.users: dict[bytes, dict[int, int]] = {}  # path -> pid -> events (granted only)
+        self.users: dict[bytes, _Users] = {}  # path -> pid -> events (granted only)
         self.dir_refs: Counter[bytes] = Counter()  # directory -> granted paths in it
         # directory -> the entry names granted there: the watcher reads the directory's
         # events about these names only (a flood of other names costs a set look-up each)
@@ -226,7 +258,7 @@ class WatchSet:
                     return False
             self.dir_refs[directory] += 1
             self.names[directory].add(name)
-            self.users[path] = {}
+            self.users[path] = _Users()
         self.users[path][pid] = mask
         return True
 
@@ -278,10 +310,7 @@ class WatchSet:
         muted); ADDED if the watch changed, None if it did not need to."""
         if on_disk is None:
             return None  # nothing there now: the directory watch says when something appears
-        mask = 0
-        for m in self.users[path].values():
-            mask |= m
-        mask &= ~self.muted.get(path, 0)
+        mask = self.users[path].union() & ~self.muted.get(path, 0)
         current = self.state.get(path)
         if current == (on_disk, mask):
             return None

@@ -36,7 +36,10 @@ CACHE = Path(os.environ.get("INODEWATCH_TEST_CACHE", "/var/cache/inodewatch-test
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "libnss-systemd", "python3", "python3-venv", "procps",
             "logrotate")
+# Beyond nspawn's default set, what the units grant: the proc connector and map_files
 CAPABILITIES = "CAP_NET_ADMIN,CAP_CHECKPOINT_RESTORE"
+# Beyond nspawn's own seccomp allow list (which leaves fanotify out): the guard's calls
+SYSTEM_CALLS = "fanotify_init fanotify_mark"
 VENV = "/opt/inodewatch"
 DEMO_DIR = "/opt/demo"
 BOOT_TIMEOUT = 90.0
@@ -200,7 +203,8 @@ class Machine:
         with open(self.console, "wb") as console:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "--boot", *register, "--link-journal=no",
-                 "--console=read-only", f"--capability={CAPABILITIES}", f"--hostname={self.name}",
+                 "--console=read-only", f"--capability={CAPABILITIES}",
+                 f"--system-call-filter={SYSTEM_CALLS}", f"--hostname={self.name}",
                  "-D", str(self.root), "-M", self.name],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + BOOT_TIMEOUT

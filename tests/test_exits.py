@@ -404,7 +404,43 @@ def test_exit_filter_program_shape() -> None:
     assert all(jt <= 1 and jf <= 1 for _code, jt, jf, _k in program)
     assert program[-1] == (exits._BPF_RET_K, 0, 0, 0)
     too_many = exits.exit_filter(range(1, 5000))
-    assert len(too_many) == 4 and too_many[-1][3] == 0xFFFFFFFF  # every exit, no pid check
+    # every process's exit, no pid check: process_pid == process_tgid, accept, else drop
+    assert len(too_many) == 3 + 6 and too_many[-2][3] == 0xFFFFFFFF and too_many[-1][3] == 0
+    births = exits.exit_filter([300], births=True)
+    assert len(births) == 1 + 9 + 2 + 1 + 2 + 1  # what, fork + exec, exit, pid, 300, drop
+
+
+THREAD_THEN_EXIT = "import threading; t = threading.Thread(target=lambda: None); t.start(); t.join()"
+
+
+@pytest.mark.parametrize("pids", [[], list(range(10**6, 10**6 + 3000))], ids=["few", "too many"])
+def test_threads_never_pass_and_processes_do(connector: ProcConnector, pids: list[int]) -> None:
+    """With births followed: a process's fork, exec and exit pass, its thread's fork and exit
+    do not; with too many pids to list, every process's exit passes, still no thread's."""
+    connector.follow(pids, births=True)
+    connector.read()  # what was queued before the filter
+    child = subprocess.Popen([sys.executable, "-S", "-c", THREAD_THEN_EXIT])
+    seen: list[ProcEvent] = []
+    try:
+        if pids:
+            wait_for_exit(connector, child.pid, seen)
+        else:  # its exit is not followed: its exec is the last event of it that passes
+            child.wait()
+            deadline = time.monotonic() + 10
+            while not any(isinstance(e, ProcessExec) and e.tgid == child.pid for e in seen):
+                assert time.monotonic() < deadline, seen
+                seen += connector.read()
+                time.sleep(0.01)
+            time.sleep(0.1)
+            seen += connector.read()
+    finally:
+        child.wait()
+    mine = [e for e in seen if child.pid in (getattr(e, "tgid", None), getattr(e, "child_tgid", None))]
+    assert ProcessFork(os.getpid(), child.pid, child.pid) in mine
+    assert ProcessExec(child.pid, child.pid) in mine
+    assert not [e for e in mine if isinstance(e, ProcessFork) and e.child_pid != e.child_tgid]
+    assert not [e for e in mine if isinstance(e, ProcessExit) and e.pid != e.tgid]
+    assert (ProcessExit(child.pid, child.pid, 0) in mine) == bool(pids)
 
 
 def test_followed_exits_pass_and_others_do_not(connector: ProcConnector) -> None:

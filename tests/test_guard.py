@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from inodewatch import fanotify
 from inodewatch.guard import (ALLOWED, REFUSED, UNKNOWN, Guard, GuardUnavailable, OpenHowAt, decide,
-                              guardable, is_write, parse_syscall, read_syscall)
+                              flags_text, guardable, is_write, parse_syscall, read_syscall)
 from inodewatch.model import FileId
 
 CHILD = REPO / "tests" / "guard_child.py"
@@ -675,3 +675,13 @@ def test_a_cmdline_stuck_on_one_writer_is_not_waited_for_again(monkeypatch):
     assert cmdlines.read(2) == (None, False)  # not even asked
     release.set()
     assert wait_for(lambda: cmdlines.read(3) == ([b"pid3"], False), what="the reader free again")
+
+
+@pytest.mark.parametrize(("flags", "text"), [
+    (0x201, "O_WRONLY|O_TRUNC"),  # cp
+    (0x80002, "O_RDWR|O_CLOEXEC"),  # python "r+"
+    (0o101 | 0o1000, "O_WRONLY|O_CREAT|O_TRUNC"),  # creat
+    (0o3 | 0o40000000, "O_ACCMODE|0o40000000"),  # an access mode 3, a bit not named
+])
+def test_flags_read_as_the_operator_knows_them(flags, text):
+    assert flags_text(flags) == text

@@ -8,6 +8,7 @@ and exit 2."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, run_cli, wait_for
 from test_guard import needs_root
 
 pytestmark = [pytest.mark.integration, needs_root]
@@ -53,6 +54,12 @@ def test_cp_over_the_mapped_library_is_refused_and_the_demo_lives(start_demo, st
                           and e["pid"] == demo.pid]) == 2 or None,
              what="a second mapping.write_refused")
     assert not watcher.log.find("mapping.overwritten")
+    watcher.stop()
+    report = run_cli("report", str(watcher.log.path), "--pid", str(demo.pid), "--json")
+    verdict = json.loads(report.stdout.splitlines()[0])
+    assert verdict["outcome"] == "running", verdict
+    assert verdict["verdict"].endswith(f"; the guard refused 2 writes that would have crashed it, "
+                                       f"to {os.fsdecode(demo.lib)} (the last by cp)")
 
 
 def test_reads_dlopen_and_mv_over_are_untouched(start_demo, start_watcher, tmp_path):
@@ -121,3 +128,17 @@ def test_without_cap_sys_admin_guard_is_one_line_and_exit_2(start_demo):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "CAP_SYS_ADMIN" in done.stderr, done.stderr
     assert done.stderr.startswith("inodewatch: --guard: ")
+
+
+def test_when_the_target_exits_its_file_is_written_freely_again(start_demo, start_watcher):
+    """Marks go with the last target mapping the file: the daemon (watching a second demo,
+    so it keeps running) lets the cp through once the first demo has exited."""
+    demo, other = start_demo("leak"), start_demo("leak")
+    watcher = start_watcher(demo.pid, other.pid, extra=["--guard"])
+    watcher.log.wait("guard.started")
+    assert cp(demo.dir / "so2.so", demo.lib).returncode == 1
+    demo.proc.kill()
+    watcher.log.wait("target.exited", pid=demo.pid)
+    done = cp(demo.dir / "so2.so", demo.lib)
+    assert done.returncode == 0, done.stderr
+    assert cp(other.dir / "so2.so", other.lib).returncode == 1  # the other one still guarded

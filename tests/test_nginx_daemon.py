@@ -8,6 +8,7 @@ spelled otherwise loads the new file beside the old one: mapping.duplicated."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 
@@ -128,6 +129,40 @@ def test_an_in_place_cp_is_critical_then_the_crashes_follow(nginx, start_watcher
     result = run_cli("report", str(watcher.log.path), "--pid", str(master), "--json")
     target = json.loads(result.stdout.splitlines()[0])
     assert target["outcome"] == "crashed_after_overwrite", target["verdict"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--guard needs CAP_SYS_ADMIN")
+def test_under_guard_the_in_place_cp_is_refused_and_nginx_survives_its_reload(nginx, start_watcher,
+                                                                              tmp_path):
+    """The same cp as above, under --guard: refused for master and both workers (one line
+    each, naming cp), the module unchanged, every request served, and the next reload --
+    where the unguarded master died -- loads it again: new workers, guarded in turn."""
+    watcher = start_watcher(nginx.master_pid, *nginx.worker_pids(),
+                            extra=["--exe", str(NGINX), "--guard"])
+    watcher.log.wait("guard.started")
+    master, workers = nginx.master_pid, nginx.worker_pids()
+    data = nginx.module.read_bytes()
+    same = tmp_path / "same.so"
+    same.write_bytes(data)  # the very same bytes: still the crash, unguarded
+    done = subprocess.run(["cp", same, nginx.module], capture_output=True, text=True)
+    assert done.returncode == 1 and "Text file busy" in done.stderr, done.stderr
+    done = subprocess.run(["cp", "/dev/null", nginx.module], capture_output=True, text=True)
+    assert done.returncode == 1  # the truncation the crash came from
+    assert nginx.module.read_bytes() == data
+    for pid in [master, *workers]:
+        refused = watcher.log.wait("mapping.write_refused", pid=pid)
+        assert (refused["writer_comm"], refused["path"]) == ("cp", str(nginx.module))
+    assert nginx.request().startswith("inodewatch echo from ")
+    fresh = nginx.reload()
+    assert nginx.proc.poll() is None and nginx.request().startswith("inodewatch echo from ")
+    for pid in fresh:
+        watcher.log.wait("target.attached", pid=pid)
+    def refused_for_all() -> bool:
+        subprocess.run(["cp", same, nginx.module], capture_output=True)
+        return all(watcher.log.find("mapping.write_refused", pid=pid) for pid in fresh) or None
+    wait_for(refused_for_all, what="the new workers' module guarded")
+    assert not [e for e in watcher.log.read() if e["event"].startswith("mapping.overwrit")
+                or (e["event"] == "target.exited" and e["signal"])]
 
 
 @pytest.mark.parametrize("spelling", ["dot", "symlinked_dir"])

@@ -372,3 +372,35 @@ def test_a_cp_in_place_crash_is_told_by_systemd_and_blamed_by_the_report(machine
     out = machine.run(["inodewatch", "report", "--json", "/root/events.json"]).stdout
     [target] = [r for r in map(json.loads, out.splitlines()) if r.get("pid") == pid]
     assert target["outcome"] == "crashed_after_overwrite", target["verdict"]
+
+
+GUARD_DROP_IN = "/etc/systemd/system/inodewatch@demo.service.d/guard.conf"
+
+
+def test_the_guards_drop_in_refuses_the_cp_under_the_units_own_sandbox(machine, demo):
+    """inodewatch@demo with systemd/inodewatch-guard.conf: the dynamic user, its capabilities
+    and system call filter as the unit gives them, plus the drop-in's.  The cp over the held
+    plugin fails, the file is unchanged, the journal has mapping.write_refused at crit, and
+    the demo's next reload runs the same plugin as before."""
+    machine.write(GUARD_DROP_IN, (nspawn.REPO / "systemd" / "inodewatch-guard.conf").read_text())
+    machine.systemctl("daemon-reload")
+    watcher = Service(machine, "inodewatch@demo.service")
+    try:
+        watcher.start()
+        pid = int(demo.show("MainPID")["MainPID"])
+        watcher.wait("target.attached", pid=pid)
+        watcher.wait("guard.started")
+        before = machine.run(["sha256sum", LIB]).stdout
+        done = machine.sh(f"cp {nspawn.DEMO_DIR}/so2.so {LIB}", check=False)
+        assert done.returncode == 1 and "Text file busy" in done.stderr, done.stderr
+        assert machine.run(["sha256sum", LIB]).stdout == before
+        refused = watcher.wait("mapping.write_refused", pid=pid, path=LIB)
+        assert refused["_entry"]["PRIORITY"] == PRIORITY["critical"]
+        assert refused["writer_comm"] == "cp"
+        machine.systemctl("kill", "--kill-whom=main", "--signal=SIGUSR1", demo.name)
+        assert demo.show("ActiveState")["ActiveState"] == "active"
+        assert not watcher.find("mapping.overwritten") and not watcher.find("guard.stopped")
+    finally:
+        watcher.stop()
+        machine.run(["rm", "-rf", os.path.dirname(GUARD_DROP_IN)])
+        machine.systemctl("daemon-reload")

@@ -27,9 +27,11 @@ UNITS = REPO / "systemd"
 SERVICE = UNITS / "inodewatch.service"
 TEMPLATE = UNITS / "inodewatch@.service"
 SCAN = UNITS / "inodewatch-scan.service"
+GUARD = UNITS / "inodewatch-guard.conf"
 TIMER = UNITS / "inodewatch-scan.timer"
 EXEC_PATH = "/usr/local/bin/inodewatch"
 MAX_EXPOSURE = 2.0
+MAX_GUARD_EXPOSURE = 2.2  # with the guard's drop-in: CAP_SYS_ADMIN, fanotify_init allowed
 NEEDED_CAPS = {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_CHECKPOINT_RESTORE", "CAP_NET_ADMIN"}
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -124,7 +126,7 @@ def test_the_template_differs_only_in_what_it_watches():
     assert [e for e in main if e[0] not in differ] == [e for e in template if e[0] not in differ]
     u = parse_unit(SERVICE)
     assert one(u, "Service", "ExecStart") == (f"{EXEC_PATH} --config /etc/inodewatch/inodewatch.toml "
-                                              "--state-file /var/lib/inodewatch/state.json")
+                                              "--state-file /var/lib/inodewatch/state.json $INODEWATCH_OPTIONS")
     assert one(u, "Service", "StateDirectory") == "inodewatch"  # /var/lib/inodewatch, writable
     assert one(u, "Install", "WantedBy") == "multi-user.target"
 
@@ -133,7 +135,7 @@ def test_the_template_follows_the_instance_unit_without_binding_to_it():
     u = parse_unit(TEMPLATE)
     # inodewatch@nginx.service: %i is "nginx"; the daemon appends ".service"
     # one state file per instance, in the StateDirectory= the instances share
-    assert one(u, "Service", "ExecStart") == f"{EXEC_PATH} --unit %i --state-file /var/lib/inodewatch/state-%i.json"
+    assert one(u, "Service", "ExecStart") == f"{EXEC_PATH} --unit %i --state-file /var/lib/inodewatch/state-%i.json $INODEWATCH_OPTIONS"
     assert one(u, "Unit", "After") == "%i.service"
     for key in ("BindsTo", "PartOf", "Requires", "Requisite", "Wants", "Upholds"):
         assert one(u, "Unit", key) is None, f"{key}= would tie the watcher's life to the host's"
@@ -188,6 +190,7 @@ def make_root(tmp_path: Path, units: dict[str, str], with_binary: bool = True) -
                  "time-set.target", "time-sync.target"):
         (unit_dir / name).write_text("[Unit]\nDescription=stub for systemd-analyze verify\n")
     for name, text in units.items():
+        (unit_dir / name).parent.mkdir(exist_ok=True)  # a drop-in: NAME.service.d/x.conf
         (unit_dir / name).write_text(text)
     if with_binary:
         binary = root / EXEC_PATH.lstrip("/")
@@ -247,8 +250,10 @@ def test_verify_the_scan_units_print_nothing(tmp_path, name):
     assert_silent(analyze("verify", f"--root={root}", f"/etc/systemd/system/{name}"))
 
 
-def exposure(unit_path: Path) -> float:
-    result = analyze("security", "--offline=true", "--no-pager", str(unit_path))
+def exposure(*unit: str | Path) -> float:
+    """`systemd-analyze security`'s overall figure for `unit`: a unit file's path, or
+    ("--root=ROOT", NAME) for a unit with its drop-ins."""
+    result = analyze("security", "--offline=true", "--no-pager", *map(str, unit))
     assert result.returncode == 0, result.stderr
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
     assert match, result.stdout[-500:]
@@ -264,6 +269,24 @@ def test_security_exposure_is_at_most_2(tmp_path, name):
     shutil.copy(source, unit)
     level = exposure(unit)
     assert level <= MAX_EXPOSURE, f"{name}: exposure {level} > {MAX_EXPOSURE}"
+
+
+@needs_analyze
+def test_the_guards_drop_in_verifies_silently_and_costs_what_it_says(tmp_path):
+    units = {"inodewatch@.service": TEMPLATE.read_text(), "nginx.service": NGINX_STUB}
+    plain = exposure_in(make_root(tmp_path / "plain", units), "inodewatch@nginx.service")
+    root = make_root(tmp_path / "guard", {**units, "inodewatch@nginx.service.d/guard.conf": GUARD.read_text()})
+    assert_silent(analyze("verify", f"--root={root}", "inodewatch@nginx.service"))
+    guarded = exposure_in(root, "inodewatch@nginx.service")
+    assert plain <= MAX_EXPOSURE and plain < guarded <= MAX_GUARD_EXPOSURE, (plain, guarded)
+    u = parse_unit(GUARD)
+    assert values(u, "Service", "Environment") == ["INODEWATCH_OPTIONS=--guard"]
+    assert values(u, "Service", "CapabilityBoundingSet") == ["CAP_SYS_ADMIN"]
+    assert values(u, "Service", "AmbientCapabilities") == ["CAP_SYS_ADMIN"]
+
+
+def exposure_in(root: Path, name: str) -> float:
+    return exposure(f"--root={root}", name)
 
 
 # --- the privileges the units grant are enough --------------------------------------------
