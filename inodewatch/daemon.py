@@ -303,7 +303,7 @@ class Daemon:
         return live
 
     def status_line(self) -> str:
-        live = sum(len(t.history.live) + len(t.history.overwritten) for t in self.targets.values())
+        live = sum(t.live_count() for t in self.targets.values())
         return f"watching {len(self.targets)} targets, {live} divergences live"
 
     def write_metrics(self) -> None:
@@ -457,7 +457,7 @@ class Daemon:
         except AttachError:
             return  # gone, or not ours to read
         if target.ident.start_time != match.start_time:  # another process has the pid now
-            target.pidwatch.close()
+            self.held.pop(pid).pidwatch.close()
             self.newborn.add(pid)  # matched again, from its own facts, at the next turn
             return
         target.term, target.operator = match.term, match.operator

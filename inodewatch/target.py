@@ -223,6 +223,11 @@ class Target:
         m = next((m for m in self.mapped.values() if m.file.ino == ino), None)
         return None if m is None else m._replace(path=self.history.first_path(m))
 
+    def live_count(self) -> int:
+        """How many divergences are live (the status line's count: no Counter built, since
+        the line is written for every target each tick)."""
+        return len(self.history.live) + len(self.history.overwritten)
+
     def live_divergences(self) -> Counter[tuple[str, str]]:
         live: Counter[tuple[str, str]] = Counter((f.subject, f.kind)
                                                  for f in self.history.live.values())
