@@ -16,13 +16,12 @@ before it is read, and it reads at most `ELF_READ_CAP` bytes in all: a hostile h
 an answer, never memory or time.  It returns None when there is no build-id (not ELF at all,
 no such note) and raises `ElfError` for an ELF file it cannot trust; nothing else.
 
-The I/O shell opens a name with O_NOFOLLOW | O_NONBLOCK (names are untrusted: no symlink is
-followed, a FIFO never blocks the open) after an lstat that refuses anything but a regular
-file (opening a device can have effects: a watchdog arms on open), checks with fstat that it
-opened that same inode, and reads with os.pread only.  A file without a build-id is hashed
-(BLAKE2b-256, in 1 MiB reads) when it is at most `HASH_BUDGET` bytes; larger, its content is
-"unknown" rather than a stall.  A read that hangs (a dead NFS server) is beyond what a
-single-threaded reader can bound.
+The I/O here is the reading of a descriptor the caller opened: `build_id_of_fd` and
+`digest_of_fd` read with os.pread only (the descriptor's offset is left alone).  A file
+without a build-id is hashed (BLAKE2b-256, in 1 MiB reads) when it is at most `HASH_BUDGET`
+bytes; larger, its content is "unknown" rather than a stall.  Opening the file safely (names
+are untrusted: no symlink followed, nothing but a regular file opened, the inode checked) is
+contentpass.py's job.
 
 Nothing heavy is imported: `scan` pays every import at start-up (tests/test_cli.py), and
 hashlib (OpenSSL's bindings) is imported only when a file is actually hashed.
@@ -31,7 +30,6 @@ hashlib (OpenSSL's bindings) is imported only when a file is actually hashed.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from collections import namedtuple
 from collections.abc import Callable
@@ -213,60 +211,6 @@ def build_id_of_fd(fd: int, size: int) -> str | None:
     except ElfError:
         return None
     return note.value.hex() if note is not None else None
-
-
-def identity_of_fd(fd: int, budget: int = HASH_BUDGET) -> ContentId:
-    """The content identity of the regular file open as `fd` (read with pread only: its
-    offset is left alone).  Never raises for the file's sake: a problem is the reason."""
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return ContentId(None, None, "not a regular file")
-        build_id = build_id_of_fd(fd, st.st_size)
-        if build_id is not None:
-            return ContentId(build_id, None, None)
-        return digest_of_fd(fd, st.st_size, budget)
-    except OSError as exc:
-        return ContentId(None, None, f"cannot read: {exc.strerror or exc}")
-
-
-def identity_of_path(path: bytes, budget: int = HASH_BUDGET) -> ContentId:
-    """The content identity of the file at `path` on disk.  A symlink there is not
-    followed (the kernel's name for a mapped file is never one), anything but a regular
-    file is not opened."""
-    return _identity_at(path, os.lstat, os.O_NOFOLLOW, budget)
-
-
-def identity_of_proc_link(path: bytes, budget: int = HASH_BUDGET) -> ContentId:
-    """The content identity of the inode a /proc magic link names: /proc/PID/map_files/
-    START-END (a mapping, even of a deleted file) or /proc/PID/fd/N.  Such a link must be
-    followed (it leads to the inode itself, not through a name a user controls), so this
-    refuses any other path."""
-    if not path.startswith(b"/proc/"):
-        raise ValueError(f"not a /proc link: {path!r}")
-    return _identity_at(path, os.stat, 0, budget)
-
-
-def _identity_at(path: bytes, stat_first: Callable[[bytes], os.stat_result], follow: int,
-                 budget: int) -> ContentId:
-    try:
-        before = stat_first(path)
-        if stat.S_ISLNK(before.st_mode):
-            return ContentId(None, None, "a symlink, not followed")
-        if not stat.S_ISREG(before.st_mode):
-            return ContentId(None, None, "not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | follow)
-    except OSError as exc:
-        return ContentId(None, None, f"cannot open: {exc.strerror or exc}")
-    try:
-        after = os.fstat(fd)
-        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-            return ContentId(None, None, "the file changed while it was opened")
-        return identity_of_fd(fd, budget)
-    except OSError as exc:
-        return ContentId(None, None, f"cannot read: {exc.strerror or exc}")
-    finally:
-        os.close(fd)
 
 
 def digest_of_fd(fd: int, size: int, budget: int = HASH_BUDGET) -> ContentId:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 from contract import check
+from inodewatch.content import HASH_BUDGET, ContentId, build_id_of_fd, digest_of_fd
 
 REPO = Path(__file__).resolve().parent.parent
 CSRC = REPO / "csrc"
@@ -224,6 +225,16 @@ def imports_after(code: str, env: dict[str, str] | None = None) -> set[str]:
     last = result.stderr.strip().splitlines()[-1:]
     assert last and last[0].startswith("['"), result.stderr
     return set(ast.literal_eval(last[0]))
+
+
+def content_identity(path: Path | str | bytes, budget: int = HASH_BUDGET) -> ContentId:
+    """A regular file's identity as the content pass reads it: its build-id, else its hash
+    within `budget` bytes.  (A plain open: only for files a test made, or /proc links.)"""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        build_id = build_id_of_fd(f.fileno(), size)
+        return (ContentId(build_id, None, None) if build_id
+                else digest_of_fd(f.fileno(), size, budget))
 
 
 def scan_events(pid: int) -> tuple[int, list[dict[str, Any]]]:

@@ -1,7 +1,8 @@
 """Content identity: the build-id reader on real ELF files (built here with gcc), on ELF
 files crafted with struct (ELF32, big-endian, notes only in sections) checked against
-readelf, and on garbage; the I/O shell on FIFOs, directories, symlinks, deleted mappings and
-files over the hash budget."""
+readelf, and on garbage; the reads by fd (build_id_of_fd, digest_of_fd) on real files,
+deleted mappings and files over the hash budget.  Opening a file safely (never a symlink, a
+FIFO) is the content pass's: tests/test_contentpass.py."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import CSRC, HEAVY, imports_after
+from conftest import content_identity as identity_of
 from inodewatch import content
-from inodewatch.content import (BuildIdNote, ContentId, ElfError, compare, identity_of_fd,
-                                identity_of_path, identity_of_proc_link, locate_build_id)
+from inodewatch.content import (BuildIdNote, ContentId, ElfError, build_id_of_fd, compare,
+                                digest_of_fd, locate_build_id)
 
 
 def locate(data: bytes) -> BuildIdNote | None:
@@ -93,7 +95,7 @@ def test_build_id_of_bin_true():
     expected = readelf_build_id(true)
     if expected is None:
         pytest.skip(f"{true} has no build-id")
-    assert identity_of_path(os.fsencode(true)) == ContentId(expected, None, None)
+    assert identity_of(true) == ContentId(expected, None, None)
 
 
 def test_truncated_at_every_length(built):
@@ -173,7 +175,7 @@ def test_crafted_elf_build_id_agrees_with_readelf(tmp_path, elf_class, order, wh
     path.write_bytes(data)
     assert readelf_build_id(path) == BUILD_ID.hex()  # the crafted file is valid ELF
     assert locate(data).value == BUILD_ID
-    assert identity_of_path(os.fsencode(path)).build_id == BUILD_ID.hex()
+    assert identity_of(path).build_id == BUILD_ID.hex()
 
 
 def test_build_id_after_other_notes_and_in_an_8_aligned_segment():
@@ -272,17 +274,17 @@ def check_outcome(data: bytes) -> None:
 # --- the I/O shell ------------------------------------------------------------------------
 
 def test_identity_of_real_files_and_their_comparison(built, tmp_path):
-    so1, so2 = (identity_of_path(os.fsencode(built[n])) for n in ("so1", "so2"))
+    so1, so2 = (identity_of(built[n]) for n in ("so1", "so2"))
     assert so1.build_id == readelf_build_id(built["so1"]) and so1.digest is None
     copy = tmp_path / "copy.so"
     shutil.copyfile(built["so1"], copy)
-    assert compare(so1, identity_of_path(os.fsencode(copy))) == "identical"
+    assert compare(so1, identity_of(copy)) == "identical"
     assert compare(so1, so2) == "different"
     # without a build-id, the whole file's hash decides
-    none1, none2 = (identity_of_path(os.fsencode(built[n])) for n in ("so1-none", "so2-none"))
+    none1, none2 = (identity_of(built[n]) for n in ("so1-none", "so2-none"))
     assert none1.build_id is None and none1.digest.startswith("blake2b-256:")
     shutil.copyfile(built["so1-none"], copy)
-    assert compare(none1, identity_of_path(os.fsencode(copy))) == "identical"
+    assert compare(none1, identity_of(copy)) == "identical"
     assert compare(none1, none2) == "different"
     # one with a build-id, the other without: nothing to compare them by
     assert compare(so1, none1) == "unknown"
@@ -314,11 +316,12 @@ def test_a_deleted_mapping_read_through_map_files(built, tmp_path):
         ranges = [line.split()[0] for line in Path("/proc/self/maps").read_text().splitlines()
                   if line.split()[4] == str(ino) and "(deleted)" in line]
         assert ranges, "the mapping is not in /proc/self/maps"
-        mapped = identity_of_proc_link(b"/proc/self/map_files/" + ranges[0].encode())
-        if mapped.reason and "Operation not permitted" in mapped.reason:
+        try:
+            mapped = identity_of(b"/proc/self/map_files/" + ranges[0].encode())
+        except PermissionError:
             pytest.skip("reading /proc/PID/map_files needs CAP_SYS_ADMIN")
         assert mapped.build_id == readelf_build_id(built["so1"])
-        assert compare(mapped, identity_of_path(os.fsencode(path))) == "different"
+        assert compare(mapped, identity_of(path)) == "different"
     finally:
         mapping.close()
 
@@ -328,54 +331,32 @@ def test_a_deleted_file_read_through_its_fd_link(built, tmp_path):
     shutil.copyfile(built["so1-none"], path)
     with open(path, "rb") as held:
         path.unlink()
-        through_link = identity_of_proc_link(f"/proc/self/fd/{held.fileno()}".encode())
-    assert through_link == identity_of_path(os.fsencode(built["so1-none"]))
+        through_link = identity_of(f"/proc/self/fd/{held.fileno()}".encode())
+    assert through_link == identity_of(built["so1-none"])
     assert through_link.digest is not None
-
-
-def test_a_fifo_never_blocks(tmp_path):
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    assert within(10, lambda: identity_of_path(os.fsencode(fifo))).reason == "not a regular file"
-    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a process holding it open
-    try:
-        link = f"/proc/self/fd/{fd}".encode()
-        assert within(10, lambda: identity_of_proc_link(link)).reason == "not a regular file"
-        assert within(10, lambda: identity_of_fd(fd)).reason == "not a regular file"
-    finally:
-        os.close(fd)
-
-
-def test_a_directory_a_symlink_and_nothing(built, tmp_path):
-    assert identity_of_path(os.fsencode(tmp_path)).reason == "not a regular file"
-    link = tmp_path / "link.so"
-    link.symlink_to(built["so1"])
-    assert identity_of_path(os.fsencode(link)).reason == "a symlink, not followed"
-    missing = identity_of_path(os.fsencode(tmp_path / "gone.so"))
-    assert missing.build_id is missing.digest is None and "No such file" in missing.reason
-    with pytest.raises(ValueError):
-        identity_of_proc_link(os.fsencode(link))
 
 
 def test_hash_budget(built, tmp_path):
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(2048))
-    assert identity_of_path(os.fsencode(data), budget=2047).reason.startswith("no build-id and larger")
-    assert identity_of_path(os.fsencode(data), budget=2048).digest is not None
+    assert identity_of(data, budget=2047).reason.startswith("no build-id and larger")
+    assert identity_of(data, budget=2048).digest is not None
     # a build-id needs no hash, whatever the file's size
-    assert identity_of_path(os.fsencode(built["so1"]), budget=16).build_id is not None
+    assert identity_of(built["so1"], budget=16).build_id is not None
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.truncate(content.HASH_BUDGET + 1)  # sparse: answered from its size, never read
-    assert within(10, lambda: identity_of_path(os.fsencode(big))).reason.startswith(
+    assert within(10, lambda: identity_of(big)).reason.startswith(
         "no build-id and larger")
 
 
-def test_identity_of_fd_leaves_the_offset_alone(built):
-    with open(built["so1-none"], "rb") as f:
+def test_reading_leaves_the_offset_alone(built):
+    with open(built["so1"], "rb") as f, open(built["so1-none"], "rb") as g:
         f.seek(7)
-        assert identity_of_fd(f.fileno()).digest is not None
-        assert f.tell() == 7
+        g.seek(7)
+        assert build_id_of_fd(f.fileno(), os.fstat(f.fileno()).st_size) is not None
+        assert digest_of_fd(g.fileno(), os.fstat(g.fileno()).st_size).digest is not None
+        assert (f.tell(), g.tell()) == (7, 7)
 
 
 def test_importing_content_is_light():

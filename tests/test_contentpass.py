@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CSRC
+from conftest import CSRC, content_identity
 from inodewatch import content, contentpass, mounts
 from inodewatch.contentpass import ContentPass
 from inodewatch.model import FileId, Finding
@@ -132,8 +132,8 @@ def test_a_mapping_of_a_deleted_elf_is_read_through_map_files(tmp_path, demo_bui
                     if x.rstrip().endswith(os.fsencode(lib) + b" (deleted)") or
                     x.rstrip().endswith(os.fsencode(lib)))
         vma = line.split()[0]
-        so1 = content.identity_of_path(os.fsencode(CSRC / "so1.so")).build_id
-        so2 = content.identity_of_path(os.fsencode(CSRC / "so2.so")).build_id
+        so1 = content_identity(CSRC / "so1.so").build_id
+        so2 = content_identity(CSRC / "so2.so").build_id
         for source, expected, disk_id in (("so2.so", "different", so2), ("so1.so", "identical", so1)):
             os.unlink(lib)
             shutil.copyfile(CSRC / source, lib)

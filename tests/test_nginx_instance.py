@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, wait_for
-from inodewatch.content import (compare, identity_of_path, identity_of_proc_link,
-                                locate_build_id)
+from conftest import content_identity, run_cli, wait_for
+from inodewatch.content import compare, locate_build_id
 from nginx_instance import (NGINX, NginxInstance, dpkg_style_install, installed_module, maps_inodes,
                             nginx, with_other_build_id)
 
@@ -66,7 +65,7 @@ def mapped_identity(pid: int, module: Path):
     for line in Path(f"/proc/{pid}/maps").read_bytes().splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5].removesuffix(b" (deleted)") == target:
-            return identity_of_proc_link(b"/proc/%d/map_files/%s" % (pid, fields[0]))
+            return content_identity(b"/proc/%d/map_files/%s" % (pid, fields[0]))
     raise AssertionError(f"{pid} does not map {module}")
 
 
@@ -95,7 +94,7 @@ def upgrade_and_reload(nginx: NginxInstance, new: bytes, expected_content: str) 
         assert maps_inodes(pid, nginx.module) == {(old_ino, True)}, pid
     stale = module_findings(before, nginx.module)
     assert all(stale[pid] & {"mapping.deleted", "mapping.replaced"} for pid in before), stale
-    disk = identity_of_path(os.fsencode(nginx.module))
+    disk = content_identity(nginx.module)
     mapped = mapped_identity(nginx.master_pid, nginx.module)
     assert compare(mapped, disk) == expected_content
     told = {(expected_content, mapped.build_id, disk.build_id)}
@@ -131,7 +130,7 @@ def test_upgrade_to_another_build_is_stale_until_a_restart(nginx):
         assert maps_inodes(pid, nginx.module) == {(new_ino, False)}, pid
     assert module_findings(processes(nginx), nginx.module) == {p: set() for p in processes(nginx)}
     assert compare(mapped_identity(nginx.master_pid, nginx.module),
-                   identity_of_path(os.fsencode(nginx.module))) == "identical"
+                   content_identity(nginx.module)) == "identical"
 
 
 def test_identical_reinstall_is_stale_by_inode_identical_by_content(nginx):
