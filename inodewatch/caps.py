@@ -19,7 +19,6 @@ Pure helpers (`parse_capabilities`, `missing_features`) work on plain values; on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 # From linux/capability.h (CAP_LAST_CAP is CAP_CHECKPOINT_RESTORE = 40 as of Linux 6.x).
@@ -125,19 +124,6 @@ def parse_capabilities(hex_text: str) -> set[str]:
         mask >>= 1
         bit += 1
     return names
-
-
-def format_capabilities(names: Iterable[str]) -> str:
-    """The inverse of parse_capabilities, as /proc prints it (16 hex digits)."""
-    mask = 0
-    for name in names:
-        number = CAPABILITY_NUMBERS.get(name)
-        if number is None:
-            if not name.startswith("CAP_") or not name[4:].isdigit():
-                raise ValueError(f"unknown capability: {name!r}")
-            number = int(name[4:])
-        mask |= 1 << number
-    return f"{mask:016x}"
 
 
 def read_capabilities(field: str = "CapEff", status_path: str = "/proc/self/status") -> set[str]:

@@ -435,11 +435,6 @@ class ProcConnector(_Closing):
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    @property
-    def receive_buffer(self) -> int:
-        """The receive buffer in bytes, as the kernel granted it."""
-        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
     def follow(self, pids: Iterable[int], births: bool = False) -> None:
         """From now on, receive only the exits of `pids`, and forks and execs with `births`
         (see exit_filter)."""

@@ -148,13 +148,6 @@ def parse_events(lines: Iterable[bytes | None], counts: Counts) -> Iterator[LogE
             yield event
 
 
-def parse_lines(lines: Iterable[bytes | None]) -> tuple[list[LogEvent], int]:
-    """Events and the number of bad lines, from captured lines (blank ones skipped)."""
-    counts = Counts()
-    events = list(parse_events((x for x in lines if x is None or x.strip()), counts))
-    return events, counts.bad
-
-
 # --- lines --------------------------------------------------------------------------------
 
 

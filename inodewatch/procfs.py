@@ -23,7 +23,6 @@ import re
 import stat
 import sys
 from collections import namedtuple
-from collections.abc import Iterable
 
 from inodewatch import mounts
 from inodewatch.model import (DELETED_SUFFIX, DEVICE_DIR, FileId, MappedFile, OpenFile, is_pseudo_path,
@@ -202,11 +201,6 @@ def fold_maps(data: bytes) -> MapsRead:
     return fold.result(len(data), data.count(b"\n"))
 
 
-def map_groups(data: bytes) -> list[MappingGroup]:
-    """fold_maps(data)'s groups."""
-    return fold_maps(data).groups
-
-
 class MapsStream:
     """fold_maps over maps text arriving in chunks, in bounded memory: the text is folded
     into groups whenever more than `limit` bytes are pending, up to their last complete
@@ -242,15 +236,6 @@ class MapsStream:
         self.fold.add(self.pending)
         self.pending = b""
         return self.fold.result(self.size, self.lines)
-
-
-def fold_chunks(chunks: Iterable[bytes], limit: int = MAPS_CHUNK,
-                max_line: int = MAX_MAPS_LINE) -> MapsRead:
-    """MapsStream over `chunks`, whole."""
-    stream = MapsStream(limit, max_line)
-    for chunk in chunks:
-        stream.feed(chunk)
-    return stream.result()
 
 
 class MapsReading:

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from contract import check
 from inodewatch.content import HASH_BUDGET, ContentId, build_id_of_fd, digest_of_fd
+from inodewatch.logread import Counts, LogEvent, parse_events
 
 REPO = Path(__file__).resolve().parent.parent
 CSRC = REPO / "csrc"
@@ -225,6 +226,13 @@ def imports_after(code: str, env: dict[str, str] | None = None) -> set[str]:
     last = result.stderr.strip().splitlines()[-1:]
     assert last and last[0].startswith("['"), result.stderr
     return set(ast.literal_eval(last[0]))
+
+
+def parse_lines(lines: Iterable[bytes | None]) -> tuple[list[LogEvent], int]:
+    """Events and the number of bad lines, from captured lines (blank ones skipped)."""
+    counts = Counts()
+    events = list(parse_events((x for x in lines if x is None or x.strip()), counts))
+    return events, counts.bad
 
 
 def content_identity(path: Path | str | bytes, budget: int = HASH_BUDGET) -> ContentId:

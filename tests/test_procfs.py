@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inodewatch.model import FileId, is_pseudo_path
-from inodewatch.procfs import StatParseError, fold_chunks, fold_maps, map_groups, parse_stat, strip_deleted
+from inodewatch.procfs import (MAPS_CHUNK, MAX_MAPS_LINE, MapsRead, MapsStream, StatParseError,
+                               fold_maps, parse_stat, strip_deleted)
 
 DEV = os.makedev(0xFE, 0x00)
 
@@ -47,8 +48,17 @@ CAPTURED = b"\n".join([
 ])
 
 
+def fold_chunks(chunks: list[bytes], limit: int = MAPS_CHUNK,
+                max_line: int = MAX_MAPS_LINE) -> MapsRead:
+    """MapsStream over `chunks`, whole (as MapsReading feeds it from the kernel)."""
+    stream = MapsStream(limit, max_line)
+    for chunk in chunks:
+        stream.feed(chunk)
+    return stream.result()
+
+
 def groups_by_file(data: bytes) -> dict:
-    return {g.file: g for g in map_groups(data)}
+    return {g.file: g for g in fold_maps(data).groups}
 
 
 def test_fields_of_a_captured_line():
@@ -59,12 +69,12 @@ def test_fields_of_a_captured_line():
 
 
 def test_map_files_names_drop_the_zero_padding_maps_prints():
-    [group] = map_groups(maps_line(0x400000, "r-xp", 7, b"/usr/bin/app"))
+    [group] = fold_maps(maps_line(0x400000, "r-xp", 7, b"/usr/bin/app")).groups
     assert group.range_name == b"400000-401000"
 
 
 def test_hostile_names_come_out_exact():
-    paths = {g.path for g in map_groups(CAPTURED)}
+    paths = {g.path for g in fold_maps(CAPTURED).groups}
     assert b"/opt/demo/so.so (deleted)" in paths  # the hint stays until the link count is known
     assert b"/opt/my plugins/a b.so" in paths
     assert b"/opt/new\nline.so" in paths
@@ -137,7 +147,7 @@ def test_strip_deleted(name, nlink, name_is_this_file, expected):
     b"1000-2000 r-xp 00000000 fe:00 0 /anonymous/is/not/a/file",
 ])
 def test_lines_not_in_the_kernels_format_are_skipped(line):
-    assert map_groups(line) == []
+    assert fold_maps(line).groups == []
 
 
 # Any byte but NUL and '/' may appear in a file name.
@@ -149,13 +159,13 @@ def test_names_round_trip_through_the_kernels_escaping(directory, name, inode):
     path = b"/" + directory + b"/" + name
     if b"\\012" in path or is_pseudo_path(path):
         return  # maps itself is ambiguous here (map_files tells them apart) / never reported
-    [group] = map_groups(maps_line(0x7F0000000000, "r-xp", inode, path))
+    [group] = fold_maps(maps_line(0x7F0000000000, "r-xp", inode, path)).groups
     assert (group.path, group.file.ino) == (path, inode)
 
 
 @given(st.binary(max_size=300))
 def test_garbage_never_raises(data):
-    for group in map_groups(data):
+    for group in fold_maps(data).groups:
         assert group.file.ino > 0
 
 

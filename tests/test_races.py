@@ -103,13 +103,13 @@ def test_a_read_straddling_a_reload_does_not_credit_the_new_file_to_the_old_inod
 
     demo = start_demo("hold", interval_ms=300)
     maps_before = procfs.read_proc_file(demo.pid, b"maps")
-    old = next(g for g in procfs.map_groups(maps_before) if g.path == demo.lib)
+    old = next(g for g in procfs.fold_maps(maps_before).groups if g.path == demo.lib)
     mark = len(demo.lines)
     demo.copy_lib("so1.so", demo.lib + b".new")  # the same layout: it lands at the same address
     os.rename(demo.lib + b".new", demo.lib)
     demo.wait_for_line("so1: version 1", after=mark)  # the host reloaded
     now = procfs.read_proc_file(demo.pid, b"maps")
-    if not any(g.range_name == old.range_name and g.file != old.file for g in procfs.map_groups(now)):
+    if not any(g.range_name == old.range_name and g.file != old.file for g in procfs.fold_maps(now).groups):
         pytest.skip("the loader put the new library at another address this time")
     monkeypatch.setattr(procfs, "read_maps", lambda pid: procfs.fold_maps(maps_before))
     mapped = procfs.read_mapped_files(demo.pid)

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, parse_lines
 from inodewatch.reactor import GAP_THRESHOLD
-from inodewatch.logread import parse_lines, read_events
+from inodewatch.logread import read_events
 from inodewatch.report import (
     ReportError,
     add_arguments,

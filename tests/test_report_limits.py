@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-from inodewatch.logread import parse_line, parse_lines
+from conftest import parse_lines, run_cli
+from inodewatch.logread import parse_line
 
 GOOD = [
     '{"timestamp": "2026-01-02T03:04:05.000000Z", "level": "info", "event": "target.attached", '

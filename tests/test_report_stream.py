@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
+from conftest import parse_lines, run_cli
 from inodewatch import logread, report
-from inodewatch.logread import Counts, bounded_lines, parse_lines, read
+from inodewatch.logread import Counts, bounded_lines, read
 
 T = "2026-01-02T03:{:02d}:{:02d}.{:06d}Z"
 MiB = 1 << 20
