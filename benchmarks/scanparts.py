@@ -18,6 +18,9 @@ Two kinds of figures, both medians of ``--rounds``:
   the fd table, find_divergence), then the workers' own costs: the result's to_plain +
   marshal and back, and the JSON output.
 
+`--against TREE,TREE`: instead, only the command of each checkout, in turn with the floor:
+the medians and the per-round ratios to the floor and to the first tree (before / after).
+
 `--tree`: the checkout whose inodewatch/ is imported (PYTHONPATH), default this one;
 `--python`: the interpreter (default /srv/inodewatch-fleet/venv/bin/python3, fleet.py's venv
 of the distribution's Python, else this one).
@@ -82,11 +85,41 @@ def commands(python: str) -> list[tuple[str, list[str]]]:
     ]
 
 
-def wall(cmd: list[str], env: dict[str, str]) -> float:
+def against(python: str, env: dict[str, str], trees: list[str], rounds: int) -> None:
+    """`-m inodewatch scan --all --json` of each tree in turn with the floor (A B F, F B A)."""
+    floor = ("floor", ["sh", "-c", "cat /proc/[0-9]*/maps"], env)
+    cmds = [floor] + [(tree, [python, "-m", "inodewatch", "scan", "--all", "--json"],
+                       {**env, "PYTHONPATH": tree}) for tree in trees]
+    for _, c, e in cmds:
+        wall(c, e)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in cmds}
+    for rnd in range(rounds):
+        for name, c, e in in_turn(cmds, rnd):
+            times[name].append(wall(c, e, name))
+    base = times[trees[0]]
+    print(f"{'scan --all --json of':42} {'median':>9} {'min':>9} {'/ floor':>8} {'/ first':>8} "
+          f"{'CPU':>9} {'/ first':>8}")
+    for name, _, _ in cmds:
+        t = times[name]
+        print(f"{name:42} {statistics.median(t) * 1000:7.1f}ms {min(t) * 1000:7.1f}ms "
+              f"{statistics.median(a / f for a, f in zip(t, times['floor'])):7.2f}x "
+              f"{statistics.median(a / b for a, b in zip(t, base)):7.2f}x "
+              f"{statistics.median(CPU[name]) * 1000:7.1f}ms "
+              f"{statistics.median(a / b for a, b in zip(CPU[name], CPU[trees[0]])):7.2f}x")
+
+
+CPU: dict[str, list[float]] = {}  # utime + stime of each command's runs, by its name
+
+
+def wall(cmd: list[str], env: dict[str, str], name: str = "") -> float:
+    """Wall time of one run; its CPU (the tree's utime + stime, from wait4) to CPU[name]."""
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - t0
+    CPU.setdefault(name, []).append(usage.ru_utime + usage.ru_stime)
+    return took
 
 
 def whole_commands(python: str, env: dict[str, str], rounds: int) -> None:
@@ -185,12 +218,17 @@ def main() -> int:
     p.add_argument("--tree", default=str(HERE.parent), help="the checkout to import inodewatch from")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--only", choices=("commands", "parts"))
+    p.add_argument("--against", metavar="TREE,TREE",
+                   help="only the command of each checkout in turn with the floor (A/B)")
     a = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = a.tree
     env["PYTHONPYCACHEPREFIX"] = "/tmp/scanparts-pycache"
     procs = sum(1 for e in os.listdir("/proc") if e.isdigit())
     print(f"{procs} processes; {a.python}; inodewatch from {a.tree}; {a.rounds} rounds")
+    if a.against:
+        against(a.python, env, a.against.split(","), a.rounds)
+        return 0
     if a.only != "parts":
         whole_commands(a.python, env, a.rounds)
     if a.only != "commands":
