@@ -182,6 +182,13 @@ def same_file(held: FileId, on_disk: FileId) -> bool:
 DiskLookup = Callable[[bytes], FileId | None]
 
 
+def intact(held: FileId, deleted: bool, disk: FileId | None, expected: bytes, path: bytes) -> bool:
+    """Nothing to say (compare gives []): the file is at the path it was opened from, as
+    named now.  Asked alone first for nearly every file of a scan, it spares the call to
+    compare with its keywords (5,000 processes: ~20,000 calls)."""
+    return disk is not None and not deleted and expected == path and same_file(held, disk)
+
+
 def compare(
     subject: str,
     path: bytes,
@@ -201,9 +208,9 @@ def compare(
     first path (or at `path`, without one).
     """
     expected = first_path if first_path is not None else path
-    still_there = disk is not None and same_file(held, disk)
-    if still_there and not deleted and expected == path:
+    if intact(held, deleted, disk, expected, path):
         return []  # nearly every file of every process: decided without building anything
+    still_there = disk is not None and same_file(held, disk)
     common = {"mapped": held, "perms": perms, "fd": fd, "vma": vma}
     found: list[Finding] = []
     if deleted:
@@ -228,14 +235,16 @@ def find_divergence(
     found: list[Finding] = []
     for m in mapped:
         expected = first_paths.get(m.file, m.path)
-        found += compare(
-            "mapping", m.path, m.file, m.deleted, disk(expected),
-            perms=m.perms, first_path=expected, vma=m.vma,
-        )
-    found += duplicates(mapped, [f for f in found if f.kind == "replaced"], first_paths)
+        if not intact(m.file, m.deleted, on_disk := disk(expected), expected, m.path):
+            found += compare("mapping", m.path, m.file, m.deleted, on_disk,
+                             perms=m.perms, first_path=expected, vma=m.vma)
+    if found:
+        found += duplicates(mapped, [f for f in found if f.kind == "replaced"], first_paths)
     for f in open_files:
         expected = first_paths.get(f.file, f.path)
-        found += compare("fd", f.path, f.file, f.deleted, disk(expected), fd=f.fd, first_path=expected)
+        if not intact(f.file, f.deleted, on_disk := disk(expected), expected, f.path):
+            found += compare("fd", f.path, f.file, f.deleted, on_disk, fd=f.fd,
+                             first_path=expected)
     return found
 
 

@@ -72,7 +72,8 @@ def test_plain_round_trip_keeps_hostile_bytes_and_every_field():
                     FileId(64768, 13), perms=("r--p", "r-xp")),
             Finding("fd", "renamed", b"/x (deleted)", FileId(1, 2), None, b"/y", (), 4)],
             [procfs.Unknown("mapping", b"/long\xff", procfs.TOO_LONG),
-             procfs.Unknown("fd", b"", procfs.UNREADABLE, b"Input/output error")])],
+             procfs.Unknown("fd", b"", procfs.UNREADABLE, b"Input/output error")]),
+         scan.ProcessReport(8, b"", [], []), scan.ProcessReport(9, b"x", [], [], 1)],
         kernel_threads=3, unreadable=1, exited=2)
     # through marshal, as a worker sends it: a field marshal cannot take would make every
     # worker fail, silently (the parent redoes their work)
