@@ -163,7 +163,10 @@ def once():
                 chunks.append(chunk)
             os.close(fd)
             c = clock()
-            maps = procfs.fold_chunks(chunks)
+            stream = procfs.MapsStream()
+            for chunk in chunks:
+                stream.feed(chunk)
+            maps = stream.result()
             d = clock()
             mapped = procfs.read_mapped_files(pid, disk, maps)
             e = clock()
