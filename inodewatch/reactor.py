@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import select
 import time
 import traceback
@@ -219,7 +220,7 @@ class Reactor:
         try:
             return fn(arg)
         except Exception as exc:  # a bug in one handler must not stop the others
-            name = getattr(fn, "__qualname__", repr(fn))
+            name = handler_name(fn)
             try:
                 self.on_error(name, exc)
             except Exception:
@@ -228,6 +229,16 @@ class Reactor:
                 self.failed = (f"{type(exc).__name__} in {name} {self.repeats.limit} times in "
                                f"{self.repeats.window:g} s: {one_line(exc)}")
             return None
+
+
+def handler_name(fn: Callable[..., object]) -> str:
+    """What the error line calls `fn`: its qualified name, and for a lambda (all alike by
+    name) where it was written."""
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    code = getattr(fn, "__code__", None)
+    if name.endswith("<lambda>") and code is not None:
+        name += f" ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+    return name
 
 
 def one_line(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ for the timers and the gap check, handlers that raise."""
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -74,6 +75,17 @@ def test_a_handler_that_raises_is_reported_and_the_loop_carries_on(pair):
     assert [(where.rsplit(".", 1)[-1], type(exc)) for where, exc in errors] == [("broken", ValueError)]
     c.close()
     d.close()
+
+
+def test_a_lambda_that_raises_is_named_by_where_it_was_written():
+    clock, errors = Clock(), []
+    reactor = make(clock, errors)
+    reactor.every_turn(lambda now: 1 / 0)
+    line = sys._getframe().f_lineno - 1
+    reactor.wake_by(lambda now: now)  # never wait: the clock does not move by itself
+    reactor.turn()
+    [(where, _)] = errors
+    assert where.endswith(f".<lambda> (test_reactor.py:{line})"), where
 
 
 def test_the_same_error_repeating_fast_stops_the_loop_with_one_line(pair):
