@@ -77,6 +77,10 @@ class TargetHistory:
     awaiting_reload: dict[bytes, FileId] = field(default_factory=dict)
     # path -> the inode mapped there at the last snapshot (a reload between two looks)
     mapped_at: dict[bytes, FileId] = field(default_factory=dict)
+    # path -> the inode mapped there until the last snapshot, which mapped nothing there: a
+    # look that fell between a host's dlclose and its dlopen of the replacement.  Kept for
+    # one snapshot only (a plugin unloaded for good is forgotten at the next).
+    unmapped_at: dict[bytes, FileId] = field(default_factory=dict)
     # Bumped whenever what is above changes: the state file (inodewatch.state) is rewritten
     # only then, without comparing every target's files once a second.
     revision: int = 0
@@ -252,12 +256,14 @@ class TargetHistory:
                 del self.awaiting_reload[path]
                 self.revision += 1
                 events.append(reloaded(path, old, m.file))
-            elif (old is None and (before := self.mapped_at.get(path)) is not None
+            elif (old is None and (before := self.mapped_at.get(path, self.unmapped_at.get(path)))
+                  is not None
                   and before not in held and not same_file(before, m.file)
                   and path not in diverged_paths):
                 # Replaced and reloaded between two looks (the daemon paused, or a host
                 # faster than its re-read): the divergence was never seen, the reload is.
                 events.append(reloaded(path, before, m.file))
+        self.unmapped_at = {p: f for p, f in self.mapped_at.items() if p not in mapped_at}
         self.mapped_at = mapped_at
         return events
 

@@ -126,6 +126,27 @@ def test_a_reload_between_two_looks_is_told_though_the_divergence_was_never_seen
     assert step(h, [mapping(NEW)], {P: NEW}) == []  # once
 
 
+def test_a_reload_whose_unmapped_moment_a_look_saw_is_still_told():
+    """mv over, then the host's dlclose + dlopen, the daemon's first look after the mv made
+    between the two (nothing mapped at the path): the next look still tells the reload."""
+    h = TargetHistory()
+    assert step(h, [mapping()], {P: OLD}) == []
+    assert step(h, [], {P: NEW}) == []
+    h.learn([mapping(NEW)])
+    events = h.update([mapping(NEW)], [])
+    assert [(e.name, e.fields["old_ino"], e.fields["new_ino"]) for e in events] == [
+        ("mapping.reloaded", OLD.ino, NEW.ino)]
+
+
+def test_a_plugin_unloaded_for_good_is_forgotten_a_look_later():
+    h = TargetHistory()
+    step(h, [mapping()], {P: OLD})
+    step(h, [], {P: OLD})
+    step(h, [], {P: NEW})
+    assert h.unmapped_at == {} and h.mapped_at == {}
+    assert step(h, [mapping(NEW)], {P: NEW}) == []  # a new load, not a reload
+
+
 def test_a_second_inode_mapped_beside_the_first_is_no_reload():
     h = TargetHistory()
     step(h, [mapping()], {P: OLD})
