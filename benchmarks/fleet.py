@@ -1082,6 +1082,7 @@ class Bench:
         cpu = next((ln.split(":", 1)[1].strip() for ln in
                     Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), "?")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's, installed or not
         from inodewatch import __version__
         version = subprocess.run([self.args.python, "-c", "import platform; "
                                   "print(platform.python_version())"],

@@ -323,7 +323,7 @@ class Daemon:
         """Check that `pid` can be watched; raise AttachError with one clear line if not."""
         try:
             ident = procfs.read_identity(pid)
-            procfs.read_proc_file(pid, b"maps")  # fail early, with the capability named
+            procfs.check_readable(pid, b"maps")  # fail early, with the capability named
             pidwatch = PidWatch(pid)
             if procfs.read_identity(pid) != ident:  # the pid was reused in between
                 pidwatch.close()

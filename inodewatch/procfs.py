@@ -359,6 +359,16 @@ def _error(pid: int, exc: OSError, what: str) -> ProcError:
     return ProcError(pid, f"cannot read /proc/{pid}/{what}: {exc.strerror}")
 
 
+def check_readable(pid: int, name: bytes) -> None:
+    """Whether /proc/PID/`name` may be read, without reading it: for maps (and mem, environ)
+    the kernel checks ptrace access at open(), so an open says what a read would (a maps of
+    thousands of lines is not printed for nothing)."""
+    try:
+        os.close(os.open(proc_path(pid, name), os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise _error(pid, exc, name.decode()) from None
+
+
 def read_proc_file(pid: int, name: bytes) -> bytes:
     """Read a whole /proc/PID file, mapping errors to ProcessGone / AccessDenied."""
     try:
