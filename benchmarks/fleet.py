@@ -460,10 +460,19 @@ def match_ops(ops: list[Op], events: list[Event]) -> None:
                 op.replaced = event_time(e) - op.t_create
 
 
-def wait_ops(log: EventLog, ops: list[Op], timeout: float, check: Callable[[], None]) -> None:
-    """Until every operation has both its events, or `timeout`."""
+def wait_ops(log: EventLog, ops: list[Op], since: int, timeout: float,
+             check: Callable[[], None]) -> None:
+    """Until every operation has both its events, or `timeout`.  `since`: the log's length
+    before the operations; each poll matches only the events new since the last (matching
+    the whole log every 5 ms, 5,000 target.attached and more, took this process ~40 % of a
+    core and put ~1 ms on the daemon's measured p50 at 5,000 hosts)."""
+    cursor = since
+
     def done() -> bool:
-        match_ops(ops, log.read())
+        nonlocal cursor
+        events = log.read()
+        match_ops(ops, events[cursor:])
+        cursor = len(events)
         if all(not math.isinf(o.deleted) and not math.isinf(o.replaced) for o in ops):
             return True
         check()
@@ -638,7 +647,7 @@ class Watch:
         self.churn_cpu, self.churn_wall = meter.cpu(), meter.wall()
         self.churn_rss, self.churn_hwm = meter.max_rss_kb, meter.hwm_kb()
         self.rates = self.stop_churners(churners)
-        wait_ops(self.log, self.churn_ops, a.timeout, self.check)
+        wait_ops(self.log, self.churn_ops, start, a.timeout, self.check)
         self.unexpected.update(e["event"] for e in self.log.read()[start:]
                                if e["event"] not in ROUTINE)
 
@@ -685,9 +694,10 @@ class Watch:
         self.lat_ops: list[Op] = []
         for i, h in enumerate(self.lat_hosts):
             time.sleep(self.bench.rng.uniform(0, 1.0))
+            since = len(self.log.read())
             op = self.replace(h)
             self.lat_ops.append(op)
-            wait_ops(self.log, [op], self.args.timeout, self.check)
+            wait_ops(self.log, [op], since, self.args.timeout, self.check)
             if (i + 1) % 25 == 0:
                 say(f"  {i + 1}/{len(self.lat_hosts)}")
         self.lat_hwm = status_kb(self.dpid, "VmHWM")
