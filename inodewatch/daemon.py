@@ -47,6 +47,7 @@ from inodewatch.diff import Event
 from inodewatch.fdbudget import FdBudget, raise_fd_limit
 from inodewatch.guard import Guard, GuardUnavailable
 from inodewatch.guardmarks import GuardMarks, refusal_events, wanted_marks
+from inodewatch.heap import Heap
 from inodewatch.exits import (
     ConnectorUnavailable,
     ExitReport,
@@ -240,6 +241,7 @@ class Daemon:
         self.fds = FdBudget(limit=0, base=0)  # sized when run() starts
         self.rediscover = False  # births may have gone unseen: walk /proc at the next wake
         self.reactor = Reactor(on_error=self.on_error, on_gap=self.on_gap)
+        self.heap = Heap(time.monotonic())  # the collector's pauses kept short (heap.py)
         # --unit targets' exits that the kernel did not explain, asked of systemd (unitstatus):
         # by pid, the query and the target.exited it completes
         self.unit_queries: dict[int, tuple[UnitQuery, Target, Event]] = {}
@@ -1193,9 +1195,10 @@ class Daemon:
             self.reopen_log = False
             self.sink.reopen()
 
-    def tick(self, _now: float) -> None:
+    def tick(self, now: float) -> None:
         """Every --interval: watches refused before, the periodic re-read, the cgroups'
-        new processes, the metrics, the log's health and systemd's status line."""
+        new processes, the metrics, the log's health, systemd's status line, and the heap
+        frozen (heap.py)."""
         self.watches.retry()
         self.look_in_turn()
         self.walk_cgroups()
@@ -1203,6 +1206,7 @@ class Daemon:
         self.sink.check()
         if self.notifier.enabled:  # (a walk of every target: not for nobody)
             self.notifier.status(self.status_line())
+        self.heap.tick(now)
 
     def rediscover_if_asked(self, _now: float) -> None:
         if self.selector and self.rediscover:
