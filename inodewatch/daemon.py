@@ -887,17 +887,8 @@ class Daemon:
         self.read_connector(now)
         if not self.connector_reads.allows(now, CONNECTOR_RATE):
             assert self.connector is not None
-            self.reactor.unregister(self.connector.fileno())
-            self.reactor.call_at(self.connector_reads.ready_at(now, CONNECTOR_RATE),
-                                 self.resume_connector)
-
-    def resume_connector(self, _now: float) -> None:
-        """Back in the poll set, and no read now: epoll is level-triggered, so what queued
-        meanwhile wakes the loop at once.  (A read here took a token at the moment the pace
-        allowed one, and spent the bucket again: the fd paused and resumed 20 times a second
-        for good after any burst of births, the queue empty.)"""
-        assert self.connector is not None
-        self.reactor.register(self.connector.fileno(), self.on_connector, order=2)
+            self.reactor.pause(self.connector.fileno(),
+                               self.connector_reads.ready_at(now, CONNECTOR_RATE))
 
     def on_pidfd(self, pid: int, now: float) -> None:
         """The target's pidfd says it exited: its status is on its way (or lost); the fd is
@@ -1134,7 +1125,7 @@ class Daemon:
 
     def read_inotify(self, now: float) -> None:
         """Take inotify's whole queue; past the read pace, leave its fd out of poll() until
-        the pace allows (see resume_inotify)."""
+        the pace allows."""
         self.reads.take(1, now, READ_RATE)
         events = self.watcher.read()
         self.overflows += self.watcher.overflowed
@@ -1142,13 +1133,7 @@ class Daemon:
         if not self.reads.allows(now, READ_RATE):
             # Out of the poll set, not merely masked: inotify wakes every poller of its fd at
             # every event, whatever events the poller asked for.
-            self.reactor.unregister(self.watcher.fileno())
-            self.reactor.call_at(self.reads.ready_at(now, READ_RATE), self.resume_inotify)
-
-    def resume_inotify(self, _now: float) -> None:
-        """Back in the poll set, and no read now: as resume_connector (a read here kept the
-        loop waking READ_RATE times a second after any flood, with nothing to read)."""
-        self.reactor.register(self.watcher.fileno(), self.read_inotify, order=1)
+            self.reactor.pause(self.watcher.fileno(), self.reads.ready_at(now, READ_RATE))
 
     def recheck_overflowed(self, now: float) -> None:
         if self.overflows and now >= self.next_recheck:

@@ -77,6 +77,22 @@ def test_a_handler_that_raises_is_reported_and_the_loop_carries_on(pair):
     d.close()
 
 
+def test_a_paused_fd_is_served_again_after_its_pause_and_nothing_is_called_at_the_resume(pair):
+    clock, ran = Clock(), []
+    reactor = make(clock)
+    a, b = pair
+    reactor.register(a.fileno(), lambda now: ran.append(a.recv(100)), order=1)
+    reactor.pause(a.fileno(), until=clock.now + 0.01)
+    b.send(b"x")
+    reactor.turn()  # out of the poll set: its data waits
+    assert ran == [] and not reactor.serves(a.fileno())
+    clock.now += 0.01
+    reactor.turn()  # the resume: back in the set, no call made for it
+    assert ran == [] and reactor.serves(a.fileno())
+    reactor.turn()  # level-triggered: what queued meanwhile wakes it at once
+    assert ran == [b"x"]
+
+
 def test_a_lambda_that_raises_is_named_by_where_it_was_written():
     clock, errors = Clock(), []
     reactor = make(clock, errors)
